@@ -1,0 +1,68 @@
+"""The contract between a model family (a plugin) and the core.
+
+A plugin's builder returns a :class:`Backbone`: a module that turns a batch into *unpooled* features
+with their layout (image maps ``(N, C, H, W)`` or token sequences ``(N, L, C)`` with a mask), knows its
+model's own pooling, and preprocesses raw items (paths, PIL images, arrays, strings) into a batch.
+The core puts a pooler, an optional head and L2 normalization on top; it never looks inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .poolers import MAP, TOKENS  # noqa: F401  (re-exported for plugins)
+
+
+@dataclass
+class Features:
+    """Unpooled features: ``tensor`` is ``(N, C, H, W)`` (layout 'map') or ``(N, L, C)`` ('tokens');
+    ``mask`` is ``(N, L)`` with 1 for real tokens, or None when every position is real."""
+
+    tensor: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone a plugin builds.
+
+    Subclasses set :attr:`modality`, :attr:`layout`, :attr:`own_dim` (the embedding size with the
+    model's own pooling) and :attr:`pooled_dim` (the size after one of our poolers plus
+    :meth:`after_pooler`), and implement :meth:`forward`, :meth:`pool_own` and :meth:`preprocess`.
+    """
+
+    modality: str = 'image'
+    layout: str = MAP
+    own_dim: int = 0
+    pooled_dim: int = 0
+
+    def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pool_own(self, features: Features) -> torch.Tensor:  # pragma: no cover - abstract
+        """The model's own pooling (and any layers up to its removed classifier): ``(N, own_dim)``."""
+        raise NotImplementedError
+
+    def after_pooler(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Layers kept after a replaced pooler (e.g. MobileNetV3's pre-classifier Linear)."""
+        return pooled
+
+    def preprocess(self, items: Sequence[Any]) -> Any:  # pragma: no cover - abstract
+        """Turn raw items into a batch that :meth:`forward` accepts."""
+        raise NotImplementedError
+
+    def check_batch(self, batch: Any) -> None:
+        """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
+
+
+def batch_to(batch: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors inside a dict / list / tuple, to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: batch_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(batch_to(v, device) for v in batch)
+    return batch

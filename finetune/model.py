@@ -1,0 +1,215 @@
+"""EmbeddingModel = backbone -> pooler -> optional projection -> L2 normalization (+ training-only classifier).
+
+:func:`build_model` turns a registry name and ``model_options`` into one.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone, batch_to
+from .errors import InputError, OptionError, did_you_mean
+from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
+                    validate_head_options)
+from .options import (Option, boolean, freeze, mapping, one_of, positive_int, pretrained,
+                      validate_mapping)
+from .poolers import Pooler, build_pooler, canonical_pooler_name, pooler_class, pooler_names, \
+    validate_pooler_options
+from .registry import REGISTRY, BackboneSpec
+
+
+def _pooler_option(name: str, value: Any) -> str | None:
+    return None if value is None else canonical_pooler_name(value, name)
+
+
+CORE_OPTIONS: tuple[Option, ...] = (
+    Option('pretrained', 'bool | path', True,
+           "True: the family's default pretrained weights; False: random init; or a local weights file",
+           pretrained),
+    Option('pooler', 'str | None', None,
+           "None keeps the model's own pooling; or one of " + ', '.join(pooler_names()), _pooler_option),
+    Option('pooler_options', 'dict', {}, "options of the pooler, e.g. {'p': 3.0, 'eps': 1e-6} for GeM",
+           mapping),
+    Option('output_dim', 'int | None', None, 'adds a projection head to this many dimensions',
+           positive_int(allow_none=True)),
+    Option('head', 'str | None', None,
+           f"{PROJECTION!r} (implied by output_dim) or {COSINE_CLASSIFIER!r} (recognite's normalized "
+           f"classifier, used in training only)", one_of(HEADS, allow_none=True)),
+    Option('head_options', 'dict', {},
+           "projection: hidden_dims, activation, dropout; cosine_classifier: num_classes, scale", mapping),
+    Option('freeze', 'bool | list[str]', False,
+           'True freezes the whole backbone; a list freezes the backbone parameters under those prefixes',
+           freeze),
+    Option('normalize', 'bool', True, 'L2-normalize the embeddings', boolean),
+    Option('preprocess_options', 'dict', {}, 'how raw items become model inputs (per family)', mapping),
+)
+
+
+def option_schema(spec: BackboneSpec) -> list[Option]:
+    """Every option `spec` accepts, with the spec's own defaults applied."""
+    from dataclasses import replace
+    schema = [replace(o, default=spec.defaults[o.name]) if o.name in spec.defaults else o
+              for o in CORE_OPTIONS]
+    schema += list(spec.options)
+    return schema
+
+
+def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate `model_options` for `spec`; return every option with defaults filled in.
+
+    Raises OptionError for an unknown key (listing the valid ones) or a bad value (saying what fits).
+    """
+    opts = validate_mapping(f'model_options for {spec.name!r}', model_options, option_schema(spec))
+    if opts['pooler'] is not None:
+        opts['pooler_options'] = validate_pooler_options(opts['pooler'], opts['pooler_options'])
+    elif opts['pooler_options']:
+        raise OptionError(f"model_options for {spec.name!r}: 'pooler_options' given but 'pooler' is None; "
+                          f"choose a pooler ({', '.join(pooler_names())}) or drop 'pooler_options'.")
+    if opts['head'] == PROJECTION and opts['output_dim'] is None:
+        raise OptionError(f"model_options for {spec.name!r}: head 'projection' needs 'output_dim'.")
+    opts['head_options'] = validate_head_options(opts['head'], opts['output_dim'], opts['head_options'])
+    if opts['head'] == COSINE_CLASSIFIER and opts['head_options'].get('num_classes') is None:
+        raise OptionError(f"model_options for {spec.name!r}: head 'cosine_classifier' needs "
+                          f"head_options={{'num_classes': <number of training classes>}}.")
+    opts['preprocess_options'] = validate_mapping(f'preprocess_options for {spec.name!r}',
+                                                  opts['preprocess_options'], spec.preprocess_options)
+    return opts
+
+
+class EmbeddingModel(nn.Module):
+    """A backbone turned into an embedding model.
+
+    ``model(batch)`` returns ``(N, output_dim)`` embeddings (L2-normalized unless ``normalize=False``).
+    ``model(batch, return_logits=True)`` also returns the cosine classifier's logits, for training.
+    ``model.encode(items)`` preprocesses raw items and embeds them in batches.
+    """
+
+    def __init__(self, backbone: Backbone, pooler: Pooler | None, projection: nn.Module | None,
+                 classifier: CosineClassifier | None, normalize: bool, name: str, options: dict[str, Any]):
+        super().__init__()
+        self.backbone = backbone
+        self.pooler = pooler
+        self.projection = projection
+        self.classifier = classifier
+        self.normalize = normalize
+        self.name = name
+        self.options = options
+        if projection is not None:
+            self.output_dim = projection.out_dim
+        else:
+            self.output_dim = backbone.own_dim if pooler is None else backbone.pooled_dim
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    def forward(self, batch: Any, return_logits: bool = False):
+        self.backbone.check_batch(batch)
+        features = self.backbone(batch)
+        if self.pooler is None:
+            pooled = self.backbone.pool_own(features)
+        else:
+            pooled = self.backbone.after_pooler(self.pooler(features.tensor, features.mask))
+        embeddings = self.projection(pooled) if self.projection is not None else pooled
+        if self.normalize:
+            embeddings = F.normalize(embeddings, dim=-1)
+        if not return_logits:
+            return embeddings
+        if self.classifier is None:
+            raise OptionError("return_logits=True needs the cosine classifier head: build the model with "
+                              "model_options={'head': 'cosine_classifier', 'head_options': {'num_classes': K}}.")
+        return embeddings, self.classifier(embeddings)
+
+    def preprocess(self, items: Sequence[Any]) -> Any:
+        """Raw items (paths, PIL images, arrays, ...) -> one batch for :meth:`forward`."""
+        return self.backbone.preprocess(items)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device('cpu')
+
+    def encode(self, items: Sequence[Any] | Iterable[Any], batch_size: int = 32,
+               convert_to: str = 'numpy') -> np.ndarray | torch.Tensor:
+        """Embed raw `items` in batches under inference mode; returns ``(len(items), output_dim)``.
+
+        `convert_to` is ``'numpy'`` (float32 array) or ``'torch'`` (a CPU tensor).
+        Raises InputError for items this model cannot take.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
+        if convert_to not in ('numpy', 'torch'):
+            raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
+        items = list(items)
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(items), batch_size):
+                    batch = batch_to(self.preprocess(items[start:start + batch_size]), self.device)
+                    chunks.append(self(batch).float().cpu())
+        finally:
+            self.train(was_training)
+        out = torch.cat(chunks) if chunks else torch.empty(0, self.output_dim)
+        return out.numpy() if convert_to == 'numpy' else out
+
+    def extra_repr(self) -> str:
+        return f'name={self.name!r}, output_dim={self.output_dim}, normalize={self.normalize}'
+
+
+def _apply_freeze(backbone: nn.Module, freeze_opt: bool | tuple[str, ...], name: str) -> None:
+    if freeze_opt is False:
+        return
+    params = dict(backbone.named_parameters())
+    if freeze_opt is True:
+        for p in params.values():
+            p.requires_grad_(False)
+        return
+    for prefix in freeze_opt:
+        hits = [n for n in params if n == prefix or n.startswith(prefix.rstrip('.') + '.')]
+        if not hits:
+            tops = sorted({n.split('.')[0] for n in params})
+            seconds = sorted({'.'.join(n.split('.')[:2]) for n in params})
+            raise OptionError(f"option 'freeze' for {name!r}: no backbone parameter is under {prefix!r}."
+                              f'{did_you_mean(prefix, seconds)} Top-level layers: {", ".join(tops)}.')
+        for n in hits:
+            params[n].requires_grad_(False)
+
+
+def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> EmbeddingModel:
+    """Build the embedding model registered as `name`, configured by `model_options`.
+
+    Returns an :class:`EmbeddingModel` in eval mode. Raises UnknownModelError for an unknown name,
+    OptionError for a bad option, WeightsNotFoundError when pretrained weights are unavailable offline.
+    """
+    spec = REGISTRY.get(name)
+    opts = resolve_options(spec, model_options)
+    backbone = spec.build(opts)
+    pooler = None
+    if opts['pooler'] is not None:
+        cls = pooler_class(opts['pooler'])
+        if backbone.layout not in cls.layouts:
+            fits = [p for p in pooler_names() if backbone.layout in pooler_class(p).layouts]
+            raise OptionError(f"option 'pooler': {cls.name!r} needs {' or '.join(cls.layouts)} features but "
+                              f"{spec.name!r} produces {backbone.layout} features. Poolers that fit: "
+                              f"{', '.join(fits)}, or None.")
+        pooler = build_pooler(opts['pooler'], opts['pooler_options'])
+    in_dim = backbone.own_dim if pooler is None else backbone.pooled_dim
+    projection = None
+    head_opts = opts['head_options']
+    if opts['output_dim'] is not None:
+        projection = ProjectionHead(in_dim, opts['output_dim'], hidden_dims=head_opts['hidden_dims'],
+                                    activation=head_opts['activation'], dropout=head_opts['dropout'])
+    classifier = None
+    if opts['head'] == COSINE_CLASSIFIER:
+        classifier = CosineClassifier(opts['output_dim'] or in_dim, head_opts['num_classes'],
+                                      scale=head_opts['scale'])
+    _apply_freeze(backbone, opts['freeze'], spec.name)
+    model = EmbeddingModel(backbone, pooler, projection, classifier, opts['normalize'], spec.name, opts)
+    return model.eval()

@@ -1,0 +1,153 @@
+"""`model_options`: every option typed, validated, and shown with its default.
+
+An :class:`Option` describes one key: its type (as the user reads it), its default, a one-line meaning
+and a validator that returns the cleaned value or raises :class:`~finetune.errors.OptionError`.
+Nested dictionaries (``pooler_options``, ``head_options``, ``preprocess_options``) are validated
+against the schema of whatever they configure.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import OptionError, did_you_mean
+
+Validator = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable key of a model, pooler, head or preprocessing step."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    validate: Validator = field(default=lambda name, value: value, repr=False, compare=False)
+
+
+def _fail(name: str, value: Any, expected: str) -> OptionError:
+    return OptionError(f'option {name!r}: expected {expected}, got {value!r} ({type(value).__name__}).')
+
+
+# ---------------------------------------------------------------- validators (each: (name, value) -> value)
+
+def positive_int(allow_none: bool = False) -> Validator:
+    def check(name: str, value: Any) -> Any:
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise _fail(name, value, 'a positive integer' + (' or None' if allow_none else ''))
+        return value
+    return check
+
+
+def positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _fail(name, value, 'a positive finite number')
+    return float(value)
+
+
+def fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise _fail(name, value, 'a number in [0, 1)')
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, value, 'True or False')
+    return value
+
+
+def one_of(choices: Sequence[Any], allow_none: bool = False) -> Validator:
+    def check(name: str, value: Any) -> Any:
+        if value is None and allow_none:
+            return None
+        for choice in choices:
+            if isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower():
+                return choice
+        expected = 'one of ' + ', '.join(repr(c) for c in choices) + (' or None' if allow_none else '')
+        hint = did_you_mean(value, [c for c in choices if isinstance(c, str)]) if isinstance(value, str) else ''
+        raise OptionError(f'option {name!r}: expected {expected}, got {value!r}.{hint}')
+    return check
+
+
+def float_triple(name: str, value: Any) -> tuple[float, float, float]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise _fail(name, value, 'three numbers, one per RGB channel, e.g. (0.485, 0.456, 0.406)')
+    return tuple(float(v) for v in value)
+
+
+def int_list(name: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise _fail(name, value, 'a list of positive integers, e.g. [512]')
+    return tuple(value)
+
+
+def pretrained(name: str, value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise OptionError(
+                f'option {name!r}: the weights file {path!r} does not exist. Pass True for the default '
+                f'pretrained weights, False for random initialisation, or the path of an existing file.')
+        return path
+    raise _fail(name, value, 'True, False, or the path of a weights file')
+
+
+def freeze(name: str, value: Any) -> bool | tuple[str, ...]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise _fail(name, value, 'True, False, or a list of layer-name prefixes such as ["conv1", "layer1"]')
+
+
+def mapping(name: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(name, value, 'a dict')
+    return dict(value)
+
+
+# ---------------------------------------------------------------- schemas
+
+def validate_mapping(what: str, given: Mapping[str, Any] | None, schema: Sequence[Option],
+                     keep_missing: bool = True) -> dict[str, Any]:
+    """Check `given` against `schema`; return every key of the schema, defaults filled in.
+
+    Raises OptionError naming an unknown key (with the valid keys and the closest) or a bad value.
+    """
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise OptionError(f'{what}: expected a dict, got {given!r} ({type(given).__name__}).')
+    by_name = {o.name: o for o in schema}
+    for key in given:
+        if key not in by_name:
+            valid = ', '.join(repr(k) for k in by_name) or '(none)'
+            raise OptionError(f'{what}: unknown key {key!r}.{did_you_mean(str(key), by_name)} '
+                              f'Valid keys: {valid}.')
+    out: dict[str, Any] = {}
+    for option in schema:
+        if option.name in given:
+            out[option.name] = option.validate(option.name, given[option.name])
+        elif keep_missing:
+            out[option.name] = option.default
+    return out
+
+
+def format_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)

@@ -1,0 +1,116 @@
+"""Image preprocessing shared by image families: any item -> a normalized ``(3, S, S)`` tensor.
+
+Items may be file paths, PIL images, ``(H, W)`` / ``(H, W, 3|4)`` uint8 or float arrays, or
+``(3, H, W)`` tensors. Each is converted to RGB, resized so its shorter side is ``resize_size``,
+centre-cropped to ``image_size`` and normalized with ``mean`` / ``std``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+from .options import Option, float_triple, one_of, positive_int
+
+INTERPOLATIONS = ('bilinear', 'bicubic', 'nearest')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_preprocess_options(image_size: int = 224, resize_size: int = 256,
+                             mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,
+                             interpolation: str = 'bilinear') -> tuple[Option, ...]:
+    """The ``preprocess_options`` schema of an image family, with that family's defaults."""
+    return (
+        Option('image_size', 'int', image_size, 'side of the square crop the model sees', positive_int()),
+        Option('resize_size', 'int', resize_size, 'the shorter image side is resized to this before cropping',
+               positive_int()),
+        Option('mean', 'tuple[3]', tuple(mean), 'per-channel mean subtracted after scaling to [0, 1]',
+               float_triple),
+        Option('std', 'tuple[3]', tuple(std), 'per-channel standard deviation divided by', float_triple),
+        Option('interpolation', 'str', interpolation, 'resize filter: ' + ', '.join(INTERPOLATIONS),
+               one_of(INTERPOLATIONS)),
+    )
+
+
+def _to_pil(item: Any, index: int) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert('RGB')
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item)
+        if not os.path.isfile(path):
+            raise InputError(f'item {index}: image file {path!r} does not exist.')
+        try:
+            with Image.open(path) as img:
+                return img.convert('RGB')
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f'item {index}: {path!r} could not be decoded as an image ({exc}).') from exc
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.dim() == 3 and item.shape[0] in (1, 3, 4):
+            item = item.permute(1, 2, 0)
+        item = item.numpy()
+    if isinstance(item, np.ndarray):
+        arr = item
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise InputError(f'item {index}: an image array must be (H, W), (H, W, 3) or (H, W, 4), '
+                             f'got shape {arr.shape}.')
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.number):
+                raise InputError(f'item {index}: image array of dtype {arr.dtype} is not numeric.')
+            scale = 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 1.0
+            arr = np.clip(arr.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert('RGB')
+    raise InputError(f'item {index}: an image model takes file paths, PIL images, arrays or tensors, '
+                     f'got {type(item).__name__}' + (f' {item[:40]!r}' if isinstance(item, str) else '') + '.')
+
+
+class ImagePreprocessor:
+    """Callable: a list of image items -> a float tensor ``(N, 3, image_size, image_size)``."""
+
+    def __init__(self, image_size: int = 224, resize_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 interpolation: str = 'bilinear'):
+        self.image_size, self.resize_size = image_size, max(resize_size, image_size)
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.filter = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
+                       'nearest': Image.NEAREST}[interpolation]
+
+    def one(self, item: Any, index: int = 0) -> torch.Tensor:
+        img = _to_pil(item, index)
+        w, h = img.size
+        scale = self.resize_size / min(w, h)
+        nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+        img = img.resize((nw, nh), self.filter)
+        left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
+        img = img.crop((left, top, left + self.image_size, top + self.image_size))
+        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        return (t - self.mean) / self.std
+
+    def __call__(self, items: Sequence[Any]) -> torch.Tensor:
+        if isinstance(items, (str, os.PathLike, Image.Image)):
+            items = [items]
+        if len(items) == 0:
+            raise InputError('no items to preprocess: expected a non-empty list of images.')
+        return torch.stack([self.one(item, i) for i, item in enumerate(items)])
+
+
+def check_image_batch(batch: Any, model: str, image_size: int | None = None) -> None:
+    """Raise InputError unless `batch` is a float ``(N, 3, H, W)`` tensor (of side `image_size` if given)."""
+    if not isinstance(batch, torch.Tensor):
+        raise InputError(f'{model!r} is an image model: expected a (N, 3, H, W) tensor, got '
+                         f'{type(batch).__name__}. Use model.encode(items) for paths, PIL images or arrays.')
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise InputError(f'{model!r} expects images as a (N, 3, H, W) tensor, got shape {tuple(batch.shape)}.')
+    if not batch.is_floating_point():
+        raise InputError(f'{model!r} expects a float tensor (normalized pixels), got {batch.dtype}.')
+    if image_size is not None and tuple(batch.shape[2:]) != (image_size, image_size):
+        raise InputError(f'{model!r} was built for {image_size}x{image_size} images, got '
+                         f'{batch.shape[2]}x{batch.shape[3]}. Resize the input, or build the model with '
+                         f"model_options={{'preprocess_options': {{'image_size': {batch.shape[2]}}}}}.")

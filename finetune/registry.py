@@ -1,0 +1,250 @@
+"""The backbone registry: one table of names across modalities, filled by plugins.
+
+Plugins are found through the entry-point group ``finetune.backbones``. An entry point names a
+:class:`BackbonePlugin` (or a zero-argument callable returning one). Loading is lazy (on the first
+look-up) and isolated: a plugin that fails to import is recorded, warned about by name and shown by
+``finetune plugins``; the others keep working. ``FINETUNE_STRICT_PLUGINS=1`` turns such a failure into
+an exception. Two plugins registering the same name always raise, naming both.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import DuplicateNameError, PluginError, UnknownModelError, did_you_mean
+from .options import Option
+
+ENTRY_POINT_GROUP = 'finetune.backbones'
+TASKS = ('text-to-text', 'image-to-image', 'text-to-image', 'mesh-to-mesh')
+STRICT_ENV = 'FINETUNE_STRICT_PLUGINS'
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the registry knows about one backbone, cheap to create: nothing is built or loaded.
+
+    ``build(options)`` receives the validated ``model_options`` and returns a
+    :class:`~finetune.backbone.Backbone`. ``dims(options)`` (optional) returns ``(own_dim, pooled_dim)``
+    for those options without allocating weights; ``output_dim`` is the embedding size with the defaults.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    modality: str
+    architecture: str
+    output_dim: int | None
+    description: str
+    build: Callable[[dict[str, Any]], Any] = field(repr=False, compare=False)
+    dims: Callable[[dict[str, Any]], tuple[int, int]] | None = field(default=None, repr=False, compare=False)
+    options: tuple[Option, ...] = ()
+    preprocess_options: tuple[Option, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    alias_of: str | None = None
+    pooler_note: str = ''
+    plugin: str = ''
+
+    def embedding_dim(self, options: Mapping[str, Any] | None = None) -> int | None:
+        """The embedding size for validated `options` (defaults when None)."""
+        options = dict(options or {})
+        if options.get('output_dim'):
+            return options['output_dim']
+        pooler = options.get('pooler', self.defaults.get('pooler'))
+        if self.dims is None:
+            return self.output_dim
+        own, pooled = self.dims(options)
+        return own if pooler is None else pooled
+
+
+@dataclass
+class BackbonePlugin:
+    """What an entry point of the group ``finetune.backbones`` provides.
+
+    ``specs()`` lists the named backbones. A plugin may also own name prefixes (``'timm'`` makes every
+    ``timm:<model>`` its own): ``resolve(prefix, rest)`` then returns a spec for such a name and
+    ``list_prefixed(prefix, pattern)`` the names matching a wildcard pattern.
+    """
+
+    name: str
+    specs: Callable[[], Iterable[BackboneSpec]]
+    prefixes: tuple[str, ...] = ()
+    resolve: Callable[[str, str], BackboneSpec] | None = None
+    list_prefixed: Callable[[str, str], list[str]] | None = None
+    note: str = ''
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded, and why."""
+
+    name: str
+    target: str
+    error: str
+
+
+class Registry:
+    """Name -> :class:`BackboneSpec`, filled from entry points on first use."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP):
+        self.group = group
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._specs: dict[str, BackboneSpec] = {}
+        self._plugins: dict[str, BackbonePlugin] = {}
+        self._prefixes: dict[str, BackbonePlugin] = {}
+        self._failures: list[PluginFailure] = []
+
+    # ------------------------------------------------------------------ loading
+    def reload(self) -> None:
+        """Forget everything and discover the entry points again (after installing a plugin)."""
+        with self._lock:
+            self._loaded = False
+            self._specs.clear()
+            self._plugins.clear()
+            self._prefixes.clear()
+            self._failures.clear()
+            self._ensure_loaded()
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True  # set first: a plugin that looks models up while loading must not recurse
+            for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
+                try:
+                    obj = ep.load()
+                    plugin = obj() if callable(obj) and not isinstance(obj, BackbonePlugin) else obj
+                    if not isinstance(plugin, BackbonePlugin):
+                        raise TypeError(f'entry point {ep.value!r} gave {type(plugin).__name__}, '
+                                        f'expected a finetune.registry.BackbonePlugin')
+                    self._add(plugin)
+                except DuplicateNameError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one plugin must not break the others
+                    self._record_failure(ep.name, ep.value, exc)
+
+    def _record_failure(self, name: str, target: str, exc: BaseException) -> None:
+        message = f'{type(exc).__name__}: {exc}'
+        if os.environ.get(STRICT_ENV, '').strip() not in ('', '0', 'false', 'False'):
+            raise PluginError(f'finetune plugin {name!r} ({target}) failed to load: {message}') from exc
+        self._failures.append(PluginFailure(name, target, message))
+        warnings.warn(f'finetune plugin {name!r} ({target}) failed to load and is skipped: {message}. '
+                      f'Set {STRICT_ENV}=1 to make this an error.', RuntimeWarning, stacklevel=4)
+
+    def add_plugin(self, plugin: BackbonePlugin) -> None:
+        """Register a plugin object directly (what an entry point does, without packaging).
+
+        Raises DuplicateNameError when it reuses a plugin name, a backbone name or a prefix."""
+        self._ensure_loaded()
+        self._add(plugin)
+
+    def _add(self, plugin: BackbonePlugin) -> None:
+        with self._lock:
+            if plugin.name in self._plugins:
+                raise DuplicateNameError(f'two plugins are called {plugin.name!r}')
+            staged: dict[str, BackboneSpec] = {}
+            for spec in plugin.specs():
+                owner = self._specs.get(spec.name) or staged.get(spec.name)
+                if owner is not None:
+                    raise DuplicateNameError(
+                        f'backbone name {spec.name!r} is registered by two plugins: '
+                        f'{owner.plugin!r} and {plugin.name!r}. Uninstall one or rename the model.')
+                staged[spec.name] = _with_plugin(spec, plugin.name)
+            for prefix in plugin.prefixes:
+                if prefix in self._prefixes:
+                    raise DuplicateNameError(f'name prefix {prefix + ":"!r} is claimed by two plugins: '
+                                             f'{self._prefixes[prefix].name!r} and {plugin.name!r}')
+            self._specs.update(staged)
+            for prefix in plugin.prefixes:
+                self._prefixes[prefix] = plugin
+            self._plugins[plugin.name] = plugin
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def plugins(self) -> dict[str, BackbonePlugin]:
+        self._ensure_loaded()
+        return dict(self._plugins)
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        self._ensure_loaded()
+        return list(self._failures)
+
+    def specs(self, task: str | None = None) -> list[BackboneSpec]:
+        """Named specs (prefix-resolved ones excluded), optionally of one task, sorted by name."""
+        self._ensure_loaded()
+        if task is not None:
+            check_task(task)
+        return sorted((s for s in self._specs.values() if task is None or task in s.tasks),
+                      key=lambda s: s.name)
+
+    def get(self, name: str) -> BackboneSpec:
+        """The spec called `name`; raises UnknownModelError with the closest names."""
+        self._ensure_loaded()
+        if not isinstance(name, str) or not name:
+            raise UnknownModelError(f'model: expected a model name such as \'resnet50\', got {name!r}.')
+        if name in self._specs:
+            return self._specs[name]
+        prefix, sep, rest = name.partition(':')
+        if sep and prefix in self._prefixes:
+            plugin = self._prefixes[prefix]
+            if plugin.resolve is None:
+                raise UnknownModelError(f'plugin {plugin.name!r} claims {prefix}: but cannot resolve names')
+            return _with_plugin(plugin.resolve(prefix, rest), plugin.name)
+        lowered = {n.lower(): n for n in self._specs}
+        if name.lower() in lowered:
+            return self._specs[lowered[name.lower()]]
+        hint = did_you_mean(name, self._specs)
+        prefixes = ', '.join(f'{p}:<name>' for p in sorted(self._prefixes))
+        more = f' Other families are reached by prefix: {prefixes}.' if prefixes else ''
+        failed = ''
+        if self._failures:
+            failed = ' Plugins that failed to load: ' + ', '.join(f.name for f in self._failures) + '.'
+        raise UnknownModelError(f'unknown model {name!r}.{hint} See finetune.list_models() or '
+                                f'`finetune models` for every name.{more}{failed}')
+
+    def names(self, pattern: str | None = None, task: str | None = None) -> list[str]:
+        """Registered names matching the wildcard `pattern` (fnmatch), optionally of one task.
+
+        ``'timm:*'`` style patterns are answered by the plugin that owns the prefix.
+        """
+        self._ensure_loaded()
+        if pattern:
+            prefix, sep, rest = pattern.partition(':')
+            if sep and prefix in self._prefixes:
+                plugin = self._prefixes[prefix]
+                names = plugin.list_prefixed(prefix, rest or '*') if plugin.list_prefixed else []
+                if task is not None:
+                    check_task(task)
+                    names = [n for n in names if task in self.get(n).tasks]
+                return names
+        names = [s.name for s in self.specs(task)]
+        if pattern:
+            names = [n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
+        return names
+
+
+def _with_plugin(spec: BackboneSpec, plugin: str) -> BackboneSpec:
+    return spec if spec.plugin == plugin else replace(spec, plugin=plugin)
+
+
+def check_task(task: str) -> str:
+    """Return `task` if it is one of :data:`TASKS`; raise UnknownModelError naming the valid tasks."""
+    if task not in TASKS:
+        raise UnknownModelError(f'unknown task {task!r}.{did_you_mean(str(task), TASKS)} '
+                                f'Tasks: {", ".join(TASKS)}.')
+    return task
+
+
+#: the process-wide registry behind :func:`finetune.list_models` and friends
+REGISTRY = Registry()
+
+
+def get_spec(name: str) -> BackboneSpec:
+    return REGISTRY.get(name)
