@@ -2,10 +2,27 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar('T')
+
+
+def build_on_meta(factory: Callable[[], T]) -> T:
+    """``factory()`` with every parameter and buffer on the meta device: shapes without memory.
+
+    Tries ``with torch.device('meta')`` (nothing is ever allocated); a constructor that computes with
+    tensors (torchvision's RegNet reads its widths back with ``.tolist()``) is built again under
+    :func:`empty_weights`, which allocates one tensor at a time and moves it to meta at once.
+    """
+    try:
+        with torch.device('meta'):
+            return factory()
+    except (NotImplementedError, RuntimeError):
+        with empty_weights():
+            return factory()
 
 
 @contextlib.contextmanager

@@ -102,12 +102,15 @@ class Registry:
     def reload(self) -> None:
         """Forget everything and discover the entry points again (after installing a plugin)."""
         with self._lock:
-            self._loaded = False
-            self._specs.clear()
-            self._plugins.clear()
-            self._prefixes.clear()
-            self._failures.clear()
+            self._reset()
             self._ensure_loaded()
+
+    def _reset(self) -> None:
+        self._loaded = False
+        self._specs.clear()
+        self._plugins.clear()
+        self._prefixes.clear()
+        self._failures.clear()
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -125,6 +128,7 @@ class Registry:
                                         f'expected a finetune.registry.BackbonePlugin')
                     self._add(plugin)
                 except DuplicateNameError:
+                    self._reset()  # nothing half-loaded stays behind; the next look-up tries again
                     raise
                 except Exception as exc:  # noqa: BLE001 - one plugin must not break the others
                     self._record_failure(ep.name, ep.value, exc)

@@ -18,7 +18,7 @@ from torch import nn
 
 from finetune.backbone import MAP, TOKENS, Backbone, Features
 from finetune.errors import UnknownModelError, WeightsNotFoundError, did_you_mean
-from finetune.meta import empty_weights
+from finetune.meta import build_on_meta
 from finetune.preprocessing import ImagePreprocessor, check_image_batch, image_preprocess_options
 from finetune.registry import BackbonePlugin, BackboneSpec
 from finetune.weights import (cached_or_download, host_reachable, load_into, load_state_dict,
@@ -98,12 +98,20 @@ def _create(name: str):
     return _timm().create_model(name, pretrained=False, num_classes=0)
 
 
-@functools.lru_cache(maxsize=None)
+#: probed once and checked by tests/test_timm.py, so that listing the named models builds nothing
+KNOWN = {'tf_efficientnet_lite0': (1280, 1280, MAP)}
+
+
 def probe(name: str) -> tuple[int, int, str]:
+    """``(own_dim, pooled_dim, layout)`` of timm model `name`: known, or probed on the meta device."""
+    return KNOWN.get(name) or probe_on_meta(name)
+
+
+@functools.lru_cache(maxsize=None)
+def probe_on_meta(name: str) -> tuple[int, int, str]:
     """``(own_dim, pooled_dim, layout)`` of timm model `name`, by a forward pass on the meta device."""
     size = preprocess_defaults(name)['image_size']
-    with empty_weights():
-        backbone = TimmBackbone(name, _create(name), preprocess_defaults(name))
+    backbone = build_on_meta(lambda: TimmBackbone(name, _create(name), preprocess_defaults(name)))
     with torch.no_grad():
         feats = backbone(torch.empty(1, 3, size, size, device='meta'))
         own = backbone.pool_own(feats)

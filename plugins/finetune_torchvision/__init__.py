@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from finetune.errors import WeightsLoadError
-from finetune.meta import empty_weights
+from finetune.meta import build_on_meta
 from finetune.preprocessing import IMAGENET_MEAN, IMAGENET_STD, image_preprocess_options
 from finetune.registry import BackbonePlugin, BackboneSpec
 from finetune.weights import cached_or_download, load_into, load_state_dict
@@ -82,9 +82,8 @@ def probe_dims(name: str) -> tuple[int, int]:
     """``(own_dim, pooled_dim)`` of `name`, by a forward pass on the meta device (no weights allocated)."""
     family = family_of(name)
     pre = preprocess_defaults(name)
-    with empty_weights():
-        model = _construct(name, family, pre['image_size'], pretrained=False)
-        backbone = TorchvisionBackbone(name, model, family, pre)
+    backbone = build_on_meta(lambda: TorchvisionBackbone(
+        name, _construct(name, family, pre['image_size'], pretrained=False), family, pre))
     x = torch.empty(1, 3, pre['image_size'], pre['image_size'], device='meta')
     with torch.no_grad():
         feats = backbone(x)
@@ -132,8 +131,8 @@ def build(name: str, options: dict[str, Any]) -> TorchvisionBackbone:
     state = load_state_dict(path)
     if family.key == 'vit':
         state = _interpolate_vit_positions(state, pre['image_size'], int(name.split('_')[-1]))
-    with empty_weights():  # no random init: every tensor comes from the file
-        model = _construct(name, family, pre['image_size'], pretrained=True)
+    # no random init: every tensor comes from the file
+    model = build_on_meta(lambda: _construct(name, family, pre['image_size'], pretrained=True))
     try:
         load_into(model, state, path, name, assign=True)
         return TorchvisionBackbone(name, model, family, pre, own_dim, pooled_dim)

@@ -121,6 +121,9 @@ class TorchvisionBackbone(Backbone):
         head, linear = final_linear(model, family)
         if isinstance(head, nn.Sequential):  # keep torchvision's indices: classifier.0, classifier.3, ...
             self.add_module(family.head, nn.Sequential(*list(head)[:-1]))
+        for module in self._neck_modules(after_our_pooler=False):
+            if getattr(module, 'inplace', False):  # an in-place Dropout would clobber GeM's saved output
+                module.inplace = False
         self.own_dim = own_dim or (linear.in_features if linear is not None else 0)
         self.pooled_dim = pooled_dim
         self.image_size = preprocess['image_size']
@@ -139,9 +142,9 @@ class TorchvisionBackbone(Backbone):
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
         # pretrained GoogLeNet / Inception v3 expect inputs scaled to [-1, 1]: undo ImageNet normalization
-        mean = x.new_tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-        std = x.new_tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-        return (x * std + mean - 0.5) / 0.5
+        scale = x.new_tensor((0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)).view(1, 3, 1, 1)
+        shift = x.new_tensor(((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)).view(1, 3, 1, 1)
+        return x * scale + shift
 
     def forward(self, batch: torch.Tensor) -> Features:
         x = batch

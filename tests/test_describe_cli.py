@@ -1,0 +1,246 @@
+"""describe_models / list_model_options / plugins tables, and the `finetune` command line."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+import finetune
+from finetune.cli import main
+from finetune.describe import plugins_table
+from finetune.errors import UnknownModelError
+
+WIDE = {'COLUMNS': '250'}
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=250), buffer
+
+
+def _row(text: str, first_cell: str) -> list[str]:
+    """The cells of the table row whose first cell is exactly `first_cell`, wrapped cells joined."""
+    found: list[str] | None = None
+    for line in text.splitlines():
+        if not line.strip().startswith('│'):
+            if found is not None:
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip('│').split('│')]
+        if found is None:
+            if cells[0] == first_cell:
+                found = cells
+        elif cells[0] == '':  # a continuation line of the same row
+            found = [f'{a} {b}'.strip() for a, b in zip(found, cells)]
+        else:
+            break
+    if found is None:
+        raise AssertionError(f'no row {first_cell!r} in:\n{text}')
+    return found
+
+
+def _squash(text: str) -> str:
+    return re.sub(r'\s+', ' ', text)
+
+
+# ---------------------------------------------------------------- describe_models
+
+def test_describe_models_image_to_image_table():
+    console, buffer = _console()
+    shown = finetune.describe_models(task='image-to-image', console=console)
+    text = buffer.getvalue()
+    header = next(line for line in text.splitlines() if 'architecture' in line)
+    columns = [c.strip() for c in header.strip().strip('┃').split('┃')]
+    assert columns == ['name', 'task', 'output_dim', 'architecture', 'description']
+
+    resnet = _row(text, 'resnet-base')
+    assert resnet[1:4] == ['image-to-image', '2048', 'cnn']
+    assert 'resnet50' in resnet[4]  # alias of
+    efficient = _row(text, 'efficientnet-base')
+    assert efficient[1:4] == ['image-to-image', '1792', 'cnn']
+    assert _row(text, 'resnet18')[2] == '512'
+    assert _row(text, 'vit_b_16')[3] == 'transformer'
+
+    names = [spec.name for spec in shown]
+    assert 'resnet-base' in names and 'efficientnet-base' in names
+    assert all('image-to-image' in spec.tasks for spec in shown)
+    assert names == sorted(names)
+
+
+def test_describe_models_only_prints_the_asked_task():
+    console, buffer = _console()
+    finetune.describe_models(task='image-to-image', console=console)
+    text = buffer.getvalue()
+    assert 'finetune backbones: image-to-image' in text
+    for other in ('text-to-text', 'text-to-image', 'mesh-to-mesh'):
+        assert f'finetune backbones: {other}' not in text
+
+
+def test_describe_models_unknown_task_names_valid_tasks():
+    console, buffer = _console()
+    with pytest.raises(UnknownModelError) as info:
+        finetune.describe_models(task='image-to-imag', console=console)
+    message = str(info.value)
+    assert "'image-to-imag'" in message
+    for task in finetune.TASKS:
+        assert task in message
+    assert "Did you mean 'image-to-image'" in message
+    assert buffer.getvalue() == ''
+
+
+# ---------------------------------------------------------------- list_model_options
+
+def test_list_model_options_resnet50_returns_defaults():
+    console, buffer = _console()
+    defaults = finetune.list_model_options('resnet50', console=console)
+    assert isinstance(defaults, dict)
+    assert defaults['pooler_options.p'] == 3.0
+    assert defaults['pooler_options.eps'] == 1e-6
+    assert defaults['pooler_options.learnable'] is True
+    assert defaults['pretrained'] is True
+    assert defaults['pooler'] is None
+    assert defaults['normalize'] is True
+    assert defaults['head_options.scale'] == 16.0
+    assert defaults['preprocess_options.image_size'] == 224
+    text = buffer.getvalue()
+    assert 'model_options of resnet50' in text
+    assert _row(text, 'pooler_options.p')[1:3] == ['float > 0', '3.0']
+    assert _row(text, 'pretrained')[2] == 'True'
+
+
+def test_list_model_options_vgg16_pooler_row_explains_the_replacement():
+    console, buffer = _console()
+    finetune.list_model_options('vgg16', console=console)
+    pooler = _row(buffer.getvalue(), 'pooler')
+    description = _squash(pooler[3])
+    assert 'GeM' in description
+    assert 'replaces the adaptive avgpool and the hidden classifier layers' in description
+    assert '4096 -> 512' in description
+
+
+def test_list_model_options_resnet_pooler_row_has_no_dimension_change():
+    console, buffer = _console()
+    finetune.list_model_options('resnet50', console=console)
+    description = _row(buffer.getvalue(), 'pooler')[3]
+    assert 'replaces the global average pooling' in description
+    assert '->' not in description
+
+
+def test_list_model_options_alias_title():
+    console, buffer = _console()
+    finetune.list_model_options('resnet-base', console=console)
+    assert 'alias of resnet50' in buffer.getvalue()
+
+
+def test_list_model_options_unknown_model():
+    console, _ = _console()
+    with pytest.raises(UnknownModelError) as info:
+        finetune.list_model_options('resnet5O', console=console)
+    assert "Did you mean 'resnet50'" in str(info.value)
+
+
+def test_plugins_table_lists_the_builtin_plugins():
+    console, buffer = _console()
+    rows = plugins_table(console=console)
+    by_name = {row['plugin']: row for row in rows}
+    assert by_name['torchvision']['status'] == 'loaded'
+    assert int(by_name['torchvision']['models']) > 50
+    assert 'timm' in by_name
+    assert 'timm:<name>' in by_name['timm']['detail']
+    text = buffer.getvalue()
+    assert _row(text, 'torchvision')[1] == 'loaded'
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_cli_models_by_task(runner):
+    result = runner.invoke(main, ['models', '--task', 'image-to-image'], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert 'finetune backbones: image-to-image' in result.output
+    assert _row(result.output, 'resnet-base')[2] == '2048'
+    assert _row(result.output, 'efficientnet-base')[2] == '1792'
+
+
+def test_cli_models_pattern_prints_names_only(runner):
+    result = runner.invoke(main, ['models', 'resnet*'])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines == finetune.list_models('resnet*')
+    assert 'resnet50' in lines and 'resnet-base' in lines
+    assert all(line.lower().startswith('resnet') for line in lines)
+    assert '│' not in result.output and '┃' not in result.output
+
+
+def test_cli_models_names_flag(runner):
+    result = runner.invoke(main, ['models', '--names', '--task', 'image-to-image'])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == finetune.list_models(task='image-to-image')
+
+
+def test_cli_models_bad_task_is_a_usage_error(runner):
+    result = runner.invoke(main, ['models', '--task', 'image-to-imag'])
+    assert result.exit_code == 2
+    assert 'image-to-image' in result.output
+    assert 'Traceback' not in result.output
+
+
+def test_cli_options(runner):
+    result = runner.invoke(main, ['options', 'resnet50'], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert 'model_options of resnet50' in result.output
+    assert _row(result.output, 'pooler_options.p')[2] == '3.0'
+    assert _row(result.output, 'output_dim')[2] == 'None'
+
+
+def test_cli_plugins(runner):
+    result = runner.invoke(main, ['plugins'], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert _row(result.output, 'torchvision')[1] == 'loaded'
+    assert 'timm' in result.output
+
+
+@pytest.mark.parametrize('args, expected', [
+    ([], ['models', 'options', 'plugins']),
+    (['models'], ['--task', '--names', 'PATTERN', 'image-to-image']),
+    (['options'], ['NAME', 'option']),
+    (['plugins'], ['plugins']),
+])
+def test_cli_help(runner, args, expected):
+    result = runner.invoke(main, [*args, '--help'])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith('Usage:')
+    for word in expected:
+        assert word in result.output
+    short = runner.invoke(main, [*args, '-h'])
+    assert short.exit_code == 0 and short.output == result.output
+
+
+def test_cli_unknown_model_exits_2_with_a_hint(runner):
+    result = runner.invoke(main, ['options', 'resnet5O'])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    output = _squash(result.output)
+    assert 'error:' in output
+    assert "unknown model 'resnet5O'" in output
+    assert "Did you mean 'resnet50'" in output
+    assert 'Traceback' not in result.output
+
+
+def test_cli_models_pattern_without_match_prints_nothing(runner):
+    result = runner.invoke(main, ['models', 'zzz_no_such_model*'])
+    assert result.exit_code == 0
+    assert result.output == ''
+
+
+def test_cli_version(runner):
+    result = runner.invoke(main, ['--version'])
+    assert result.exit_code == 0
+    assert finetune.__version__ in result.output
