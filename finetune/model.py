@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from .backbone import Backbone, batch_to
@@ -145,6 +148,9 @@ class EmbeddingModel(nn.Module):
             raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
         if convert_to not in ('numpy', 'torch'):
             raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
+        if isinstance(items, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)) and not (
+                isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4):
+            items = [items]  # one item, not a sequence of them
         items = list(items)
         was_training = self.training
         self.eval()
@@ -182,6 +188,16 @@ def _apply_freeze(backbone: nn.Module, freeze_opt: bool | tuple[str, ...], name:
             params[n].requires_grad_(False)
 
 
+def _check_pooler_layout(pooler: str | None, layout: str, model: str) -> None:
+    if pooler is None:
+        return
+    cls = pooler_class(pooler)
+    if layout not in cls.layouts:
+        fits = [p for p in pooler_names() if layout in pooler_class(p).layouts]
+        raise OptionError(f"option 'pooler': {cls.name!r} needs {' or '.join(cls.layouts)} features but "
+                          f"{model!r} produces {layout} features. Poolers that fit: {', '.join(fits)}, or None.")
+
+
 def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> EmbeddingModel:
     """Build the embedding model registered as `name`, configured by `model_options`.
 
@@ -190,15 +206,12 @@ def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> Em
     """
     spec = REGISTRY.get(name)
     opts = resolve_options(spec, model_options)
+    if spec.layout is not None:  # refuse a pooler that cannot fit before loading any weights
+        _check_pooler_layout(opts['pooler'], spec.layout, spec.name)
     backbone = spec.build(opts)
+    _check_pooler_layout(opts['pooler'], backbone.layout, spec.name)
     pooler = None
     if opts['pooler'] is not None:
-        cls = pooler_class(opts['pooler'])
-        if backbone.layout not in cls.layouts:
-            fits = [p for p in pooler_names() if backbone.layout in pooler_class(p).layouts]
-            raise OptionError(f"option 'pooler': {cls.name!r} needs {' or '.join(cls.layouts)} features but "
-                              f"{spec.name!r} produces {backbone.layout} features. Poolers that fit: "
-                              f"{', '.join(fits)}, or None.")
         pooler = build_pooler(opts['pooler'], opts['pooler_options'])
     in_dim = backbone.own_dim if pooler is None else backbone.pooled_dim
     projection = None

@@ -108,8 +108,16 @@ class GeMPooler(Pooler):
         # powers in at least fp32: x ** 3 overflows or loses everything in half precision
         compute = torch.promote_types(x.dtype, torch.float32)
         p = self.p.to(compute)
-        powered = x.to(compute).clamp(min=self.eps).pow(p)
-        return _masked_mean(powered, mask).pow(1.0 / p).to(x.dtype)
+        layout = _check_layout(x)
+        clamped = x.to(compute).clamp(min=self.eps)
+        if layout == TOKENS and mask is not None:  # padding can neither overflow nor set the peak
+            clamped = clamped.masked_fill(~mask.bool().unsqueeze(-1), self.eps)
+        # GeM is homogeneous: GeM(x) = c * GeM(x / c) for any c > 0. Dividing by the per-channel peak keeps
+        # x ** p from overflowing (large x, large p) or underflowing to 0 (x ~ eps), which gave inf outputs
+        # and NaN gradients. c is a constant of the formula, hence detached.
+        peak = clamped.amax(dim=(2, 3) if layout == MAP else 1, keepdim=True).detach()
+        mean = _masked_mean((clamped / peak).pow(p), mask).clamp(min=torch.finfo(compute).tiny)
+        return (mean.pow(1.0 / p) * peak.flatten(1)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f'p={self.p.item():.4g}, eps={self.eps}'

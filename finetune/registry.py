@@ -46,6 +46,7 @@ class BackboneSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     alias_of: str | None = None
     pooler_note: str = ''
+    layout: str | None = None  # 'map' or 'tokens' when known without building
     plugin: str = ''
 
     def embedding_dim(self, options: Mapping[str, Any] | None = None) -> int | None:

@@ -394,3 +394,19 @@ def test_wrong_batch_raises_input_error(gem32, batch):
     # raised by our check, not re-raised from inside torch
     assert info.value.__cause__ is None and info.value.__context__ is None
     assert isinstance(info.value, finetune.FinetuneError)
+
+
+def test_encode_one_item_is_a_batch_of_one(gem32, tmp_path):
+    path = tmp_path / 'one.png'
+    Image.new('RGB', (40, 30), (200, 10, 10)).save(path)
+    by_path = gem32.encode(str(path))
+    assert by_path.shape == (1, 32)
+    np.testing.assert_allclose(gem32.encode(Image.open(path)), by_path, atol=1e-6)
+    assert gem32.encode(np.zeros((30, 40, 3), dtype=np.uint8)).shape == (1, 32)
+    assert gem32.encode(np.zeros((3, 30, 40, 3), dtype=np.uint8)).shape == (3, 32)  # a stack is many
+
+
+def test_cls_pooler_on_a_cnn_is_refused_before_weights_are_looked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))  # no cached weights: a build would fail differently
+    with pytest.raises(OptionError, match="'cls' needs tokens features"):
+        finetune.build_model('resnet18', {'pooler': 'cls'})

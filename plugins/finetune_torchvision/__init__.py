@@ -7,6 +7,7 @@ way a third-party package would. Also provides Jina Finetuner's names ``resnet-b
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import warnings
 from typing import Any
 
@@ -18,7 +19,7 @@ from finetune.preprocessing import IMAGENET_MEAN, IMAGENET_STD, image_preprocess
 from finetune.registry import BackbonePlugin, BackboneSpec
 from finetune.weights import cached_or_download, load_into, load_state_dict
 
-from ._dims import DIMS
+from ._table import MODELS, TORCHVISION_VERSION
 from .backbone import FAMILIES, Family, TorchvisionBackbone, family_of
 
 ALIASES = {
@@ -34,10 +35,27 @@ def _models():
     return torchvision.models
 
 
-def classification_models() -> list[str]:
-    """Every classification model name torchvision offers, whose family this plugin knows."""
+def _shipped_table() -> dict[str, dict[str, Any]] | None:
+    """The shipped per-model table when it was made for the installed torchvision, else None.
+
+    The version is read from package metadata, so listing and describing need not import torchvision.
+    """
+    try:
+        installed = importlib.metadata.version('torchvision')
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return MODELS if installed.split('+')[0] == TORCHVISION_VERSION else None
+
+
+def live_classification_models() -> list[str]:
+    """Every classification model name the installed torchvision offers, whose family this plugin knows."""
     tvm = _models()
     return [n for n in tvm.list_models(module=tvm) if family_of(n) is not None]
+
+
+def classification_models() -> list[str]:
+    table = _shipped_table()
+    return list(table) if table is not None else live_classification_models()
 
 
 def default_weights(name: str):
@@ -45,8 +63,8 @@ def default_weights(name: str):
 
 
 @functools.lru_cache(maxsize=None)
-def preprocess_defaults(name: str) -> dict[str, Any]:
-    """Preprocessing that `name`'s default torchvision weights expect."""
+def live_preprocess_defaults(name: str) -> dict[str, Any]:
+    """Preprocessing that `name`'s default torchvision weights expect, read from torchvision."""
     kw = dict(default_weights(name).transforms.keywords)
     interpolation = kw.get('interpolation')
     return {
@@ -56,6 +74,11 @@ def preprocess_defaults(name: str) -> dict[str, Any]:
         'std': tuple(kw.get('std', IMAGENET_STD)),
         'interpolation': getattr(interpolation, 'value', 'bilinear'),
     }
+
+
+def preprocess_defaults(name: str) -> dict[str, Any]:
+    table = _shipped_table()
+    return dict(table[name]['preprocess']) if table and name in table else live_preprocess_defaults(name)
 
 
 def _constructor_kwargs(name: str, family: Family, image_size: int, pretrained: bool) -> dict[str, Any]:
@@ -95,7 +118,8 @@ def probe_dims(name: str) -> tuple[int, int]:
 
 def dims(name: str) -> tuple[int, int]:
     """``(own_dim, pooled_dim)``: from the shipped table, else probed on the meta device and cached."""
-    return DIMS.get(name) or probe_dims(name)
+    table = _shipped_table()
+    return tuple(table[name]['dims']) if table and name in table else probe_dims(name)
 
 
 def _interpolate_vit_positions(state: dict, image_size: int, patch_size: int) -> dict:
@@ -146,7 +170,14 @@ def build(name: str, options: dict[str, Any]) -> TorchvisionBackbone:
         return backbone
 
 
-def _description(name: str, family: Family) -> str:
+def model_description(name: str) -> str:
+    table = _shipped_table()
+    return table[name]['description'] if table and name in table else live_description(name)
+
+
+def live_description(name: str) -> str:
+    """A one-line description from torchvision's weights metadata."""
+    family = family_of(name)
     weights = default_weights(name)
     meta = weights.meta
     acc = next(iter(meta.get('_metrics', {}).values()), {}).get('acc@1')
@@ -177,12 +208,13 @@ def _spec(name: str, alias: str | None = None, description: str | None = None) -
         modality='image',
         architecture=family.architecture,
         output_dim=own,
-        description=description or _description(name, family),
+        description=description or model_description(name),
         build=functools.partial(build, name),
         dims=lambda options, _n=name: dims(_n),
         preprocess_options=image_preprocess_options(**preprocess_defaults(name)),
         alias_of=name if alias else None,
         pooler_note=_pooler_note(family, own, pooled),
+        layout=family.layout,
     )
 
 
@@ -194,4 +226,5 @@ def specs() -> list[BackboneSpec]:
 
 plugin = BackbonePlugin(name='torchvision', specs=specs)
 
-__all__ = ['plugin', 'build', 'dims', 'probe_dims', 'classification_models', 'FAMILIES']
+__all__ = ['plugin', 'build', 'dims', 'probe_dims', 'classification_models', 'live_classification_models',
+           'preprocess_defaults', 'live_preprocess_defaults', 'model_description', 'live_description', 'FAMILIES']
