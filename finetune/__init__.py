@@ -11,7 +11,7 @@ from __future__ import annotations
 from .describe import describe_models, list_model_options
 from .errors import (FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
                      WeightsNotFoundError)
-from .model import EmbeddingModel, build_model
+from .model import EmbeddingModel, MultiTowerModel, build_model
 from .registry import REGISTRY, TASKS, BackbonePlugin, BackboneSpec, get_spec
 
 __version__ = '0.1.0'
@@ -26,7 +26,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 __all__ = [
-    'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel',
+    'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

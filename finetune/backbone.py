@@ -34,9 +34,12 @@ class Backbone(nn.Module):
     """
 
     modality: str = 'image'
-    layout: str = MAP
+    #: 'map', 'tokens', or None for a backbone that exposes no unpooled features (own pooling only)
+    layout: str | None = MAP
     own_dim: int = 0
     pooled_dim: int = 0
+    #: a prefix that ``freeze`` prefixes may leave out (a wrapped model's attribute name, e.g. 'model.')
+    param_prefix: str = ''
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -55,6 +58,22 @@ class Backbone(nn.Module):
 
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
+
+    def layer_groups(self) -> list[str]:
+        """Parameter-name prefixes of the network's layers, input to output, for
+        ``freeze={'except_last_layers': N}``. Default: the direct children that hold parameters."""
+        return [name for name, child in self.named_children() if any(True for _ in child.parameters())]
+
+
+@dataclass
+class Towers:
+    """What a multi-tower family (CLIP) builds: one backbone per modality, embedding into one space.
+
+    ``logit_scale`` is the model's learned temperature (log of the logit scale), when it has one.
+    """
+
+    backbones: dict[str, Backbone]
+    logit_scale: float | None = None
 
 
 def batch_to(batch: Any, device: torch.device | str) -> Any:

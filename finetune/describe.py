@@ -67,7 +67,7 @@ def option_rows(spec: BackboneSpec) -> list[tuple[str, Option]]:
         if option.name == 'pooler' and spec.pooler_note:
             option = replace(option, help=f'{option.help}. {spec.pooler_note}')
         rows.append((option.name, option))
-        for owner, subs in nested.get(option.name, []):
+        for owner, subs in nested.get(option.name, [('', option.schema)]):
             for sub in subs:
                 help_text = f'({owner}) {sub.help}' if owner else sub.help
                 rows.append((f'{option.name}.{sub.name}', replace(sub, help=help_text)))

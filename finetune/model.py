@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .backbone import Backbone, batch_to
+from .backbone import Backbone, Towers, batch_to
 from .errors import InputError, OptionError, did_you_mean
 from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
                     validate_head_options)
@@ -152,24 +152,34 @@ class EmbeddingModel(nn.Module):
                 isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4):
             items = [items]  # one item, not a sequence of them
         items = list(items)
+        order = list(range(len(items)))
+        if self.modality == 'text' and all(isinstance(i, str) for i in items):
+            order.sort(key=lambda i: -len(items[i]))  # similar lengths share a batch: less padding
         was_training = self.training
         self.eval()
         chunks = []
         try:
             with torch.inference_mode():
                 for start in range(0, len(items), batch_size):
-                    batch = batch_to(self.preprocess(items[start:start + batch_size]), self.device)
+                    chunk = [items[i] for i in order[start:start + batch_size]]
+                    batch = batch_to(self.preprocess(chunk), self.device)
                     chunks.append(self(batch).float().cpu())
         finally:
             self.train(was_training)
         out = torch.cat(chunks) if chunks else torch.empty(0, self.output_dim)
+        if order != sorted(order):
+            out = out[torch.argsort(torch.tensor(order))]
         return out.numpy() if convert_to == 'numpy' else out
 
     def extra_repr(self) -> str:
         return f'name={self.name!r}, output_dim={self.output_dim}, normalize={self.normalize}'
 
 
-def _apply_freeze(backbone: nn.Module, freeze_opt: bool | tuple[str, ...], name: str) -> None:
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix.rstrip('.') + '.')
+
+
+def _apply_freeze(backbone: Backbone, freeze_opt: bool | tuple[str, ...] | dict, name: str) -> None:
     if freeze_opt is False:
         return
     params = dict(backbone.named_parameters())
@@ -177,8 +187,21 @@ def _apply_freeze(backbone: nn.Module, freeze_opt: bool | tuple[str, ...], name:
         for p in params.values():
             p.requires_grad_(False)
         return
+    if isinstance(freeze_opt, dict):  # everything before the last N layers
+        groups = backbone.layer_groups()
+        n = freeze_opt['except_last_layers']
+        if n > len(groups):
+            raise OptionError(f"option 'freeze' for {name!r}: except_last_layers={n} but the backbone has "
+                              f'{len(groups)} layers ({groups[0]} ... {groups[-1]}).')
+        keep = groups[len(groups) - n:]
+        for param_name, p in params.items():  # parameters come input to output
+            if any(_under(param_name, prefix) for prefix in keep):
+                break
+            p.requires_grad_(False)
+        return
+    inner = getattr(backbone, 'param_prefix', '')  # e.g. 'model.' for a wrapped Hugging Face model
     for prefix in freeze_opt:
-        hits = [n for n in params if n == prefix or n.startswith(prefix.rstrip('.') + '.')]
+        hits = [n for n in params if _under(n, prefix) or (inner and _under(n, inner + prefix))]
         if not hits:
             tops = sorted({n.split('.')[0] for n in params})
             seconds = sorted({'.'.join(n.split('.')[:2]) for n in params})
@@ -188,9 +211,12 @@ def _apply_freeze(backbone: nn.Module, freeze_opt: bool | tuple[str, ...], name:
             params[n].requires_grad_(False)
 
 
-def _check_pooler_layout(pooler: str | None, layout: str, model: str) -> None:
+def _check_pooler_layout(pooler: str | None, layout: str | None, model: str) -> None:
     if pooler is None:
         return
+    if layout is None:
+        raise OptionError(f"option 'pooler': {model!r} exposes no unpooled features, so it takes only "
+                          f"pooler=None (its own pooling), got {pooler!r}.")
     cls = pooler_class(pooler)
     if layout not in cls.layouts:
         fits = [p for p in pooler_names() if layout in pooler_class(p).layouts]
@@ -198,18 +224,28 @@ def _check_pooler_layout(pooler: str | None, layout: str, model: str) -> None:
                           f"{model!r} produces {layout} features. Poolers that fit: {', '.join(fits)}, or None.")
 
 
-def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> EmbeddingModel:
+def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> EmbeddingModel | MultiTowerModel:
     """Build the embedding model registered as `name`, configured by `model_options`.
 
-    Returns an :class:`EmbeddingModel` in eval mode. Raises UnknownModelError for an unknown name,
-    OptionError for a bad option, WeightsNotFoundError when pretrained weights are unavailable offline.
+    Returns an :class:`EmbeddingModel` in eval mode, or a :class:`MultiTowerModel` for a family with one
+    tower per modality (CLIP). Raises UnknownModelError for an unknown name, OptionError for a bad
+    option, WeightsNotFoundError when pretrained weights are unavailable offline.
     """
     spec = REGISTRY.get(name)
     opts = resolve_options(spec, model_options)
     if spec.layout is not None:  # refuse a pooler that cannot fit before loading any weights
         _check_pooler_layout(opts['pooler'], spec.layout, spec.name)
-    backbone = spec.build(opts)
-    _check_pooler_layout(opts['pooler'], backbone.layout, spec.name)
+    built = spec.build(opts)
+    if isinstance(built, Towers):
+        towers = {tower: _assemble(backbone, opts, f'{spec.name}[{tower}]')
+                  for tower, backbone in built.backbones.items()}
+        return MultiTowerModel(towers, built.logit_scale, spec.name, opts).eval()
+    return _assemble(built, opts, spec.name).eval()
+
+
+def _assemble(backbone: Backbone, opts: dict[str, Any], name: str) -> EmbeddingModel:
+    """backbone -> pooler -> projection -> normalize (+ classifier), as `opts` say."""
+    _check_pooler_layout(opts['pooler'], backbone.layout, name)
     pooler = None
     if opts['pooler'] is not None:
         pooler = build_pooler(opts['pooler'], opts['pooler_options'])
@@ -223,6 +259,58 @@ def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> Em
     if opts['head'] == COSINE_CLASSIFIER:
         classifier = CosineClassifier(opts['output_dim'] or in_dim, head_opts['num_classes'],
                                       scale=head_opts['scale'])
-    _apply_freeze(backbone, opts['freeze'], spec.name)
-    model = EmbeddingModel(backbone, pooler, projection, classifier, opts['normalize'], spec.name, opts)
-    return model.eval()
+    _apply_freeze(backbone, opts['freeze'], name)
+    return EmbeddingModel(backbone, pooler, projection, classifier, opts['normalize'], name, opts)
+
+
+class MultiTowerModel(nn.Module):
+    """One tower (an :class:`EmbeddingModel`) per modality, all embedding into one space (CLIP).
+
+    ``encode(items)`` picks the tower from the items (strings -> the text tower, anything else -> the
+    other one) or takes ``tower=`` explicitly; ``model(batch, tower='image')`` runs one tower.
+    ``logit_scale`` (when the family has one) is the learnable log temperature of the contrastive loss.
+    """
+
+    def __init__(self, towers: dict[str, EmbeddingModel], logit_scale: float | None, name: str,
+                 options: dict[str, Any]):
+        super().__init__()
+        dims = {t: m.output_dim for t, m in towers.items()}
+        if len(set(dims.values())) != 1:
+            raise OptionError(f'{name!r}: its towers embed into different sizes {dims}; set output_dim to '
+                              f'project them into one space.')
+        self.towers = nn.ModuleDict(towers)
+        self.logit_scale = None if logit_scale is None else nn.Parameter(torch.tensor(float(logit_scale)))
+        self.output_dim = next(iter(dims.values()))
+        self.name, self.options = name, options
+
+    @property
+    def modality(self) -> str:
+        return '+'.join(m.modality for m in self.towers.values())
+
+    def tower_for(self, items: Sequence[Any]) -> str:
+        """The tower that takes `items`: the text tower for strings, the other tower otherwise."""
+        by_modality = {m.modality: t for t, m in self.towers.items()}
+        texts = [isinstance(i, str) and not os.path.isfile(i) for i in items]
+        if any(texts) and not all(texts):
+            raise InputError(f'{self.name!r}: a batch mixes texts and images; encode each with its own call '
+                             f'or pass tower= ({", ".join(self.towers)}).')
+        if all(texts) and 'text' in by_modality:
+            return by_modality['text']
+        others = [t for m, t in by_modality.items() if m != 'text']
+        return others[0] if others else next(iter(self.towers))
+
+    def _tower(self, tower: str) -> EmbeddingModel:
+        if tower not in self.towers:
+            raise InputError(f'tower: expected one of {", ".join(map(repr, self.towers))}, got {tower!r}.')
+        return self.towers[tower]
+
+    def forward(self, batch: Any, tower: str, return_logits: bool = False):
+        return self._tower(tower)(batch, return_logits=return_logits)
+
+    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
+        """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`."""
+        if isinstance(items, (str, os.PathLike, Image.Image)):
+            items = [items]
+        items = list(items)
+        return self._tower(tower or self.tower_for(items)).encode(items, batch_size=batch_size,
+                                                                  convert_to=convert_to)

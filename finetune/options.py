@@ -26,6 +26,8 @@ class Option:
     default: Any
     help: str
     validate: Validator = field(default=lambda name, value: value, repr=False, compare=False)
+    #: for a dict-valued option: the keys it accepts (validated and filled in with their defaults)
+    schema: tuple['Option', ...] = ()
 
 
 def _fail(name: str, value: Any, expected: str) -> OptionError:
@@ -102,14 +104,22 @@ def pretrained(name: str, value: Any) -> bool | str:
     raise _fail(name, value, 'True, False, or the path of a weights file')
 
 
-def freeze(name: str, value: Any) -> bool | tuple[str, ...]:
+FREEZE_EXPECTED = ('True, False, a list of layer-name prefixes such as ["conv1", "layer1"], or '
+                   '{"except_last_layers": N}')
+
+
+def freeze(name: str, value: Any) -> bool | tuple[str, ...] | dict[str, int]:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
         return (value,)
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
         return tuple(value)
-    raise _fail(name, value, 'True, False, or a list of layer-name prefixes such as ["conv1", "layer1"]')
+    if isinstance(value, Mapping) and set(value) == {'except_last_layers'}:
+        n = value['except_last_layers']
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            return {'except_last_layers': n}
+    raise _fail(name, value, FREEZE_EXPECTED)
 
 
 def mapping(name: str, value: Any) -> dict:
@@ -140,7 +150,10 @@ def validate_mapping(what: str, given: Mapping[str, Any] | None, schema: Sequenc
                               f'Valid keys: {valid}.')
     out: dict[str, Any] = {}
     for option in schema:
-        if option.name in given:
+        if option.schema:
+            value = option.validate(option.name, given.get(option.name))
+            out[option.name] = validate_mapping(f'{option.name} ({what})', value, option.schema)
+        elif option.name in given:
             out[option.name] = option.validate(option.name, given[option.name])
         elif keep_missing:
             out[option.name] = option.default

@@ -1,0 +1,77 @@
+"""A Hugging Face transformers encoder as a text backbone: tokens (N, L, C) with their attention mask."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from finetune.backbone import TOKENS, Backbone, Features
+from finetune.errors import InputError
+
+
+def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The longest ModuleList in `model` (the transformer layers) and its name."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best[1])):
+            best = (name, module)
+    return best
+
+
+class HFTextBackbone(Backbone):
+    """``AutoModel`` + its fast tokenizer. ``pool_own`` is the model's pooler output when it has one
+    (BERT: dense + tanh on [CLS]), else the first token."""
+
+    modality = 'text'
+    layout = TOKENS
+    param_prefix = 'model.'
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any, collate: Mapping[str, Any]):
+        super().__init__()
+        self.model_name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.collate = dict(collate)
+        hidden = int(model.config.hidden_size)
+        self.own_dim = self.pooled_dim = hidden
+        self._accepts_token_types = 'token_type_ids' in getattr(tokenizer, 'model_input_names', ())
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
+        inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
+        out = self.model(**inputs)
+        return Features(out.last_hidden_state, batch['attention_mask'])
+
+    def pool_own(self, features: Features) -> torch.Tensor:
+        pooler = getattr(self.model, 'pooler', None)
+        if isinstance(pooler, nn.Module):
+            return pooler(features.tensor)
+        return features.tensor[:, 0]
+
+    def preprocess(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if isinstance(items, str):
+            items = [items]
+        bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise InputError(f'{self.model_name!r} is a text model: item {bad} is a '
+                             f'{type(items[bad]).__name__}, expected a string.')
+        if not items:
+            raise InputError('no items to preprocess: expected a non-empty list of strings.')
+        c = self.collate
+        return dict(self.tokenizer(list(items), padding=c['padding'], truncation=c['truncation'],
+                                   max_length=c['max_length'], return_tensors='pt'))
+
+    def check_batch(self, batch: Any) -> None:
+        if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
+            what = f'a tensor of shape {tuple(batch.shape)}' if isinstance(batch, torch.Tensor) \
+                else type(batch).__name__
+            raise InputError(f'{self.model_name!r} is a text model: expected a tokenized batch (a dict with '
+                             f'input_ids and attention_mask, as model.preprocess(texts) makes), got {what}. '
+                             f'Use model.encode(texts) for strings.')
+
+    def layer_groups(self) -> list[str]:
+        found = _layer_list(self.model)
+        if found is None:
+            return super().layer_groups()
+        name, layers = found
+        return [f'model.{name}.{i}' for i in range(len(layers))]
