@@ -17,6 +17,35 @@ from .registry import REGISTRY, TASKS, BackbonePlugin, BackboneSpec, get_spec
 __version__ = '0.1.0'
 
 
+def fit(model, train_data, eval_data=None, **kwargs):
+    """Fine-tune `model` on `train_data`; see :func:`finetune.training.fit` for every argument."""
+    from .training import fit as _fit
+    return _fit(model, train_data, eval_data, **kwargs)
+
+
+def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10)) -> dict:
+    """Retrieval metrics of `model` on `data`; see :func:`finetune.training.evaluate`."""
+    from .training import evaluate as _evaluate
+    return _evaluate(model, data, batch_size=batch_size, ks=ks)
+
+
+def load(directory: str):
+    """Rebuild a model saved by ``run.save(directory)``, offline, with its saved weights."""
+    from .artifacts import load as _load
+    return _load(directory)
+
+
+def save_model(model, directory: str) -> str:
+    """Save `model` (weights as safetensors + JSON config) so that :func:`load` rebuilds it."""
+    from .artifacts import save_model as _save
+    return _save(model, directory)
+
+
+def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy'):
+    """Embed `items` with `model` in batches (``model.encode``); returns ``(len(items), output_dim)``."""
+    return model.encode(items, batch_size=batch_size, convert_to=convert_to)
+
+
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Names of the registered backbones, sorted; `pattern` is a wildcard (``'resnet*'``, ``'timm:vit_*'``).
 
@@ -26,7 +55,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 __all__ = [
-    'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
+    'fit', 'evaluate', 'load', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

@@ -54,5 +54,129 @@ def plugins_command() -> None:
     _run(plugins_table)
 
 
+def parse_key_values(pairs: tuple[str, ...], what: str) -> dict:
+    """``('pooler=GeM', 'pooler_options.p=2.4')`` -> ``{'pooler': 'GeM', 'pooler_options': {'p': 2.4}}``.
+
+    Values are read as JSON when they parse (numbers, true/false, null, lists), else kept as strings.
+    """
+    import json
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition('=')
+        if not sep or not key:
+            raise click.BadParameter(f'{pair!r}: expected KEY=VALUE, e.g. pooler=GeM', param_hint=what)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        target = out
+        *parents, leaf = key.split('.')
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return out
+
+
+def _is_artifact(name_or_dir: str) -> bool:
+    import os
+    return os.path.isfile(os.path.join(name_or_dir, 'finetune_config.json'))
+
+
+def _load_model(name_or_dir: str):
+    from . import build_model, load
+    return load(name_or_dir) if _is_artifact(name_or_dir) else build_model(name_or_dir)
+
+
+@main.command('fit')
+@click.option('--model', 'model_name', default='all-minilm-l6-v2', show_default=True,
+              help='Backbone name (see `finetune models`) or a saved model folder.')
+@click.option('--train-data', required=True, help='CSV file, or a folder with one sub-folder per class.')
+@click.option('--eval-data', default=None, help='Held-out data for metrics before and after training.')
+@click.option('--loss', default=None, help='Loss name (default: chosen from the data kind).')
+@click.option('--loss-option', multiple=True, help='KEY=VALUE for loss_options (repeatable).')
+@click.option('--model-option', multiple=True, help='KEY=VALUE for model_options, e.g. pooler=GeM (repeatable).')
+@click.option('--epochs', default=1, show_default=True, type=int)
+@click.option('--batch-size', default=32, show_default=True, type=int)
+@click.option('--learning-rate', default=None, type=float, help='Default depends on the modality.')
+@click.option('--precision', default='auto', show_default=True, type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']))
+@click.option('--device', default='auto', show_default=True)
+@click.option('--num-workers', default=0, show_default=True, type=int, help='DataLoader worker processes.')
+@click.option('--seed', default=42, show_default=True, type=int)
+@click.option('--metrics-log', default=None, help='Write step and evaluation metrics to this .csv/.jsonl file.')
+@click.option('--output', default=None, help='Folder for the fine-tuned model (and checkpoints).')
+def fit_command(model_name, train_data, eval_data, loss, loss_option, model_option, epochs, batch_size,
+                learning_rate, precision, device, num_workers, seed, metrics_log, output) -> None:
+    """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
+    from . import load
+    from .callbacks import MetricsLogger
+    from .errors import OptionError
+    from .evaluation import format_metrics_table
+    from .training import fit
+
+    def job():
+        model_options = parse_key_values(model_option, '--model-option') or None
+        model = model_name
+        if _is_artifact(model_name):
+            if model_options:
+                raise OptionError('--model-option cannot change a saved model; start from a backbone name.')
+            model = load(model_name)
+        run = fit(model, train_data, eval_data, model_options=model_options,
+                  loss=loss, loss_options=parse_key_values(loss_option, '--loss-option') or None, epochs=epochs,
+                  batch_size=batch_size, learning_rate=learning_rate, precision=precision, device=device,
+                  num_workers=num_workers, seed=seed, output_dir=output,
+                  callbacks=[MetricsLogger(metrics_log)] if metrics_log else None)
+        if run.metrics.get('after'):
+            Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after']))
+        if output:
+            click.echo(f'model saved to {output}/model (load it with finetune.load)')
+    _run(job)
+
+
+@main.command('evaluate')
+@click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
+@click.option('--data', required=True, help='CSV file or class folder to evaluate on.')
+@click.option('--batch-size', default=64, show_default=True, type=int)
+def evaluate_command(model_name: str, data: str, batch_size: int) -> None:
+    """Print retrieval metrics of a model on some data."""
+    from .evaluation import format_metrics_table
+    from .training import evaluate
+
+    def job():
+        metrics = evaluate(_load_model(model_name), data, batch_size=batch_size)
+        Console().print(format_metrics_table(None, metrics))
+    _run(job)
+
+
+@main.command('encode')
+@click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
+@click.option('--input', 'input_path', required=True,
+              help='A text file (one item per line: texts or image paths) or a CSV whose first column is used.')
+@click.option('--output', required=True, help='Where to write the embeddings (.npy).')
+@click.option('--batch-size', default=32, show_default=True, type=int)
+def encode_command(model_name: str, input_path: str, output: str, batch_size: int) -> None:
+    """Embed every line of a file and save the (N, D) array as .npy."""
+    import csv
+
+    import numpy as np
+
+    from .errors import InputError
+
+    def job():
+        try:
+            with open(input_path, encoding='utf-8', newline='') as f:
+                if input_path.lower().endswith('.csv'):
+                    items = [row[0] for row in csv.reader(f) if row]
+                else:
+                    items = [line.rstrip('\n') for line in f if line.strip()]
+        except OSError as exc:
+            raise InputError(f'--input: cannot read {input_path!r}: {exc}') from exc
+        if not items:
+            raise InputError(f'--input: {input_path!r} holds no items.')
+        embeddings = _load_model(model_name).encode(items, batch_size=batch_size)
+        np.save(output, embeddings)
+        click.echo(f'{embeddings.shape[0]} embeddings of size {embeddings.shape[1]} written to {output}')
+    _run(job)
+
+
 if __name__ == '__main__':  # pragma: no cover
     main()

@@ -237,10 +237,33 @@ def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> Em
         _check_pooler_layout(opts['pooler'], spec.layout, spec.name)
     built = spec.build(opts)
     if isinstance(built, Towers):
-        towers = {tower: _assemble(backbone, opts, f'{spec.name}[{tower}]')
+        unfrozen = dict(opts, freeze=False)  # prefixes may name either tower: freeze them together below
+        towers = {tower: _assemble(backbone, unfrozen, f'{spec.name}[{tower}]')
                   for tower, backbone in built.backbones.items()}
-        return MultiTowerModel(towers, built.logit_scale, spec.name, opts).eval()
+        model = MultiTowerModel(towers, built.logit_scale, spec.name, opts)
+        _apply_freeze(_TowerBackbones(built.backbones), opts['freeze'], spec.name)
+        return model.eval()
     return _assemble(built, opts, spec.name).eval()
+
+
+class _TowerBackbones(nn.Module):
+    """The backbones of all towers seen as one (shared modules counted once), for ``freeze``."""
+
+    def __init__(self, backbones: dict[str, Backbone]):
+        super().__init__()
+        self.parts = list(backbones.values())
+        self.param_prefix = ''
+
+    def named_parameters(self, *args, **kwargs):
+        seen = set()
+        for backbone in self.parts:
+            for name, p in backbone.named_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield name, p
+
+    def layer_groups(self) -> list[str]:
+        return [g for backbone in self.parts for g in backbone.layer_groups()]
 
 
 def _assemble(backbone: Backbone, opts: dict[str, Any], name: str) -> EmbeddingModel:

@@ -86,7 +86,8 @@ class ImagePreprocessor:
         img = _to_pil(item, index)
         w, h = img.size
         scale = self.resize_size / min(w, h)
-        nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+        # the long side is truncated, as torchvision's Resize does, so crops match its pixels
+        nw, nh = max(self.image_size, int(w * scale)), max(self.image_size, int(h * scale))
         img = img.resize((nw, nh), self.filter)
         left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
         img = img.crop((left, top, left + self.image_size, top + self.image_size))

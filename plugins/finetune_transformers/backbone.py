@@ -69,6 +69,13 @@ class HFTextBackbone(Backbone):
                              f'input_ids and attention_mask, as model.preprocess(texts) makes), got {what}. '
                              f'Use model.encode(texts) for strings.')
 
+    def export(self, directory: str) -> str:
+        """Write the config and tokenizer (not the weights: the artifact holds those) so the model
+        rebuilds offline; returns the registry name that rebuilds it, relative to the artifact."""
+        self.model.config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return 'hf:./backbone'
+
     def layer_groups(self) -> list[str]:
         found = _layer_list(self.model)
         if found is None:

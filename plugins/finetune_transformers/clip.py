@@ -45,6 +45,16 @@ class HFCLIPTextTower(Backbone):
         return dict(self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors='pt'))
 
+    def export(self, directory: str) -> str:
+        """Write the CLIP config and tokenizer beside the artifact's weights; see HFTextBackbone.export."""
+        from transformers import CLIPConfig
+        config = CLIPConfig(text_config=self.text_model.config.to_dict(),
+                            vision_config=self.vision_config.to_dict(),
+                            projection_dim=self.text_projection.out_features)
+        config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return 'hf:./backbone'
+
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch:
             raise InputError(f'the text tower of {self.model_name!r} expects a tokenized batch (a dict with '
@@ -120,6 +130,7 @@ def build_clip(name: str, directory: str, options: dict[str, Any]) -> Towers | B
     pre = options['preprocess_options']
     text = HFCLIPTextTower(name, model.text_model, model.text_projection, tokenizer,
                            int(model.config.text_config.max_position_embeddings))
+    text.vision_config = model.config.vision_config  # for export(): one config describes both towers
     image = HFCLIPImageTower(name, model.vision_model, model.visual_projection, pre)
     tower = options.get('tower')
     if tower == 'text':

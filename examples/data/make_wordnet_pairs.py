@@ -1,0 +1,47 @@
+"""How wordnet_train.csv and wordnet_eval.csv were made (kept for provenance; the CSVs are shipped).
+
+Source: WordNet 3.0 noun synsets, from Debian's `wordnet-base` package (`apt-get download wordnet-base`
+and `dpkg -x` it; the data file is usr/share/wordnet/data.noun). Each row pairs a synset's definition
+(query) with its words (doc), e.g. "a domesticated carnivorous mammal ..." -> "dog, domestic dog".
+Synsets are shuffled with a fixed seed and split so that no synset is in both files.
+
+    python examples/data/make_wordnet_pairs.py /path/to/data.noun
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import sys
+
+
+def synsets(path: str):
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if line.startswith('  '):
+                continue  # licence header
+            head, _, gloss = line.partition(' | ')
+            fields = head.split()
+            count = int(fields[3], 16)
+            words = [fields[4 + 2 * i].replace('_', ' ') for i in range(count)]
+            words = [w.split('(')[0] for w in words]
+            definition = gloss.split(';')[0].strip()
+            if 25 <= len(definition) <= 160 and words:
+                yield definition, ', '.join(dict.fromkeys(words))
+
+
+def main(path: str, train_size: int = 3000, eval_size: int = 600, seed: int = 0) -> None:
+    rows = list(synsets(path))
+    random.Random(seed).shuffle(rows)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, part in (('wordnet_train.csv', rows[:train_size]),
+                       ('wordnet_eval.csv', rows[train_size:train_size + eval_size])):
+        with open(os.path.join(here, name), 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f)
+            writer.writerow(['query', 'doc'])
+            writer.writerows(part)
+        print(f'{name}: {len(part)} rows')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1] if len(sys.argv) > 1 else '/usr/share/wordnet/data.noun')

@@ -1,0 +1,156 @@
+"""Callbacks for :func:`finetune.fit`: evaluation, best checkpoint, early stopping, metric logs, progress.
+
+A callback overrides any of the hooks below; each receives the :class:`~finetune.training.TrainState`.
+``state.should_stop = True`` ends training after the current step.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from typing import Any
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_begin(self, state) -> None: ...
+
+    def on_step_end(self, state) -> None: ...
+
+    def on_epoch_end(self, state) -> None: ...
+
+    def on_evaluate(self, state, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, state) -> None: ...
+
+
+class EvaluationCallback(Callback):
+    """Evaluate on the eval data every `every_n_steps` optimizer steps and/or at each epoch's end."""
+
+    def __init__(self, every_n_steps: int | None = None, each_epoch: bool = True):
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps <= 0):
+            raise ValueError(f'every_n_steps: expected a positive integer or None, got {every_n_steps!r}')
+        self.every_n_steps, self.each_epoch = every_n_steps, each_epoch
+
+    def on_step_end(self, state) -> None:
+        if self.every_n_steps and state.step % self.every_n_steps == 0:
+            state.request_evaluation()
+
+    def on_epoch_end(self, state) -> None:
+        if self.each_epoch:
+            state.request_evaluation()
+
+
+def _monitored(metrics: dict[str, float], monitor: str) -> float:
+    if monitor not in metrics:
+        raise KeyError(f'monitor {monitor!r} is not among the evaluation metrics: {", ".join(sorted(metrics))}')
+    return float(metrics[monitor])
+
+
+class BestModelCheckpoint(Callback):
+    """Save the model to `directory` whenever the monitored metric improves (atomically)."""
+
+    def __init__(self, directory: str, monitor: str = 'ndcg@10', mode: str = 'max'):
+        if mode not in ('max', 'min'):
+            raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+        self.directory, self.monitor, self.mode = directory, monitor, mode
+        self.best: float | None = None
+
+    def on_evaluate(self, state, metrics) -> None:
+        value = _monitored(metrics, self.monitor)
+        if self.best is None or (value > self.best if self.mode == 'max' else value < self.best):
+            self.best = value
+            state.save_checkpoint(self.directory, metrics)
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, monitor: str = 'ndcg@10', patience: int = 2, min_delta: float = 0.0, mode: str = 'max'):
+        if mode not in ('max', 'min'):
+            raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.best: float | None = None
+        self.bad_rounds = 0
+
+    def on_evaluate(self, state, metrics) -> None:
+        value = _monitored(metrics, self.monitor)
+        better = self.best is None or (value > self.best + self.min_delta if self.mode == 'max'
+                                       else value < self.best - self.min_delta)
+        if better:
+            self.best, self.bad_rounds = value, 0
+            return
+        self.bad_rounds += 1
+        if self.bad_rounds >= self.patience:
+            state.log(f'early stopping: {self.monitor} did not improve by {self.min_delta} for '
+                      f'{self.patience} evaluations (best {self.best:.4f})')
+            state.should_stop = True
+
+
+class MetricsLogger(Callback):
+    """Append one record per logged step and per evaluation to a ``.csv`` or ``.jsonl`` file."""
+
+    def __init__(self, path: str):
+        if not path.endswith(('.csv', '.jsonl', '.json')):
+            raise ValueError(f'MetricsLogger path: expected a .csv or .jsonl file, got {path!r}')
+        self.path = path
+        self._fields: list[str] | None = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if self.path.endswith('.csv'):
+            fields = self._fields or list(record)
+            self._fields = fields
+            new = not os.path.exists(self.path)
+            with open(self.path, 'a', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: record.get(k, '') for k in fields})
+        else:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def on_step_end(self, state) -> None:
+        self._write({'event': 'step', 'epoch': state.epoch, 'step': state.step, 'loss': state.last_loss,
+                     'learning_rate': state.learning_rate, 'samples_per_second': state.samples_per_second})
+
+    def on_evaluate(self, state, metrics) -> None:
+        self._write({'event': 'evaluate', 'epoch': state.epoch, 'step': state.step, 'loss': state.last_loss,
+                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+
+
+class ProgressBar(Callback):
+    """A rich progress bar (epoch, step, loss, samples/s, ETA); silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress = None
+        self._task = None
+
+    def on_train_begin(self, state) -> None:
+        if not self.enabled or not state.is_main_process:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        self._progress = Progress(TextColumn('[bold]epoch {task.fields[epoch]}'), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn('loss {task.fields[loss]}'),
+                                  TextColumn('{task.fields[speed]} samples/s'), TimeElapsedColumn(),
+                                  TimeRemainingColumn(), transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task('fit', total=state.total_steps, epoch=1, loss='-', speed='-')
+
+    def on_step_end(self, state) -> None:
+        if self._progress is None:
+            return
+        loss = f'{state.last_loss:.4f}' if state.last_loss is not None and math.isfinite(state.last_loss) else '-'
+        self._progress.update(self._task, completed=state.step, epoch=f'{state.epoch + 1}/{state.epochs}',
+                              loss=loss, speed=f'{state.samples_per_second:.1f}')
+
+    def on_train_end(self, state) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,271 @@
+"""Reading training and evaluation data into one shape, :class:`TrainingData`, with its kind detected.
+
+Kinds (Jina Finetuner's layouts):
+
+* ``labeled``: ``item, label`` rows — items of one label are positives of each other;
+* ``pairs``: ``query, doc`` rows — rows sharing a query share a label;
+* ``scored``: ``a, b, score`` rows, score in [0, 1];
+* ``text-image``: a text beside an image (a path, PIL image or array): pairs across two modalities.
+
+Sources: a list of tuples (or dicts), a CSV file, a folder with one sub-folder per class, or a Hugging
+Face ``datasets.Dataset``. Every mistake is reported with the row (CSV line) that caused it.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+KINDS = ('labeled', 'pairs', 'scored', 'text-image')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+#: header names that say what a column is
+LABEL_NAMES = {'label', 'labels', 'class', 'category', 'target'}
+SCORE_NAMES = {'score', 'similarity', 'relevance', 'label_score'}
+IMAGE_NAMES = {'image', 'img', 'image_path', 'path', 'file'}
+TEXT_NAMES = {'text', 'caption', 'query', 'doc', 'document', 'item', 'sentence', 'sentence1', 'sentence2', 'a',
+              'b', 'anchor', 'positive', 'question', 'answer', 'passage', 'title'}
+KNOWN_HEADERS = LABEL_NAMES | SCORE_NAMES | IMAGE_NAMES | TEXT_NAMES
+
+
+def item_modality(item: Any) -> str:
+    """'image' for image paths, PIL images and image arrays; 'text' for other strings; else 'other'."""
+    if isinstance(item, str):
+        return 'image' if item.lower().endswith(IMAGE_EXTENSIONS) else 'text'
+    if isinstance(item, os.PathLike):
+        return 'image' if os.fspath(item).lower().endswith(IMAGE_EXTENSIONS) else 'other'
+    if type(item).__module__.startswith('PIL.'):
+        return 'image'
+    if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
+        return 'image' if getattr(item, 'ndim', 0) in (2, 3) else 'other'
+    return 'other'
+
+
+@dataclass
+class TrainingData:
+    """Data in one of :data:`KINDS`. ``a`` holds items / queries / texts, ``b`` docs / images / second
+    sentences; ``groups`` the label id of each row (class for labeled data, query group for pairs);
+    ``scores`` the score of each scored pair; ``label_names[g]`` the original label of group ``g``."""
+
+    kind: str
+    a: list
+    b: list | None = None
+    groups: list[int] | None = None
+    scores: list[float] | None = None
+    label_names: list = field(default_factory=list)
+    source: str = 'data'
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality of each side, read off the first row."""
+        sides = [self.a] + ([self.b] if self.b is not None else [])
+        return tuple(item_modality(side[0]) for side in sides)
+
+    def describe(self) -> str:
+        """One line: what this data is, as detected."""
+        n = len(self)
+        mods = '/'.join(self.modalities)
+        if self.kind == 'labeled':
+            return f'{self.source}: {n:,} labeled {mods} items in {len(set(self.groups)):,} classes'
+        if self.kind == 'scored':
+            return f'{self.source}: {n:,} scored {mods} pairs (score {min(self.scores):.2f}..{max(self.scores):.2f})'
+        return f'{self.source}: {n:,} {self.kind} rows ({mods}), {len(set(self.groups)):,} distinct queries'
+
+
+def _is_number(cell: Any) -> bool:
+    if isinstance(cell, bool):
+        return False
+    if isinstance(cell, (int, float)):
+        return math.isfinite(cell)
+    try:
+        return math.isfinite(float(cell))
+    except (TypeError, ValueError):
+        return False
+
+
+def _group_ids(values: Sequence[Any]) -> tuple[list[int], list]:
+    names: dict[Any, int] = {}
+    ids = [names.setdefault(_hashable(v), len(names)) for v in values]
+    return ids, list(names)
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return id(value)
+
+
+def _where(source: str, index: int, line_offset: int) -> str:
+    return f'{source}, line {index + line_offset}' if line_offset else f'{source}, row {index}'
+
+
+def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] | None = None,
+              kind: str | None = None, line_offset: int = 0) -> TrainingData:
+    """Build TrainingData from rows of 2 (item, label | query, doc | text, image) or 3 (a, b, score) cells.
+
+    `line_offset` turns a row index into a file line number in messages. Raises InputError.
+    """
+    if kind is not None and kind not in KINDS:
+        raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(KINDS)}.')
+    if not rows:
+        raise InputError(f'{source} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
+    width = len(rows[0])
+    if width not in (2, 3):
+        raise InputError(f'{_where(source, 0, line_offset)}: {width} columns; expected 2 (item, label / query, doc '
+                         f'/ text, image) or 3 (a, b, score).')
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise InputError(f'{_where(source, i, line_offset)}: {len(row)} columns, expected {width} like the '
+                             f'first row.')
+        for j, cell in enumerate(row):
+            if cell is None or (isinstance(cell, str) and not cell.strip()):
+                raise InputError(f'{_where(source, i, line_offset)}: column {j + 1} is empty.')
+    names = [h.strip().lower() for h in header] if header else [''] * width
+    a = [r[0] for r in rows]
+    b = [r[1] for r in rows]
+    if width == 3 or kind == 'scored':
+        if width != 3:
+            raise InputError(f'{source}: scored data needs 3 columns (a, b, score), got {width}.')
+        scores = []
+        for i, row in enumerate(rows):
+            if not _is_number(row[2]) or not 0.0 <= float(row[2]) <= 1.0:
+                raise InputError(f'{_where(source, i, line_offset)}: score {row[2]!r} is not a number in [0, 1].')
+            scores.append(float(row[2]))
+        groups, labels = _group_ids(a)
+        return TrainingData('scored', a, b, groups, scores, labels, source)
+    if kind is None:
+        kind = _detect_two_columns(a, b, names)
+    if kind == 'labeled':
+        groups, labels = _group_ids(b)
+        return TrainingData('labeled', a, None, groups, None, labels, source)
+    if kind == 'text-image':
+        if item_modality(a[0]) == 'image' and item_modality(b[0]) == 'text':
+            a, b = b, a  # text first, image second
+    groups, labels = _group_ids(a)
+    return TrainingData(kind, a, b, groups, None, labels, source)
+
+
+def _detect_two_columns(a: list, b: list, names: list[str]) -> str:
+    """labeled, pairs or text-image, from column names where known, else from the cells."""
+    if names[1] in LABEL_NAMES:
+        return 'labeled'
+    mod_a, mod_b = item_modality(a[0]), item_modality(b[0])
+    if mod_b == 'other':
+        return 'labeled'  # numbers or other hashables in the second column are labels
+    if mod_a == mod_b == 'image' or names[1] in TEXT_NAMES | IMAGE_NAMES:
+        return 'text-image' if mod_a != mod_b else 'pairs'
+    # a text column beside items: labels repeat across many rows, captions and documents mostly do not
+    labels_repeat = len(set(map(_hashable, b))) <= max(1, len(b) // 2)
+    if labels_repeat:
+        return 'labeled'
+    return 'text-image' if mod_a != mod_b else 'pairs'
+
+
+def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind: str | None = None) -> TrainingData:
+    """Read a CSV file of 2 or 3 columns; a first row of known column names is a header.
+
+    Relative image paths are resolved against the CSV's folder. Raises InputError with the line number.
+    """
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            rows = [row for row in csv.reader(f, delimiter=delimiter)]
+    except UnicodeDecodeError as exc:
+        raise InputError(f'{path}: not UTF-8 text ({exc}).') from exc
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise InputError(f'{path} is empty: expected rows such as item,label or query,doc or a,b,score.')
+    first = [c.strip().lower() for c in rows[0]]
+    has_header = header is True or (header == 'auto' and all(c in KNOWN_HEADERS for c in first))
+    names = first if has_header else None
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise InputError(f'{path}: a header and no rows.')
+    folder = os.path.dirname(os.path.abspath(path))
+
+    def resolve(cell: str) -> str:
+        cell = cell.strip()
+        if cell.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isabs(cell):
+            return os.path.join(folder, cell)
+        return cell
+    body = [[resolve(c) for c in row] for row in body]
+    return from_rows(body, source=os.path.basename(path), header=names, kind=kind,
+                     line_offset=2 if has_header else 1)
+
+
+def read_image_folder(path: str) -> TrainingData:
+    """A folder with one sub-folder of images per class -> labeled data. Raises InputError."""
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    rows = []
+    for name in classes:
+        for file in sorted(os.listdir(os.path.join(path, name))):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                rows.append((os.path.join(path, name, file), name))
+    if not rows:
+        raise InputError(f'{path}: expected one sub-folder per class holding images '
+                         f'({", ".join(IMAGE_EXTENSIONS)}), found none.')
+    return from_rows(rows, source=os.path.basename(os.path.normpath(path)), kind='labeled')
+
+
+def from_hf_dataset(dataset: Any, kind: str | None = None) -> TrainingData:
+    """A Hugging Face ``datasets.Dataset`` with 2 or 3 columns (named as in a CSV header)."""
+    columns = list(dataset.column_names)
+    if len(columns) not in (2, 3):
+        raise InputError(f'dataset has columns {columns}; expected 2 (item, label / query, doc / text, image) or '
+                         f'3 (a, b, score). Select them with dataset.select_columns([...]).')
+    data = {c: list(dataset[c]) for c in columns}
+    rows = list(zip(*(data[c] for c in columns)))
+    return from_rows(rows, source=f'datasets.Dataset({", ".join(columns)})', header=columns, kind=kind)
+
+
+def load_data(data: Any, name: str = 'train_data', kind: str | None = None, delimiter: str = ',') -> TrainingData:
+    """Any supported source -> :class:`TrainingData` (kind detected unless `kind` is given).
+
+    Raises InputError naming `name` for anything it cannot read.
+    """
+    if isinstance(data, TrainingData):
+        return data
+    if data is None:
+        raise InputError(f'{name}: no data given.')
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if os.path.isdir(path):
+            return read_image_folder(path)
+        if not os.path.isfile(path):
+            raise InputError(f'{name}: {path!r} does not exist (expected a CSV file or a folder of class folders).')
+        if not path.lower().endswith(('.csv', '.tsv', '.txt')):
+            raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv) or a folder.')
+        return read_csv(path, delimiter='\t' if path.lower().endswith('.tsv') else delimiter, kind=kind)
+    if hasattr(data, 'column_names') and hasattr(data, 'features'):
+        return from_hf_dataset(data, kind=kind)
+    if isinstance(data, Mapping):
+        raise InputError(f'{name}: got a dict; pass a list of rows such as [(item, label), ...] or a CSV path.')
+    if isinstance(data, Iterable):
+        rows = list(data)
+        if not rows:
+            raise InputError(f'{name} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
+        if all(isinstance(r, Mapping) for r in rows):
+            header = list(rows[0])
+            rows = [[r.get(k) for k in header] for r in rows]
+            return from_rows(rows, source=name, header=header, kind=kind)
+        bad = next((i for i, r in enumerate(rows) if isinstance(r, str) or not isinstance(r, (list, tuple))), None)
+        if bad is not None:
+            raise InputError(f'{name}, row {bad}: {rows[bad]!r} is not a row; expected tuples such as (item, label), '
+                             f'(query, doc) or (a, b, score).')
+        return from_rows(rows, source=name, kind=kind)
+    raise InputError(f'{name}: cannot read {type(data).__name__}; expected a list of rows, a CSV path, an image '
+                     f'folder or a datasets.Dataset.')
+
+
+def class_counts(data: TrainingData) -> Counter:
+    return Counter(data.groups or [])

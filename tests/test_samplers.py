@@ -1,0 +1,282 @@
+"""Batch samplers: class-balanced batches for labeled data, duplicate-free batches for pairs."""
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from finetune.errors import InputError, OptionError
+from finetune.samplers import ClassBalancedBatchSampler, NoDuplicatesBatchSampler
+
+
+def _quiet(factory, *args, **kwargs):
+    """Build a sampler, failing on any warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        return factory(*args, **kwargs)
+
+
+def _groups(batch: list[int], labels) -> list[tuple[object, int]]:
+    """(class, run length) of consecutive items of one class in a batch."""
+    runs: list[list] = []
+    for i in batch:
+        if runs and runs[-1][0] == labels[i]:
+            runs[-1][1] += 1
+        else:
+            runs.append([labels[i], 1])
+    return [tuple(r) for r in runs]
+
+
+# ---------------------------------------------------------------- class-balanced
+
+def test_class_balanced_batches_have_classes_times_items():
+    labels = np.repeat(np.arange(10), 8)  # 10 classes x 8 items
+    sampler = _quiet(ClassBalancedBatchSampler, labels, batch_size=16, items_per_class=4)
+    assert (sampler.items_per_class, sampler.classes_per_batch, sampler.group_sizes) == (4, 4, (4, 4, 4, 4))
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 80 // 16
+    for batch in batches:
+        assert len(batch) == 16 and len(set(batch)) == 16  # no item twice: every class has >= 4 items
+        groups = _groups(batch, labels)
+        assert [n for _, n in groups] == [4, 4, 4, 4]
+        assert len({c for c, _ in groups}) == 4
+
+
+def test_class_balanced_epoch_shows_every_item_once_when_classes_divide_evenly():
+    labels = np.repeat(np.arange(10), 8)
+    sampler = ClassBalancedBatchSampler(labels, batch_size=16, items_per_class=4, seed=3)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        seen = [i for batch in sampler for i in batch]
+        assert sorted(seen) == list(range(80))
+
+
+def test_class_balanced_len_with_and_without_drop_last():
+    labels = np.repeat(np.arange(10), 7)  # 70 items
+    assert len(_quiet(ClassBalancedBatchSampler, labels, 16, items_per_class=4)) == 4
+    sampler = _quiet(ClassBalancedBatchSampler, labels, 16, items_per_class=4, drop_last=False)
+    assert len(sampler) == 5
+    batches = list(sampler)
+    assert len(batches) == 5 and all(len(b) == 16 for b in batches)
+
+
+def test_class_balanced_small_classes_repeat_items_within_their_group():
+    labels = ['a'] * 2 + ['b'] * 6 + ['c'] * 6 + ['d'] * 6
+    sampler = _quiet(ClassBalancedBatchSampler, labels, batch_size=8, items_per_class=4)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            for cls, n in _groups(batch, labels):
+                assert n == 4
+                members = [i for i in batch if labels[i] == cls]
+                # class 'a' has 2 items: each used twice; the others: 4 distinct items
+                assert len(set(members)) == (2 if cls == 'a' else 4)
+
+
+def test_class_balanced_accepts_tensors_and_strings():
+    tensor_labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    batches = list(_quiet(ClassBalancedBatchSampler, tensor_labels, batch_size=4, items_per_class=2))
+    assert len(batches) == 2
+    for batch in batches:
+        assert sorted(Counter(tensor_labels[batch].tolist()).values()) == [2, 2]
+
+
+def _adjusted(labels, batch_size, items_per_class):
+    with pytest.warns(UserWarning, match=f'items_per_class={items_per_class} changed to') as record:
+        sampler = ClassBalancedBatchSampler(labels, batch_size, items_per_class=items_per_class)
+    return sampler, str(record[0].message)
+
+
+def test_class_balanced_adjusts_items_per_class_that_does_not_divide_the_batch():
+    labels = np.repeat(np.arange(20), 6)
+    sampler, message = _adjusted(labels, 30, 4)
+    assert sampler.group_sizes == (3,) * 10
+    assert 'changed to 3 (10 classes x 3 items)' in message and '4 does not divide batch_size 30' in message
+    for batch in sampler:
+        assert [n for _, n in _groups(batch, labels)] == [3] * 10
+
+
+def test_class_balanced_adjusts_items_per_class_to_the_class_sizes():
+    labels = np.repeat(np.arange(20), 3)  # no class has 4 items
+    sampler, message = _adjusted(labels, 32, 4)
+    assert sampler.group_sizes == (2,) * 16
+    assert 'no class has more than 3 items' in message and 'changed to 2' in message
+
+
+def test_class_balanced_adjusts_when_batch_is_too_small_or_classes_too_few():
+    sampler, message = _adjusted(np.repeat(np.arange(5), 8), 8, 8)
+    assert sampler.group_sizes == (4, 4) and 'at least 2 classes' in message
+    labels = np.repeat(np.arange(3), 20)
+    sampler, message = _adjusted(labels, 32, 4)
+    assert sampler.group_sizes == (11, 11, 10) and 'only 3 classes' in message
+    for batch in sampler:
+        assert sorted(n for _, n in _groups(batch, labels)) == [10, 11, 11]
+
+
+def test_class_balanced_prime_batch_size_gets_groups_one_item_apart():
+    labels = np.repeat(np.arange(20), 6)
+    sampler, message = _adjusted(labels, 31, 4)
+    assert sampler.group_sizes == (5, 5, 5, 4, 4, 4, 4) and 'no divisor' in message
+    for batch in sampler:
+        assert len(batch) == 31 and sorted(n for _, n in _groups(batch, labels)) == [4, 4, 4, 4, 5, 5, 5]
+
+
+def test_class_balanced_leaves_out_single_item_classes_with_a_warning():
+    labels = [0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 4]  # classes 2, 3, 4 have one item each
+    with pytest.warns(UserWarning, match='3 of 5 classes have a single item'):
+        sampler = ClassBalancedBatchSampler(labels, batch_size=4, items_per_class=2)
+    seen = {i for batch in sampler for i in batch}
+    assert seen <= set(range(8)) and len(sampler) == 2
+
+
+def test_class_balanced_refuses_what_cannot_work():
+    with pytest.raises(InputError, match='each of the 4 classes has a single item'):
+        ClassBalancedBatchSampler([0, 1, 2, 3], batch_size=4)
+    with pytest.raises(InputError, match='at least 2 classes, got 1'):
+        ClassBalancedBatchSampler([7] * 10, batch_size=4)
+    with pytest.raises(InputError, match='at least 2 classes with 2 or more items'):
+        ClassBalancedBatchSampler([0, 0, 0, 1, 2], batch_size=4)
+    with pytest.raises(InputError, match='batch_size 16 is larger than the 8 items'):
+        ClassBalancedBatchSampler([0] * 4 + [1] * 4, batch_size=16)
+    with pytest.raises(OptionError, match='items_per_class'):
+        ClassBalancedBatchSampler([0, 0, 1, 1], batch_size=4, items_per_class=1)
+    with pytest.raises(OptionError, match='batch_size'):
+        ClassBalancedBatchSampler([0, 0, 1, 1], batch_size=2)
+
+
+def test_class_balanced_is_deterministic_per_seed_and_epoch():
+    labels = np.random.default_rng(0).integers(0, 30, size=600)
+    a = ClassBalancedBatchSampler(labels, 32, seed=1)
+    b = ClassBalancedBatchSampler(labels, 32, seed=1)
+    first = list(a)
+    assert first == list(b) == list(a)
+    a.set_epoch(1)
+    second = list(a)
+    assert second != first
+    a.set_epoch(0)
+    assert list(a) == first
+    assert list(ClassBalancedBatchSampler(labels, 32, seed=2)) != first
+
+
+def test_class_balanced_works_as_a_dataloader_batch_sampler():
+    labels = np.repeat(np.arange(6), 4)
+    loader = DataLoader(torch.arange(24), batch_sampler=ClassBalancedBatchSampler(labels, 8, items_per_class=4))
+    out = list(loader)
+    assert len(out) == len(loader) == 3 and all(t.shape == (8,) for t in out)
+
+
+def test_class_balanced_100k_items_is_fast():
+    labels = np.random.default_rng(1).integers(0, 5000, size=100_000)
+    start = time.perf_counter()
+    sampler = ClassBalancedBatchSampler(labels, 64, items_per_class=4)
+    batches = list(sampler)
+    assert time.perf_counter() - start < 2.0
+    assert len(batches) == len(sampler) == 100_000 // 64
+    assert all(len(b) == 64 for b in batches[:50])
+
+
+# ---------------------------------------------------------------- no duplicates
+
+def _check_no_duplicates(batches, keys_of_row):
+    for batch in batches:
+        keys = [k for row in batch for k in keys_of_row(row)]
+        assert len(keys) == len(set(keys))
+
+
+def test_no_duplicates_single_keys_every_row_once():
+    keys = np.random.default_rng(2).integers(0, 40, size=500).tolist()  # ~12 rows per key
+    sampler = NoDuplicatesBatchSampler(keys, batch_size=16, seed=0)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        _check_no_duplicates(batches, lambda row: [keys[row]])
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert sum(len(b) < 16 for b in batches) <= 2
+
+
+def test_no_duplicates_tuple_keys_constrain_every_key_of_a_row():
+    rng = np.random.default_rng(3)
+    queries, docs = rng.integers(0, 60, size=400), rng.integers(0, 80, size=400)
+    keys = [(f'q{q}', f'd{d}') for q, d in zip(queries, docs)]
+    keys[0] = ('same', 'same')  # one key twice in a row is not a clash with itself
+    sampler = NoDuplicatesBatchSampler(keys, batch_size=8, seed=4)
+    batches = list(sampler)
+    _check_no_duplicates(batches, lambda row: set(keys[row]))
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    assert len(batches) == len(sampler)
+
+
+def test_no_duplicates_drop_last_gives_only_full_batches():
+    keys = np.random.default_rng(5).integers(0, 30, size=203).tolist()
+    sampler = NoDuplicatesBatchSampler(keys, batch_size=10, drop_last=True)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) and all(len(b) == 10 for b in batches)
+    rows = [i for b in batches for i in b]
+    assert len(rows) == len(set(rows)) and len(batches) >= 19
+    _check_no_duplicates(batches, lambda row: [keys[row]])
+
+
+def test_no_duplicates_a_key_on_too_many_rows_warns_and_is_still_never_repeated():
+    keys = ['hot'] * 30 + list(range(70))  # 'hot' cannot fit once per batch: only 10 full batches of 10
+    with pytest.warns(UserWarning, match="key 'hot' is on 30 rows .* only 10 full batches"):
+        sampler = NoDuplicatesBatchSampler(keys, batch_size=10)
+    batches = list(sampler)
+    _check_no_duplicates(batches, lambda row: [keys[row]])
+    assert sorted(i for b in batches for i in b) == list(range(100))  # drop_last=False: every row once
+    assert len(batches) == len(sampler) >= 30
+    with pytest.warns(UserWarning, match='left out'):
+        dropping = NoDuplicatesBatchSampler(keys, batch_size=10, drop_last=True)
+    full = list(dropping)
+    assert all(len(b) == 10 for b in full) and len(full) == len(dropping)
+    _check_no_duplicates(full, lambda row: [keys[row]])
+
+
+def test_no_duplicates_too_few_distinct_keys_for_a_full_batch():
+    keys = [i % 5 for i in range(40)]  # 5 keys: no duplicate-free batch of 8 exists
+    with pytest.warns(UserWarning):
+        sampler = NoDuplicatesBatchSampler(keys, batch_size=8, drop_last=True)
+    with pytest.raises(InputError, match='no batch of 8 rows without a repeated key'):
+        len(sampler)
+    with pytest.warns(UserWarning):
+        keeping = NoDuplicatesBatchSampler(keys, batch_size=8)
+    batches = list(keeping)
+    assert len(batches) == 8 and all(len(b) == 5 for b in batches)
+    _check_no_duplicates(batches, lambda row: [keys[row]])
+
+
+def test_no_duplicates_batch_size_larger_than_rows():
+    with pytest.raises(InputError, match='batch_size 11 is larger than the number of rows, 10'):
+        NoDuplicatesBatchSampler(list(range(10)), batch_size=11)
+    with pytest.raises(OptionError, match='batch_size'):
+        NoDuplicatesBatchSampler(list(range(10)), batch_size=0)
+
+
+def test_no_duplicates_is_deterministic_per_seed_and_epoch():
+    keys = np.random.default_rng(6).integers(0, 50, size=300).tolist()
+    a, b = NoDuplicatesBatchSampler(keys, 16, seed=1), NoDuplicatesBatchSampler(keys, 16, seed=1)
+    first = list(a)
+    assert first == list(b)
+    a.set_epoch(1)
+    assert list(a) != first
+    a.set_epoch(0)
+    assert list(a) == first
+    assert list(NoDuplicatesBatchSampler(keys, 16, seed=2)) != first
+
+
+def test_no_duplicates_100k_rows_is_fast():
+    rng = np.random.default_rng(7)
+    keys = [(int(q), f'doc {i}') for i, q in enumerate(rng.integers(0, 30_000, size=100_000))]
+    start = time.perf_counter()
+    sampler = NoDuplicatesBatchSampler(keys, batch_size=64)
+    batches = list(sampler)
+    assert time.perf_counter() - start < 2.0
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(100_000))
+    assert sum(len(b) < 64 for b in batches) <= 1
+    _check_no_duplicates(batches[:200], lambda row: keys[row])

@@ -1,0 +1,223 @@
+"""fit(): end to end per task on tiny models, artifacts, resume, callbacks, bad input, 2 processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import finetune
+from finetune.callbacks import BestModelCheckpoint, EarlyStopping, MetricsLogger
+from finetune.errors import InputError, OptionError
+from finetune.training import TrainingError, _pairs_within, resolve_precision
+
+ANIMALS = ['dog', 'cat', 'man', 'woman', 'tree', 'car', 'house', 'sea']
+COLOURS = ['red', 'blue', 'green', 'old', 'new', 'big', 'small', 'happy']
+
+
+CIPHER = {'dog': 'food', 'cat': 'bread', 'man': 'piano', 'woman': 'guitar', 'tree': 'sky', 'car': 'sea',
+          'red': 'runs', 'blue': 'fast', 'green': 'slow', 'old': 'eating'}
+
+
+def text_pairs():
+    """(query, doc) pairs sharing no word, so only training can match them: 'the red dog' -> 'food runs'."""
+    return [(f'the {c} {a}', f'{CIPHER[a]} {CIPHER[c]}') for a in ANIMALS[:6] for c in COLOURS[:4]]
+
+
+def coloured_squares(n_per_class: int = 6, size: int = 32, seed: int = 0):
+    """Labeled images: each class a colour, with noise and a random square."""
+    rng = np.random.default_rng(seed)
+    palette = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220), 'yellow': (230, 220, 30)}
+    rows = []
+    for name, rgb in palette.items():
+        for _ in range(n_per_class):
+            img = np.clip(rng.normal(0, 25, (size, size, 3)) + rgb, 0, 255).astype(np.uint8)
+            x, y = rng.integers(0, size - 8, 2)
+            img[y:y + 8, x:x + 8] = rng.integers(0, 255, 3)
+            rows.append((img, name))
+    return rows
+
+
+def test_text_to_text_fit_improves_and_saves_bit_identical(tiny_bert_dir, tmp_path):
+    data = text_pairs()
+    run = finetune.fit(f'hf:{tiny_bert_dir}', data, data, epochs=4, batch_size=8, learning_rate=1e-3, seed=0,
+                       log=lambda m: None)
+    before, after = run.metrics['before'], run.metrics['after']
+    assert after['ndcg@10'] > before['ndcg@10'] + 0.05, (before['ndcg@10'], after['ndcg@10'])
+    assert all(np.isfinite(h['loss']) for h in run.history if 'loss' in h)
+    path = run.save(str(tmp_path / 'model'))
+    loaded = finetune.load(path)
+    texts = ['the red dog', 'a big car']
+    np.testing.assert_array_equal(finetune.encode(loaded, texts), finetune.encode(run.model, texts))
+    config = json.loads((tmp_path / 'model' / 'finetune_config.json').read_text())
+    assert config['metrics']['after']['ndcg@10'] == after['ndcg@10']
+    assert config['model_options']['pretrained'] is False and config['versions']['torch']
+    assert sorted(os.listdir(tmp_path)) == ['model']  # nothing half-written beside it
+
+
+def test_image_to_image_fit_with_a_cosine_classifier_loss(tmp_path):
+    data = coloured_squares()
+    logs = []
+    run = finetune.fit('resnet18', data, data, loss='NormalizedSoftmaxLoss', epochs=3, batch_size=8,
+                       learning_rate=1e-3, model_options={'pretrained': False, 'output_dim': 16,
+                                                          'preprocess_options': {'image_size': 32,
+                                                                                 'resize_size': 32}},
+                       log=logs.append)
+    assert any('added a cosine classifier head with 4 classes' in line for line in logs)
+    assert run.model.classifier is not None and run.model.classifier.weight.shape == (4, 16)
+    assert run.metrics['after']['map@10'] >= run.metrics['before']['map@10']
+    path = run.save(str(tmp_path / 'img'))
+    loaded = finetune.load(path)
+    images = [row[0] for row in data[:3]]
+    np.testing.assert_array_equal(loaded.encode(images), run.model.encode(images))
+
+
+def test_text_to_image_fit_trains_both_towers_and_the_temperature(tiny_clip_dir):
+    rng = np.random.default_rng(0)
+    colours = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (30, 40, 220)}
+    rows = [(f'a {name} car', np.clip(rng.normal(0, 20, (32, 32, 3)) + rgb, 0, 255).astype(np.uint8))
+            for name, rgb in colours.items() for _ in range(4)]
+    model = finetune.build_model(f'hf:{tiny_clip_dir}')
+    scale_before = float(model.logit_scale.detach())
+    text_before = model.towers['text'].backbone.text_projection.weight.detach().clone()
+    image_before = model.towers['image'].backbone.visual_projection.weight.detach().clone()
+    run = finetune.fit(model, rows, rows, epochs=2, batch_size=3, learning_rate=1e-3, log=lambda m: None)
+    assert run.metrics['before'] and run.metrics['after']
+    assert float(run.model.logit_scale.detach()) != scale_before
+    assert not torch.equal(run.model.towers['text'].backbone.text_projection.weight, text_before)
+    assert not torch.equal(run.model.towers['image'].backbone.visual_projection.weight, image_before)
+
+
+def test_resume_continues_from_the_checkpoint(tiny_bert_dir, tmp_path):
+    data = text_pairs()
+    first = finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=8, output_dir=str(tmp_path / 'out'),
+                         log=lambda m: None)
+    checkpoint = tmp_path / 'out' / 'checkpoint'
+    assert (checkpoint / 'trainer_state.pt').is_file() and (tmp_path / 'out' / 'model').is_dir()
+    steps = len(first.history)
+    second = finetune.fit(None, data, epochs=2, batch_size=8, resume_from=str(checkpoint), log=lambda m: None)
+    assert [h['step'] for h in second.history] == list(range(steps + 1, 2 * steps + 1))
+
+
+def test_callbacks_log_checkpoint_and_stop_early(tiny_bert_dir, tmp_path):
+    data = text_pairs()
+    log_csv, log_jsonl = tmp_path / 'log.csv', tmp_path / 'log.jsonl'
+    stopper = EarlyStopping(monitor='ndcg@10', patience=1, min_delta=10.0)  # nothing improves by 10
+    run = finetune.fit(f'hf:{tiny_bert_dir}', data, data, epochs=5, batch_size=8, eval_every=1,
+                       callbacks=[MetricsLogger(str(log_csv)), MetricsLogger(str(log_jsonl)), stopper,
+                                  BestModelCheckpoint(str(tmp_path / 'best'), monitor='ndcg@10')],
+                       log=lambda m: None)
+    steps = [h for h in run.history if 'loss' in h]
+    assert len(steps) == 2  # first evaluation sets the best, the second misses by min_delta: stop
+    lines = log_csv.read_text().splitlines()
+    assert lines[0].startswith('event,epoch,step,loss') and len(lines) == 1 + 2 + 2
+    records = [json.loads(line) for line in log_jsonl.read_text().splitlines()]
+    assert {r['event'] for r in records} == {'step', 'evaluate'} and 'ndcg@10' in records[-1]
+    assert finetune.load(str(tmp_path / 'best')).encode(['a dog']).shape == (1, 32)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_model(tiny_bert_dir, tmp_path, monkeypatch):
+    from finetune import losses
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', lambda self, inputs: inputs.anchors.sum() * float('nan'))
+    with pytest.raises(TrainingError, match=r'NaN or infinite at epoch 1, step 1.*last-good'):
+        finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, batch_size=8, output_dir=str(tmp_path),
+                     log=lambda m: None)
+    assert finetune.load(str(tmp_path / 'last-good')).encode(['a dog']).shape == (1, 32)
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    ({'epochs': 0}, OptionError, 'epochs: expected an integer >= 1, got 0'),
+    ({'batch_size': 500}, InputError, 'batch_size=500 is larger than the training data'),
+    ({'loss': 'CoSENTLoss'}, OptionError, "does not fit 'pairs' data.*InfoNCE"),
+    ({'loss': 'InfoNCE', 'loss_options': {'temprature': 0.1}}, OptionError, "unknown key 'temprature'"),
+    ({'precision': 'bf32'}, OptionError, 'precision: expected one of auto, bf16, fp16, fp32'),
+    ({'device': 'tpu'}, OptionError, "device: expected 'auto', 'cpu'"),
+    ({'optimizer': 'adamm'}, OptionError, "unknown 'adamm'.*'adam'"),
+    ({'scheduler': 'cosin'}, OptionError, "did you mean 'cosine'"),
+])
+def test_bad_settings_are_clear_errors(tiny_bert_dir, kwargs, error, message):
+    with pytest.raises(error, match=f'(?i){message}'):
+        finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), **{'batch_size': 8, **kwargs}, log=lambda m: None)
+
+
+def test_data_that_does_not_fit_the_model_says_why(tiny_bert_dir):
+    with pytest.raises(InputError, match='holds image items but .* is a text model'):
+        finetune.fit(f'hf:{tiny_bert_dir}', coloured_squares(), batch_size=4, log=lambda m: None)
+    with pytest.raises(InputError, match='train_data is empty'):
+        finetune.fit(f'hf:{tiny_bert_dir}', [], batch_size=4, log=lambda m: None)
+
+
+def test_pairs_within_pairs_items_of_one_class():
+    labels = torch.tensor([3, 1, 3, 1, 1, 2, 3, 3])
+    i, j = _pairs_within(labels)
+    assert torch.equal(labels[i], labels[j])
+    assert len(set(i.tolist()) | set(j.tolist())) == 2 * len(i) == 6  # disjoint; the odd '1' and the lone '2' out
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from finetune import training
+    monkeypatch.setattr(training, 'cpu_supports_bf16', lambda: False)
+    assert resolve_precision('auto', 'cpu') == 'fp32'
+    monkeypatch.setattr(training, 'cpu_supports_bf16', lambda: True)
+    assert resolve_precision('auto', 'cpu') == 'bf16'
+    assert resolve_precision('fp32', 'cpu') == 'fp32'
+
+
+def test_cli_fit_evaluate_encode(tiny_bert_dir, tmp_path):
+    from finetune.cli import main
+    csv = tmp_path / 'pairs.csv'
+    csv.write_text('query,doc\n' + '\n'.join(f'{q},{d}' for q, d in text_pairs()) + '\n')
+    runner = CliRunner()
+    out = tmp_path / 'out'
+    result = runner.invoke(main, ['fit', '--model', f'hf:{tiny_bert_dir}', '--train-data', str(csv),
+                                  '--eval-data', str(csv), '--batch-size', '8', '--model-option', 'pooler=GeM',
+                                  '--model-option', 'pooler_options.p=2.5', '--output', str(out)])
+    assert result.exit_code == 0, result.output
+    assert 'ndcg@10' in result.output and 'before' in result.output and 'after' in result.output
+    model = finetune.load(str(out / 'model'))
+    assert type(model.pooler).__name__ == 'GeMPooler'
+    result = runner.invoke(main, ['evaluate', '--model', str(out / 'model'), '--data', str(csv)])
+    assert result.exit_code == 0 and 'mrr@10' in result.output
+    lines = tmp_path / 'texts.txt'
+    lines.write_text('a red dog\nthe old car\n')
+    result = runner.invoke(main, ['encode', '--model', str(out / 'model'), '--input', str(lines),
+                                  '--output', str(tmp_path / 'emb.npy')])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / 'emb.npy').shape == (2, 32)
+    result = runner.invoke(main, ['fit', '--model', f'hf:{tiny_bert_dir}', '--train-data', str(csv),
+                                  '--epochs', '0'])
+    assert result.exit_code == 2 and 'epochs' in result.output and 'Traceback' not in result.output
+
+
+@pytest.mark.slow
+def test_two_processes_train_in_lockstep(tiny_bert_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks end with the same weights, rank 0 saves."""
+    script = tmp_path / 'ddp_fit.py'
+    script.write_text(textwrap.dedent(f'''
+        import os, sys, torch
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import finetune
+        from test_training import text_pairs
+        run = finetune.fit('hf:{tiny_bert_dir}', text_pairs(), epochs=1, batch_size=4, device='cpu',
+                           precision='fp32', output_dir='{tmp_path}/out', log=lambda m: None)
+        total = sum(float(p.double().sum()) for p in run.model.parameters())
+        with open('{tmp_path}/rank' + os.environ['RANK'], 'w') as f:
+            f.write(repr(total) + ' ' + str(len(run.history)))
+    '''))
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                             '--master_port', '29533', str(script)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = (tmp_path / 'rank0').read_text().split()
+    rank1 = (tmp_path / 'rank1').read_text().split()
+    assert rank0[0] == rank1[0]  # the same weights on both processes
+    single_steps = len(text_pairs()) // 4
+    assert int(rank0[1]) == single_steps // 2  # each process took half the batches
+    assert (tmp_path / 'out' / 'model' / 'model.safetensors').is_file()
