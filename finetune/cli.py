@@ -100,7 +100,7 @@ def _load_model(name_or_dir: str):
 @click.option('--learning-rate', default=None, type=float, help='Default depends on the modality.')
 @click.option('--precision', default='auto', show_default=True, type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']))
 @click.option('--device', default='auto', show_default=True)
-@click.option('--num-workers', default=0, show_default=True, type=int, help='DataLoader worker processes.')
+@click.option('--num-workers', default=None, type=int, help='DataLoader worker processes (default: half the cores).')
 @click.option('--seed', default=42, show_default=True, type=int)
 @click.option('--metrics-log', default=None, help='Write step and evaluation metrics to this .csv/.jsonl file.')
 @click.option('--output', default=None, help='Folder for the fine-tuned model (and checkpoints).')

@@ -390,13 +390,14 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         learning_rate: float | None = None, loss_learning_rate: float = 1e-3, optimizer: str = 'AdamW',
         optimizer_options: dict | None = None, scheduler: str = 'linear', warmup_ratio: float = 0.1,
         max_grad_norm: float | None = 1.0, gradient_accumulation_steps: int = 1, device: str = 'auto',
-        precision: str = 'auto', num_workers: int = 0, seed: int = 42, num_items_per_class: int = 4,
+        precision: str = 'auto', num_workers: int | None = None, seed: int = 42, num_items_per_class: int = 4,
         callbacks: Sequence[Callback] | None = None, eval_every: int | None = None, data_kind: str | None = None,
         output_dir: str | None = None, resume_from: str | None = None, progress: bool | None = None,
         ks: Sequence[int] = (1, 5, 10), log: Callable[[str], None] | None = None) -> Run:
     """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
 
-    Retrieval metrics on `eval_data` are computed before and after training (``run.metrics``). Returns a
+    Batches are tokenized / decoded in `num_workers` DataLoader processes (default: half the CPU cores,
+    1 to 4). Retrieval metrics on `eval_data` are computed before and after training (``run.metrics``). Returns a
     :class:`Run`. Raises InputError for data that cannot be read or does not fit the model, OptionError
     for bad settings, TrainingError when the loss becomes NaN (the last good model is kept).
     """
@@ -408,7 +409,11 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     batch_size = _positive_int('batch_size', batch_size, minimum=2)
     gradient_accumulation_steps = _positive_int('gradient_accumulation_steps', gradient_accumulation_steps)
     num_items_per_class = _positive_int('num_items_per_class', num_items_per_class, minimum=2)
+    if num_workers is None:  # tokenization and image decoding leave the training loop for a worker process
+        num_workers = max(1, min(4, (os.cpu_count() or 2) // 2))
     _positive_int('num_workers', num_workers, minimum=0)
+    if num_workers > 0:  # tokenizers' own threads do not survive the fork into workers
+        os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     if not 0 <= warmup_ratio < 1:
         raise OptionError(f'warmup_ratio: expected a number in [0, 1), got {warmup_ratio!r}.')
     device = resolve_device(device)

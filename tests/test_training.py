@@ -221,3 +221,22 @@ def test_two_processes_train_in_lockstep(tiny_bert_dir, tmp_path):
     single_steps = len(text_pairs()) // 4
     assert int(rank0[1]) == single_steps // 2  # each process took half the batches
     assert (tmp_path / 'out' / 'model' / 'model.safetensors').is_file()
+
+
+def test_images_are_decoded_in_worker_processes(tmp_path):
+    """Image files are opened by DataLoader workers: a bad file is reported by name from there."""
+    from PIL import Image
+    rows = []
+    for label, colour in (('red', (220, 30, 30)), ('blue', (30, 40, 220))):
+        for i in range(4):
+            path = tmp_path / f'{label}{i}.png'
+            Image.new('RGB', (40, 40), colour).save(path)
+            rows.append((str(path), label))
+    options = {'pretrained': False, 'preprocess_options': {'image_size': 32, 'resize_size': 32}}
+    run = finetune.fit('resnet18', rows, epochs=1, batch_size=4, num_workers=2, model_options=options,
+                       log=lambda m: None)
+    assert len(run.history) == 2
+    (tmp_path / 'blue3.png').write_bytes(b'not a png')
+    with pytest.raises(InputError, match='blue3.png'):
+        finetune.fit('resnet18', rows, epochs=1, batch_size=4, num_workers=2, model_options=options,
+                     log=lambda m: None)
