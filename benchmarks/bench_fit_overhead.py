@@ -1,15 +1,15 @@
 """Per-step overhead of finetune.fit() against a bare PyTorch loop on the same model and batches, same run.
 
     python benchmarks/bench_fit_overhead.py [--steps 30] [--batch-size 16] [--max-length 64] [--rounds 2]
-                                            [--precision all|fp32|bf16]
+                                            [--precision all|fp32|bf16] [--num-workers 0]
 
 Both train all-minilm-l6-v2 (a fresh copy per run, same seed) on the same WordNet (query, doc) batches
 on the CPU: the batches of finetune's own no-duplicates sampler, tokenized once for the bare loop. The
 bare loop does what fit() does by default and nothing more: InfoNCE forward on both sides, backward,
 gradient clipping to norm 1.0, AdamW (same learning rate), the same linear warmup/decay schedule, and
-zero_grad. fit() also tokenizes each batch in its loop (num_workers=0); that cost is part of its overhead
-and is shown apart. fit()'s step times come from a callback (one mark per on_step_end); the first
---skip steps of each run are discarded. The rounds alternate which of the two runs first; the figures
+zero_grad. With --num-workers 0 (the default here) fit() tokenizes each batch in its loop; that cost is
+part of its overhead and is shown apart. fit()'s step times come from a callback (one mark per
+on_step_end); the first --skip steps of each run are discarded. The rounds alternate which of the two runs first; the figures
 are the median over rounds of each run's mean ms/step, and the overhead is (fit - bare) / bare.
 
 bf16 is measured only where the CPU has native bf16 (AVX-512 BF16 or AMX), and in a child process:
@@ -113,11 +113,13 @@ def bare_loop(model, batches: list[dict], learning_rate: float, precision: str, 
 
 def measure(args, precision: str) -> None:
     import torch
+    from transformers.utils import logging as hf_logging
 
     import finetune
     from finetune.data import load_data
     from finetune.training import Collator, RowsDataset, _batch_sampler
 
+    hf_logging.disable_progress_bar()  # the 'Loading weights' bar of each fresh model
     model_options = {'collate_options': {'max_length': args.max_length}}
     train = load_data(distinct_pairs(TRAIN_CSV, args.steps * args.batch_size), 'train_data', kind='pairs')
 
@@ -150,8 +152,9 @@ def measure(args, precision: str) -> None:
     def run_fit() -> None:
         timer = StepMarks()
         finetune.fit(fresh_model(), train, None, loss='InfoNCE', epochs=1, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, device='cpu', precision=precision, num_workers=0,
-                     seed=args.seed, callbacks=[timer], progress=False, log=lambda message: None)
+                     learning_rate=args.learning_rate, device='cpu', precision=precision,
+                     num_workers=args.num_workers, seed=args.seed, callbacks=[timer], progress=False,
+                     log=lambda message: None)
         if len(timer.marks) != args.steps + 1:
             raise SystemExit(f'fit() ran {len(timer.marks) - 1} steps, expected {args.steps}')
         runs['fit()'].append(ms_per_step(timer.marks, args.skip))
@@ -164,13 +167,14 @@ def measure(args, precision: str) -> None:
     overhead = (ours - bare) / bare * 100.0
     print(f'precision {precision}: {MODEL}, {args.steps} steps x batch {args.batch_size} (first {args.skip} '
           f'discarded), max_length {args.max_length} (mean {tokens:.1f} tokens/text), lr {args.learning_rate:g}, '
-          f'{torch.get_num_threads()} threads, {args.rounds} rounds')
+          f'{torch.get_num_threads()} threads, fit() num_workers {args.num_workers}, {args.rounds} rounds')
     for name, values in runs.items():
         print(f'  {name:10s} {statistics.median(values):8.1f} ms/step (runs: '
               + ', '.join(f'{v:.1f}' for v in values) + ')')
     print(f'  overhead of fit(): {ours - bare:+.1f} ms/step = {overhead:+.1f}% '
           f'({"within" if overhead <= TARGET_PERCENT else "OVER"} the {TARGET_PERCENT:g}% target); '
-          f'of that, tokenizing a batch in the loop costs {tokenize_ms:.1f} ms')
+          + (f'of that, tokenizing a batch in the loop costs {tokenize_ms:.1f} ms' if args.num_workers == 0
+             else f'tokenizing a batch costs {tokenize_ms:.1f} ms, in fit()\'s worker process(es)'))
 
 
 def main() -> None:
@@ -185,6 +189,7 @@ def main() -> None:
     parser.add_argument('--learning-rate', type=float, default=DEFAULT_LEARNING_RATES['text'])
     parser.add_argument('--precision', choices=('all', 'fp32', 'bf16'), default='all',
                         help="'all': fp32, then bf16 where the CPU has native bf16")
+    parser.add_argument('--num-workers', type=int, default=0, help="fit()'s DataLoader worker processes")
     parser.add_argument('--seed', type=int, default=42)
     args = parser.parse_args()
     if args.steps <= args.skip:
@@ -199,7 +204,7 @@ def main() -> None:
               'where bf16 autocast is extremely slow and the figure would say nothing about fit().')
         return
     child = [sys.executable, os.path.abspath(__file__), '--precision', 'bf16']
-    for name in ('steps', 'batch_size', 'max_length', 'rounds', 'skip', 'learning_rate', 'seed'):
+    for name in ('steps', 'batch_size', 'max_length', 'rounds', 'skip', 'learning_rate', 'num_workers', 'seed'):
         child += ['--' + name.replace('_', '-'), str(getattr(args, name))]
     sys.stdout.flush()
     subprocess.run(child, check=True)

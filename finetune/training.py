@@ -402,6 +402,7 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     for bad settings, TrainingError when the loss becomes NaN (the last good model is kept).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
 
     say = log or print
@@ -477,6 +478,10 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     total_steps = steps_per_epoch * epochs
     sched = _make_scheduler(scheduler, opt, total_steps, int(warmup_ratio * total_steps))
 
+    # accelerate keeps one state per process; a second fit() in the same process may want another precision
+    # (the distributed PartialState, if any, is kept)
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(cpu=device == 'cpu', mixed_precision={'fp32': 'no'}.get(mixed, mixed),
                               gradient_accumulation_steps=gradient_accumulation_steps,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

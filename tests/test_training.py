@@ -240,3 +240,13 @@ def test_images_are_decoded_in_worker_processes(tmp_path):
     with pytest.raises(InputError, match='blue3.png'):
         finetune.fit('resnet18', rows, epochs=1, batch_size=4, num_workers=2, model_options=options,
                      log=lambda m: None)
+
+
+def test_two_fits_in_one_process_may_use_different_precisions(tiny_bert_dir):
+    data = text_pairs()[:8]
+    first = finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=4, precision='fp32', num_workers=0,
+                         log=lambda m: None)
+    second = finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=4, precision='bf16', num_workers=0,
+                          log=lambda m: None)
+    assert first.config['precision'] == 'fp32' and second.config['precision'] == 'bf16'
+    assert len(first.history) == len(second.history) == 2
