@@ -250,3 +250,37 @@ def test_two_fits_in_one_process_may_use_different_precisions(tiny_bert_dir):
                           log=lambda m: None)
     assert first.config['precision'] == 'fp32' and second.config['precision'] == 'bf16'
     assert len(first.history) == len(second.history) == 2
+
+
+def test_same_seed_same_model_and_accumulation_counts_optimizer_steps(tiny_bert_dir):
+    data = text_pairs()
+    runs = [finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=4, seed=7, num_workers=0,
+                         log=lambda m: None) for _ in range(2)]
+    texts = ['the red dog', 'food runs']
+    np.testing.assert_array_equal(runs[0].model.encode(texts), runs[1].model.encode(texts))
+    accumulated = finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=4, seed=7, num_workers=0,
+                               gradient_accumulation_steps=3, log=lambda m: None)
+    assert len(runs[0].history) == len(data) // 4 == 6
+    assert len(accumulated.history) == 2  # 6 batches, one optimizer step per 3
+
+
+def test_a_crash_while_saving_leaves_the_earlier_artifact_intact(tiny_bert_dir, tmp_path, monkeypatch):
+    import safetensors.torch
+    model = finetune.build_model(f'hf:{tiny_bert_dir}')
+    target = tmp_path / 'model'
+    finetune.save_model(model, str(target))
+    before = (target / 'model.safetensors').read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError('disk full')
+    monkeypatch.setattr(safetensors.torch, 'save_file', crash)
+    with pytest.raises(OSError, match='disk full'):
+        finetune.save_model(model, str(target))
+    assert (target / 'model.safetensors').read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ['model']  # no temporary folder left behind
+
+
+def test_progress_bar_is_quiet_off_a_terminal(tiny_bert_dir, capsys):
+    finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, batch_size=8, num_workers=0, log=lambda m: None)
+    captured = capsys.readouterr()
+    assert '━' not in captured.err and '━' not in captured.out
