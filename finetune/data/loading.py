@@ -25,6 +25,7 @@ from ..errors import InputError
 
 KINDS = ('labeled', 'pairs', 'scored', 'text-image')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+MESH_EXTENSIONS = ('.off', '.obj', '.ply', '.stl', '.glb', '.gltf', '.xyz', '.npy')
 #: header names that say what a column is
 LABEL_NAMES = {'label', 'labels', 'class', 'category', 'target'}
 SCORE_NAMES = {'score', 'similarity', 'relevance', 'label_score'}
@@ -35,15 +36,22 @@ KNOWN_HEADERS = LABEL_NAMES | SCORE_NAMES | IMAGE_NAMES | TEXT_NAMES
 
 
 def item_modality(item: Any) -> str:
-    """'image' for image paths, PIL images and image arrays; 'text' for other strings; else 'other'."""
-    if isinstance(item, str):
-        return 'image' if item.lower().endswith(IMAGE_EXTENSIONS) else 'text'
-    if isinstance(item, os.PathLike):
-        return 'image' if os.fspath(item).lower().endswith(IMAGE_EXTENSIONS) else 'other'
+    """'image' for image paths, PIL images and image arrays; 'mesh' for mesh / point files and (N, 3)
+    point arrays; 'text' for other strings; else 'other'."""
+    if isinstance(item, (str, os.PathLike)):
+        path = os.fspath(item).lower()
+        if path.endswith(IMAGE_EXTENSIONS):
+            return 'image'
+        if path.endswith(MESH_EXTENSIONS):
+            return 'mesh'
+        return 'text' if isinstance(item, str) else 'other'
     if type(item).__module__.startswith('PIL.'):
         return 'image'
     if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
-        return 'image' if getattr(item, 'ndim', 0) in (2, 3) else 'other'
+        shape = tuple(item.shape)
+        if len(shape) == 2 and shape[1] == 3 and shape[0] > 3:
+            return 'mesh'  # a point cloud; an image three pixels wide is no image
+        return 'image' if len(shape) in (2, 3) else 'other'
     return 'other'
 
 
@@ -163,13 +171,14 @@ def _detect_two_columns(a: list, b: list, names: list[str]) -> str:
     mod_a, mod_b = item_modality(a[0]), item_modality(b[0])
     if mod_b == 'other':
         return 'labeled'  # numbers or other hashables in the second column are labels
-    if mod_a == mod_b == 'image' or names[1] in TEXT_NAMES | IMAGE_NAMES:
-        return 'text-image' if mod_a != mod_b else 'pairs'
+    across = 'text-image' if {mod_a, mod_b} == {'text', 'image'} else 'labeled'
+    if mod_a == mod_b != 'text' or names[1] in TEXT_NAMES | IMAGE_NAMES:
+        return across if mod_a != mod_b else 'pairs'
     # a text column beside items: labels repeat across many rows, captions and documents mostly do not
     labels_repeat = len(set(map(_hashable, b))) <= max(1, len(b) // 2)
     if labels_repeat:
         return 'labeled'
-    return 'text-image' if mod_a != mod_b else 'pairs'
+    return across if mod_a != mod_b else 'pairs'
 
 
 def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind: str | None = None) -> TrainingData:
