@@ -1,0 +1,116 @@
+"""The data layer: every source and layout, kind detection, and errors that name the row or line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finetune.data import TrainingData, item_modality, load_data
+from finetune.errors import InputError
+
+
+def test_lists_of_rows_give_each_kind():
+    labeled = load_data([('a dog', 'animal'), ('a cat', 'animal'), ('a car', 'vehicle'), ('a bus', 'vehicle')])
+    assert (labeled.kind, labeled.groups, labeled.label_names) == ('labeled', [0, 0, 1, 1], ['animal', 'vehicle'])
+    pairs = load_data([('what barks', 'a dog'), ('what meows', 'a cat'), ('what barks', 'a wolf')])
+    assert pairs.kind == 'pairs' and pairs.groups == [0, 1, 0]  # rows sharing a query share a group
+    scored = load_data([('a', 'b', 0.25), ('c', 'd', 1)])
+    assert scored.kind == 'scored' and scored.scores == [0.25, 1.0]
+    text_image = load_data([('x.jpg', 'a photo of a dog'), ('y.png', 'two cats on a sofa')])
+    assert text_image.kind == 'text-image' and text_image.a[0] == 'a photo of a dog'  # text first
+    assert load_data([{'text': 'a dog', 'label': 1}, {'text': 'a cat', 'label': 2}]).kind == 'labeled'
+    assert load_data([('q1', 'd1'), ('q2', 'd2')], kind='labeled').kind == 'labeled'
+    assert load_data(labeled) is labeled
+    assert '4 labeled text items in 2 classes' in labeled.describe()
+
+
+def test_csv_layouts_with_and_without_header(tmp_path):
+    (tmp_path / 'labeled.csv').write_text('item,label\na dog,animal\na cat,animal\na car,vehicle\n')
+    (tmp_path / 'plain.csv').write_text('a dog,animal\na cat,animal\na car,vehicle\na bus,vehicle\n')
+    (tmp_path / 'scored.csv').write_text('a,b,score\nx,y,0.5\nz,w,0.1\n')
+    Image.new('RGB', (8, 8)).save(tmp_path / 'dog.png')
+    (tmp_path / 'captions.csv').write_text('text,image\na dog on grass,dog.png\n')
+    assert load_data(str(tmp_path / 'labeled.csv')).kind == 'labeled'
+    assert len(load_data(str(tmp_path / 'plain.csv'))) == 4  # no header: every row is data
+    assert load_data(str(tmp_path / 'scored.csv')).kind == 'scored'
+    captions = load_data(str(tmp_path / 'captions.csv'))
+    assert captions.kind == 'text-image' and captions.b[0] == str(tmp_path / 'dog.png')  # resolved path
+    (tmp_path / 'tabbed.tsv').write_text('query\tdoc\nwhat barks\ta dog\nwhat meows\ta cat\n')
+    assert load_data(str(tmp_path / 'tabbed.tsv')).kind == 'pairs'
+
+
+@pytest.mark.parametrize('content, message', [
+    ('item,label\na dog,animal\na cat\n', r'bad.csv, line 3: 1 columns, expected 2'),
+    ('a,b,score\nx,y,0.5\nz,w,1.5\n', r"bad.csv, line 3: score '1.5' is not a number in \[0, 1\]"),
+    ('a,b,score\nx,y,0.5\nz,w,high\n', r"line 3: score 'high'"),
+    ('item,label\na dog,\n', r'line 2: column 2 is empty'),
+    ('', r'bad.csv is empty'),
+    ('item,label\n', r'a header and no rows'),
+    ('a,b,c,d\n1,2,3,4\n', r'line 1: 4 columns; expected 2'),
+])
+def test_bad_csv_says_which_line(tmp_path, content, message):
+    path = tmp_path / 'bad.csv'
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_data(str(path))
+
+
+def test_unreadable_sources(tmp_path):
+    (tmp_path / 'latin1.csv').write_bytes('caf\xe9,drink\n'.encode('latin-1'))
+    with pytest.raises(InputError, match='not UTF-8'):
+        load_data(str(tmp_path / 'latin1.csv'))
+    with pytest.raises(InputError, match="train_data: '.*missing.csv' does not exist"):
+        load_data(str(tmp_path / 'missing.csv'))
+    (tmp_path / 'data.json').write_text('{}')
+    with pytest.raises(InputError, match='is not a CSV file'):
+        load_data(str(tmp_path / 'data.json'))
+
+
+def test_image_folder_with_one_subfolder_per_class(tmp_path):
+    for cls in ('cats', 'dogs'):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new('RGB', (8, 8), (i * 100, 0, 0)).save(tmp_path / cls / f'{i}.png')
+    (tmp_path / 'dogs' / 'notes.txt').write_text('not an image')
+    data = load_data(str(tmp_path))
+    assert data.kind == 'labeled' and len(data) == 4 and data.label_names == ['cats', 'dogs']
+    empty = tmp_path / 'empty'
+    (empty / 'nothing').mkdir(parents=True)
+    with pytest.raises(InputError, match='one sub-folder per class'):
+        load_data(str(empty))
+
+
+def test_hugging_face_datasets():
+    import datasets
+    scored = datasets.Dataset.from_dict({'sentence1': ['a', 'b'], 'sentence2': ['c', 'd'], 'score': [0.1, 0.9]})
+    assert load_data(scored).kind == 'scored'
+    labeled = datasets.Dataset.from_dict({'text': ['a dog', 'a cat'], 'label': [0, 1]})
+    assert load_data(labeled).kind == 'labeled'
+    wide = datasets.Dataset.from_dict({'a': [1], 'b': [2], 'c': [3], 'd': [4]})
+    with pytest.raises(InputError, match='select_columns'):
+        load_data(wide)
+
+
+@pytest.mark.parametrize('data, message', [
+    ([], 'train_data is empty'),
+    (None, 'train_data: no data given'),
+    ({'a': 1}, 'got a dict'),
+    (['just', 'strings'], "train_data, row 0: 'just' is not a row"),
+    ([('a', 'b'), ('c', 'd', 0.5)], 'row 1: 3 columns, expected 2'),
+    (42, 'cannot read int'),
+])
+def test_bad_in_memory_data(data, message):
+    with pytest.raises(InputError, match=message):
+        load_data(data)
+
+
+def test_item_modality():
+    assert item_modality('a sentence') == 'text'
+    assert item_modality('photo.JPG') == 'image'
+    assert item_modality('bunny.off') == 'mesh'
+    assert item_modality(Image.new('RGB', (4, 4))) == 'image'
+    assert item_modality(np.zeros((32, 32, 3))) == 'image'
+    assert item_modality(np.zeros((2048, 3))) == 'mesh'
+    assert item_modality(np.zeros(5)) == 'other'
+    assert item_modality(7) == 'other'
+    assert isinstance(load_data([('bunny.off', 'rabbit'), ('cow.off', 'cow')]), TrainingData)
