@@ -114,34 +114,40 @@ def _hashable(value: Any) -> Any:
         return id(value)
 
 
-def _where(source: str, index: int, line_offset: int) -> str:
+def _where(source: str, index: int, line_offset: int | Sequence[int]) -> str:
+    if not isinstance(line_offset, int):  # the file line of each row
+        return f'{source}, line {line_offset[index]}'
     return f'{source}, line {index + line_offset}' if line_offset else f'{source}, row {index}'
 
 
 def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] | None = None,
-              kind: str | None = None, line_offset: int = 0) -> TrainingData:
+              kind: str | None = None, line_offset: int | Sequence[int] = 0) -> TrainingData:
     """Build TrainingData from rows of 2 (item, label | query, doc | text, image) or 3 (a, b, score) cells.
 
-    `line_offset` turns a row index into a file line number in messages. Raises InputError.
+    `line_offset` turns a row index into a file line number in messages (or is the line of each row).
+    Raises InputError.
     """
     if kind is not None and kind not in KINDS:
         raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(KINDS)}.')
     if not rows:
         raise InputError(f'{source} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
-    width = len(rows[0])
+    width = len(header) if header else len(rows[0])
+    like = 'the header' if header else 'the first row'
     if width not in (2, 3):
         raise InputError(f'{_where(source, 0, line_offset)}: {width} columns; expected 2 (item, label / query, doc '
                          f'/ text, image) or 3 (a, b, score).')
     for i, row in enumerate(rows):
         if len(row) != width:
-            raise InputError(f'{_where(source, i, line_offset)}: {len(row)} columns, expected {width} like the '
-                             f'first row.')
+            raise InputError(f'{_where(source, i, line_offset)}: {len(row)} columns, expected {width} like '
+                             f'{like}.')
         for j, cell in enumerate(row):
             if cell is None or (isinstance(cell, str) and not cell.strip()):
                 raise InputError(f'{_where(source, i, line_offset)}: column {j + 1} is empty.')
-    names = [h.strip().lower() for h in header] if header else [''] * width
+    names = [str(h).strip().lower() for h in header] if header else [''] * width
     a = [r[0] for r in rows]
     b = [r[1] for r in rows]
+    if width == 3 and kind not in (None, 'scored'):
+        raise InputError(f'{source}: kind={kind!r} takes 2 columns, got 3 (a, b, score rows are scored data).')
     if width == 3 or kind == 'scored':
         if width != 3:
             raise InputError(f'{source}: scored data needs 3 columns (a, b, score), got {width}.')
@@ -174,6 +180,8 @@ def _detect_two_columns(a: list, b: list, names: list[str]) -> str:
     across = 'text-image' if {mod_a, mod_b} == {'text', 'image'} else 'labeled'
     if mod_a == mod_b != 'text' or names[1] in TEXT_NAMES | IMAGE_NAMES:
         return across if mod_a != mod_b else 'pairs'
+    if mod_a == 'text' and mod_b == 'image':
+        return 'text-image'  # an image is no label: texts sharing an image are several captions of it
     # a text column beside items: labels repeat across many rows, captions and documents mostly do not
     labels_repeat = len(set(map(_hashable, b))) <= max(1, len(b) // 2)
     if labels_repeat:
@@ -187,11 +195,18 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
     Relative image paths are resolved against the CSV's folder. Raises InputError with the line number.
     """
     try:
-        with open(path, newline='', encoding='utf-8') as f:
-            rows = [row for row in csv.reader(f, delimiter=delimiter)]
+        with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's CSV starts with a BOM
+            reader = csv.reader(f, delimiter=delimiter)
+            rows, lines, end = [], [], 0
+            for row in reader:  # blank lines are skipped, but counted in line numbers
+                start, end = end + 1, reader.line_num
+                if any(c.strip() for c in row):
+                    rows.append(row)
+                    lines.append(start)
     except UnicodeDecodeError as exc:
         raise InputError(f'{path}: not UTF-8 text ({exc}).') from exc
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise InputError(f'{os.path.basename(path)}, line {reader.line_num}: cannot parse: {exc}.') from exc
     if not rows:
         raise InputError(f'{path} is empty: expected rows such as item,label or query,doc or a,b,score.')
     first = [c.strip().lower() for c in rows[0]]
@@ -209,7 +224,7 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
         return cell
     body = [[resolve(c) for c in row] for row in body]
     return from_rows(body, source=os.path.basename(path), header=names, kind=kind,
-                     line_offset=2 if has_header else 1)
+                     line_offset=lines[1:] if has_header else lines)
 
 
 def read_image_folder(path: str) -> TrainingData:
@@ -245,7 +260,8 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
     if isinstance(data, TrainingData):
         return data
     if data is None:
-        raise InputError(f'{name}: no data given.')
+        raise InputError(f'{name}: no data given; expected a list of rows, a CSV path, an image folder or a '
+                         f'datasets.Dataset.')
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
         if os.path.isdir(path):
