@@ -83,6 +83,13 @@ def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None)
     return opts
 
 
+def _is_one_item(items: Any) -> bool:
+    """True for a single path, PIL image or array (a 4-D array is a stack of images, so many items)."""
+    if isinstance(items, (np.ndarray, torch.Tensor)):
+        return items.ndim != 4
+    return isinstance(items, (str, os.PathLike, Image.Image))
+
+
 class EmbeddingModel(nn.Module):
     """A backbone turned into an embedding model.
 
@@ -148,8 +155,7 @@ class EmbeddingModel(nn.Module):
             raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
         if convert_to not in ('numpy', 'torch'):
             raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
-        if isinstance(items, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)) and not (
-                isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4):
+        if _is_one_item(items):
             items = [items]  # one item, not a sequence of them
         items = list(items)
         order = list(range(len(items)))
@@ -332,7 +338,7 @@ class MultiTowerModel(nn.Module):
 
     def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
         """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`."""
-        if isinstance(items, (str, os.PathLike, Image.Image)):
+        if _is_one_item(items):
             items = [items]
         items = list(items)
         return self._tower(tower or self.tower_for(items)).encode(items, batch_size=batch_size,

@@ -465,6 +465,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     module = TrainingModule(model, loss_module, train.kind, tower_a, tower_b)
     classifier_params = list(getattr(model, 'classifier', None).parameters()) \
         if getattr(model, 'classifier', None) is not None else []
+    temperature = [model.logit_scale] if getattr(model, 'logit_scale', None) is not None else []
+    classifier_params += temperature  # learned temperatures train at loss_learning_rate, like class weights
     special = {id(p) for p in classifier_params} | {id(p) for p in loss_module.parameters()}
     main_params = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
     groups = [{'params': main_params, 'lr': learning_rate}]

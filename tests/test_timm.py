@@ -21,6 +21,10 @@ def test_list_models_lists_every_timm_model_quickly():
     assert finetune.list_models('timm:convnext_a*') == ['timm:' + n for n in timm.list_models('convnext_a*')]
 
 
+def test_models_with_a_batchnorm_head_are_probed():
+    assert finetune.get_spec('timm:resnet50_mlp').output_dim > 0
+
+
 def test_unknown_timm_name_suggests_the_closest():
     with pytest.raises(UnknownModelError, match="unknown timm model 'resnet181'.*'resnet18'"):
         finetune.get_spec('timm:resnet181')

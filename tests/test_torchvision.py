@@ -140,6 +140,16 @@ def test_googlenet_and_inception_have_no_auxiliary_heads_and_train_to_a_tensor()
         assert isinstance(out, torch.Tensor) and out.shape == (2, 1024 if name == 'googlenet' else 2048)
 
 
+def test_googlenet_saved_and_loaded_gives_the_same_embeddings(tmp_path):
+    pre = {'image_size': 64, 'resize_size': 64}
+    model = finetune.build_model('googlenet', {'pretrained': False, 'preprocess_options': pre})
+    assert model.backbone.use_transform_input  # the same with and without pretrained weights
+    loaded = finetune.load(finetune.save_model(model, str(tmp_path / 'g')))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
 def test_vgg_gem_replaces_avgpool_and_hidden_layers():
     spec = finetune.get_spec('vgg16')
     assert spec.embedding_dim() == 4096 and spec.embedding_dim({'pooler': 'GeM'}) == 512

@@ -205,5 +205,6 @@ def test_hf_clip_tower_choice_and_modality_errors(tiny_clip_dir):
     image_only = finetune.build_model(f'hf:{tiny_clip_dir}', {'tower': 'image'})
     assert isinstance(image_only, finetune.EmbeddingModel) and image_only.modality == 'image'
     assert image_only.encode([np.zeros((32, 32, 3), dtype=np.uint8)]).shape == (1, 24)
+    assert model.encode(np.zeros((32, 32, 3), dtype=np.uint8)).shape == (1, 24)  # one array is one image
     with pytest.raises(OptionError, match='takes only pooler=None'):
         finetune.build_model(f'hf:{tiny_clip_dir}', {'pooler': 'GeM'})

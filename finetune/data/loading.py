@@ -219,7 +219,7 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
 
     def resolve(cell: str) -> str:
         cell = cell.strip()
-        if cell.lower().endswith(IMAGE_EXTENSIONS) and not os.path.isabs(cell):
+        if cell.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS) and not os.path.isabs(cell):
             return os.path.join(folder, cell)
         return cell
     body = [[resolve(c) for c in row] for row in body]

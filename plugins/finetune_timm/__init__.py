@@ -122,8 +122,9 @@ def probe_on_meta(name: str) -> tuple[int, int, str]:
     """``(own_dim, pooled_dim, layout)`` of timm model `name`, by a forward pass on the meta device."""
     size = preprocess_defaults(name)['image_size']
     backbone = build_on_meta(lambda: TimmBackbone(name, _create(name), preprocess_defaults(name)))
+    backbone.eval()  # a BatchNorm1d in a head refuses a training batch of one
     with torch.no_grad():
-        feats = backbone(torch.empty(1, 3, size, size, device='meta'))
+        feats = backbone(torch.empty(2, 3, size, size, device='meta'))
         own = backbone.pool_own(feats)
     t = feats.tensor
     if t.dim() == 4:

@@ -89,7 +89,8 @@ def _constructor_kwargs(name: str, family: Family, image_size: int, pretrained: 
         kwargs['input_size'] = (image_size, image_size)
     if family.key in ('googlenet', 'inception'):
         # build the auxiliary heads so pretrained state dicts fit; the backbone drops them afterwards
-        kwargs.update(aux_logits=True, transform_input=pretrained, init_weights=not pretrained)
+        # transform_input always on: a saved model is rebuilt with pretrained=False and must compute the same
+        kwargs.update(aux_logits=True, transform_input=True, init_weights=not pretrained)
     return kwargs
 
 
