@@ -510,6 +510,11 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         unwrapped.eval()
         metrics = evaluate(unwrapped, evaluation, ks=ks) if accelerator.is_main_process else {}
         unwrapped.train()
+        if accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree
+            from accelerate.utils import broadcast_object_list
+            box = [metrics]
+            broadcast_object_list(box, from_process=0)
+            metrics = box[0]
         return metrics
 
     def checkpoint(directory: str, metrics: dict) -> None:
@@ -539,7 +544,10 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
                 with accelerator.accumulate(module):
                     with accelerator.autocast():
                         value = module(batch)
-                    if not torch.isfinite(value.detach()).all():
+                    finite = torch.isfinite(value.detach()).all().float()
+                    if accelerator.num_processes > 1:  # all processes stop together, none waits in backward
+                        finite = accelerator.reduce(finite, reduction='min')
+                    if not bool(finite):
                         _stop_on_nan(state, unwrapped, output_dir, metrics, opt, sched, config, accelerator)
                     accelerator.backward(value)
                     if accelerator.sync_gradients and max_grad_norm:
