@@ -40,6 +40,9 @@ class Backbone(nn.Module):
     pooled_dim: int = 0
     #: a prefix that ``freeze`` prefixes may leave out (a wrapped model's attribute name, e.g. 'model.')
     param_prefix: str = ''
+    #: the loss ``fit`` uses for a data kind when none is named, where this family needs another than the
+    #: core's default (e.g. ``{'labeled': 'NormalizedSoftmaxLoss'}`` for a model trained from scratch)
+    default_losses: dict[str, str] = {}
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -55,6 +58,11 @@ class Backbone(nn.Module):
     def preprocess(self, items: Sequence[Any]) -> Any:  # pragma: no cover - abstract
         """Turn raw items into a batch that :meth:`forward` accepts."""
         raise NotImplementedError
+
+    def preprocess_train(self, items: Sequence[Any]) -> Any:
+        """Raw items -> a training batch: :meth:`preprocess` plus any random augmentation the family does
+        in training (``fit`` calls this in its DataLoader workers). Default: :meth:`preprocess`."""
+        return self.preprocess(items)
 
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""

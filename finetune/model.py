@@ -83,11 +83,12 @@ def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None)
     return opts
 
 
-def _is_one_item(items: Any) -> bool:
-    """True for a single path, PIL image or array (a 4-D array is a stack of images, so many items)."""
+def _is_one_item(items: Any, modality: str = 'image') -> bool:
+    """True for a single path, PIL image or array: a 4-D array is a stack of images and a 3-D array a stack
+    of point clouds, so many items."""
     if isinstance(items, (np.ndarray, torch.Tensor)):
-        return items.ndim != 4
-    return isinstance(items, (str, os.PathLike, Image.Image))
+        return items.ndim == 2 if modality == 'mesh' else items.ndim != 4
+    return isinstance(items, (str, os.PathLike, Image.Image)) or type(items).__module__.startswith('trimesh.')
 
 
 class EmbeddingModel(nn.Module):
@@ -138,6 +139,10 @@ class EmbeddingModel(nn.Module):
         """Raw items (paths, PIL images, arrays, ...) -> one batch for :meth:`forward`."""
         return self.backbone.preprocess(items)
 
+    def preprocess_for_training(self, items: Sequence[Any]) -> Any:
+        """Like :meth:`preprocess`, with the family's training augmentation (if it has one)."""
+        return self.backbone.preprocess_train(items)
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():
@@ -155,7 +160,7 @@ class EmbeddingModel(nn.Module):
             raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
         if convert_to not in ('numpy', 'torch'):
             raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
-        if _is_one_item(items):
+        if _is_one_item(items, self.modality):
             items = [items]  # one item, not a sequence of them
         items = list(items)
         order = list(range(len(items)))

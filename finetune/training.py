@@ -282,7 +282,7 @@ class TrainingModule(nn.Module):
 
 
 # ---------------------------------------------------------------- fit
-DEFAULT_LEARNING_RATES = {'text': 3e-5, 'image': 1e-4, 'text+image': 1e-5}
+DEFAULT_LEARNING_RATES = {'text': 3e-5, 'image': 1e-4, 'text+image': 1e-5, 'mesh': 1e-3}
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -442,7 +442,12 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         raise InputError(f'batch_size={batch_size} is larger than the training data ({len(train)} rows); '
                          f'use batch_size <= {len(train)}.')
 
-    loss_name = loss or default_loss(train.kind)
+    loss_name = loss
+    if loss_name is None:
+        family = getattr(getattr(side_a, 'backbone', None), 'default_losses', {}).get(train.kind)
+        loss_name = family or default_loss(train.kind)
+        if family:
+            say(f'loss {family}: the default of {side_a.name!r} for {train.kind} data')
     num_classes = len(train.label_names) if train.kind == 'labeled' else None
     loss_module = build_loss(loss_name, loss_options, train.kind, num_classes=num_classes,
                              embedding_dim=model.output_dim)
@@ -456,7 +461,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     sampler = _batch_sampler(train, batch_size, num_items_per_class, seed)
     loader = torch.utils.data.DataLoader(
         RowsDataset(train), batch_sampler=sampler, num_workers=num_workers,
-        collate_fn=Collator(train.kind, side_a.preprocess, side_b.preprocess if side_b is not None else None),
+        collate_fn=Collator(train.kind, side_a.preprocess_for_training,
+                           side_b.preprocess_for_training if side_b is not None else None),
         persistent_workers=num_workers > 0)
     if len(loader) == 0:
         raise InputError(f'train_data gives no full batch of {batch_size}; lower batch_size.')

@@ -36,8 +36,8 @@ KNOWN_HEADERS = LABEL_NAMES | SCORE_NAMES | IMAGE_NAMES | TEXT_NAMES
 
 
 def item_modality(item: Any) -> str:
-    """'image' for image paths, PIL images and image arrays; 'mesh' for mesh / point files and (N, 3)
-    point arrays; 'text' for other strings; else 'other'."""
+    """'image' for image paths, PIL images and image arrays; 'mesh' for mesh / point files, trimesh meshes
+    and (N, 3) point arrays; 'text' for other strings; else 'other'."""
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item).lower()
         if path.endswith(IMAGE_EXTENSIONS):
@@ -47,6 +47,8 @@ def item_modality(item: Any) -> str:
         return 'text' if isinstance(item, str) else 'other'
     if type(item).__module__.startswith('PIL.'):
         return 'image'
+    if type(item).__module__.startswith('trimesh.'):
+        return 'mesh'  # a trimesh.Trimesh in memory
     if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
         shape = tuple(item.shape)
         if len(shape) == 2 and shape[1] == 3 and shape[0] > 3:
@@ -228,16 +230,24 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
 
 
 def read_image_folder(path: str) -> TrainingData:
-    """A folder with one sub-folder of images per class -> labeled data. Raises InputError."""
+    """A folder with one sub-folder of images (or of meshes / point files) per class -> labeled data.
+
+    Raises InputError when there are none, or when the folder mixes images and meshes."""
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     rows = []
     for name in classes:
         for file in sorted(os.listdir(os.path.join(path, name))):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
+            if file.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS):
                 rows.append((os.path.join(path, name, file), name))
     if not rows:
         raise InputError(f'{path}: expected one sub-folder per class holding images '
-                         f'({", ".join(IMAGE_EXTENSIONS)}), found none.')
+                         f'({", ".join(IMAGE_EXTENSIONS)}) or meshes ({", ".join(MESH_EXTENSIONS)}), found none.')
+    kinds = {item_modality(item) for item, _ in rows}
+    if len(kinds) > 1:
+        first = {m: next(item for item, _ in rows if item_modality(item) == m) for m in sorted(kinds)}
+        raise InputError(f'{path}: the class folders mix ' + ' and '.join(f'{m}s (e.g. {p!r})' for m, p in
+                                                                         first.items()) +
+                         '; a model takes one modality, so keep one kind of file per data folder.')
     return from_rows(rows, source=os.path.basename(os.path.normpath(path)), kind='labeled')
 
 

@@ -1,0 +1,140 @@
+"""PointNet++ (Qi et al., NeurIPS 2017), single-scale grouping, written for batches of point clouds.
+
+Every step works on the whole batch at once: farthest-point sampling loops only over the centroids it
+picks (each pick depends on the previous ones), never over the points or the clouds; ball query is a
+masked top-k over a distance matrix; grouping is one gather; the shared MLPs are matrix products over
+all (cloud, centroid, neighbour) rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(B, S, P)`` between ``a (B, S, 3)`` and ``b (B, P, 3)``, in float32
+    even under autocast: a radius of 0.2 is too fine for bf16's three significant digits."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        d = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(1) - 2 * a @ b.transpose(1, 2)
+    return d.clamp_min_(0)
+
+
+@torch.no_grad()
+def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices ``(B, n)`` of `n` points of each cloud ``xyz (B, P, 3)``, each the farthest from those chosen
+    before it. The first is point 0 (the preprocessing puts points in random order), so it is deterministic."""
+    xyz = xyz.float()
+    b, p, _ = xyz.shape
+    if not 0 < n <= p:
+        raise ValueError(f'farthest_point_sample: cannot pick {n} of {p} points.')
+    picked = torch.zeros(b, n, dtype=torch.long, device=xyz.device)
+    nearest = torch.full((b, p), math.inf, dtype=xyz.dtype, device=xyz.device)
+    rows = torch.arange(b, device=xyz.device)
+    farthest = torch.zeros(b, dtype=torch.long, device=xyz.device)
+    for i in range(n):
+        picked[:, i] = farthest
+        centre = xyz[rows, farthest].unsqueeze(1)  # (B, 1, 3)
+        torch.minimum(nearest, ((xyz - centre) ** 2).sum(-1), out=nearest)
+        farthest = nearest.argmax(-1)
+    return picked
+
+
+@torch.no_grad()
+def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius: float, k: int) -> torch.Tensor:
+    """Indices ``(B, S, k)``: for each centre, the first `k` points of the cloud (in index order) within
+    `radius`; a ball holding fewer repeats its first point. Each centre must be a point of the cloud."""
+    p = xyz.shape[1]
+    k = min(k, p)
+    d = square_distance(centres, xyz)  # (B, S, P)
+    order = torch.arange(p, device=xyz.device, dtype=d.dtype)
+    key = torch.where(d <= radius * radius, order, order + p)  # points outside the ball sort last
+    idx = key.topk(k, dim=-1, largest=False, sorted=True).values.long()
+    return torch.where(idx >= p, idx[..., :1], idx)
+
+
+def gather_points(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``values (B, P, C)`` at ``idx (B, ...)`` -> ``(B, ..., C)``."""
+    b, c = values.shape[0], values.shape[-1]
+    flat = idx.reshape(b, -1, 1).expand(-1, -1, c)
+    return values.gather(1, flat).reshape(*idx.shape, c)
+
+
+class SharedMLP(nn.Module):
+    """Linear -> BatchNorm -> ReLU layers applied to every row of a ``(..., C)`` tensor alike."""
+
+    def __init__(self, in_dim: int, widths: tuple[int, ...]):
+        super().__init__()
+        layers = []
+        for width in widths:
+            layers += [nn.Linear(in_dim, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+            in_dim = width
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        return self.layers(x.reshape(-1, x.shape[-1])).reshape(*shape, self.out_dim)
+
+
+class SetAbstraction(nn.Module):
+    """Sample centroids (1 in `stride` points) by farthest-point sampling, group the neighbours within
+    `radius` (at most `k`), run the shared MLP on each neighbour's offset and features, max over the group."""
+
+    def __init__(self, stride: int, radius: float, k: int, in_dim: int, widths: tuple[int, ...]):
+        super().__init__()
+        self.stride, self.radius, self.k = stride, radius, k
+        self.mlp = SharedMLP(in_dim + 3, widths)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(1, math.ceil(xyz.shape[1] / self.stride))
+        centres = gather_points(xyz, farthest_point_sample(xyz, n))  # (B, S, 3)
+        idx = ball_query(xyz, centres, self.radius, self.k)  # (B, S, k)
+        grouped = gather_points(xyz, idx) - centres.unsqueeze(2)  # offsets, (B, S, k, 3)
+        if features is not None:
+            grouped = torch.cat([grouped, gather_points(features, idx)], dim=-1)
+        return centres, self.mlp(grouped).max(dim=2).values  # max, not amax: its backward is a cheap scatter
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Widths of a PointNet++ variant: two set abstractions, then the global MLP ending at hidden_dim."""
+
+    sa1: tuple[int, ...]
+    sa2: tuple[int, ...]
+    global_mlp: tuple[int, ...]
+    k1: int
+    k2: int
+    radius1: float = 0.2
+    radius2: float = 0.4
+    stride1: int = 4
+    stride2: int = 4
+
+
+VARIANTS = {
+    # the paper's SSG classification network (512 and 128 centroids out of 2048 points)
+    'base': Variant(sa1=(64, 64, 128), sa2=(128, 128, 256), global_mlp=(256, 512), k1=32, k2=64),
+    'small': Variant(sa1=(32, 32, 64), sa2=(64, 64, 128), global_mlp=(128, 256), k1=16, k2=32),
+}
+
+
+class PointNet2(nn.Module):
+    """PointNet++ up to the global set: ``(B, P, 3)`` -> tokens ``(B, S, hidden_dim)`` (one per second-level
+    centroid, before the final max), and the embedding head that follows the max."""
+
+    def __init__(self, variant: Variant, hidden_dim: int, embed_dim: int, dropout: float):
+        super().__init__()
+        self.sa1 = SetAbstraction(variant.stride1, variant.radius1, variant.k1, 0, variant.sa1)
+        self.sa2 = SetAbstraction(variant.stride2, variant.radius2, variant.k2, self.sa1.out_dim, variant.sa2)
+        self.global_mlp = SharedMLP(self.sa2.out_dim + 3, variant.global_mlp + (hidden_dim,))
+        self.head = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(hidden_dim // 2, embed_dim))
+
+    def tokens(self, xyz: torch.Tensor) -> torch.Tensor:
+        centres, features = self.sa1(xyz, None)
+        centres, features = self.sa2(centres, features)
+        return self.global_mlp(torch.cat([centres, features], dim=-1))
