@@ -159,13 +159,17 @@ def encode_command(model_name: str, input_path: str, output: str, batch_size: in
 
     import numpy as np
 
+    from .data.loading import KNOWN_HEADERS
     from .errors import InputError
 
     def job():
         try:
             with open(input_path, encoding='utf-8', newline='') as f:
                 if input_path.lower().endswith('.csv'):
-                    items = [row[0] for row in csv.reader(f) if row]
+                    rows = [row for row in csv.reader(f) if row]
+                    if rows and all(c.strip().lower() in KNOWN_HEADERS for c in rows[0]):
+                        rows = rows[1:]  # a header row such as 'text,label' names columns; it is no item
+                    items = [row[0] for row in rows]
                 else:
                     items = [line.rstrip('\n') for line in f if line.strip()]
         except OSError as exc:

@@ -54,9 +54,3 @@ def empty_weights() -> Iterator[None]:
         nn.Module.register_parameter = original_param
         nn.Module.register_buffer = original_buffer
 
-
-def meta_output_shape(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, ...]:
-    """Shape of ``module(*inputs)`` computed on the meta device (no real compute)."""
-    with torch.no_grad():
-        out = module(*(x.to('meta') for x in inputs))
-    return tuple(out.shape)

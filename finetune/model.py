@@ -118,6 +118,18 @@ class EmbeddingModel(nn.Module):
     def modality(self) -> str:
         return self.backbone.modality
 
+    def train(self, mode: bool = True) -> 'EmbeddingModel':
+        """Like ``nn.Module.train``, but a frozen BatchNorm layer (every parameter frozen by ``freeze``)
+        stays in eval mode: it keeps normalizing with its running statistics and does not update them."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    params = list(module.parameters(recurse=False))
+                    if params and not any(p.requires_grad for p in params):
+                        module.eval()
+        return self
+
     def forward(self, batch: Any, return_logits: bool = False):
         self.backbone.check_batch(batch)
         features = self.backbone(batch)

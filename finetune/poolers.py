@@ -11,7 +11,7 @@ A third party adds one with :func:`register_pooler`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,6 +178,3 @@ def build_pooler(name: str, options: dict | None = None) -> Pooler:
     """Instantiate the pooler `name` with validated `options`."""
     cls = pooler_class(name)
     return cls(**validate_pooler_options(name, options))
-
-
-PoolerFactory = Callable[..., Pooler]

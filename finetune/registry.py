@@ -93,7 +93,8 @@ class Registry:
     def __init__(self, group: str = ENTRY_POINT_GROUP):
         self.group = group
         self._lock = threading.RLock()
-        self._loaded = False
+        self._loaded = False  # set once every entry point has been tried
+        self._loading = False  # set while the loading thread runs the entry points
         self._specs: dict[str, BackboneSpec] = {}
         self._plugins: dict[str, BackbonePlugin] = {}
         self._prefixes: dict[str, BackbonePlugin] = {}
@@ -114,25 +115,33 @@ class Registry:
         self._failures.clear()
 
     def _ensure_loaded(self) -> None:
+        """Load the entry points once. Other threads wait on the lock until loading is over; the loading
+        thread itself (a plugin that looks models up while it loads) goes on with what is registered."""
         if self._loaded:
             return
         with self._lock:
-            if self._loaded:
+            if self._loaded or self._loading:
                 return
-            self._loaded = True  # set first: a plugin that looks models up while loading must not recurse
-            for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
-                try:
-                    obj = ep.load()
-                    plugin = obj() if callable(obj) and not isinstance(obj, BackbonePlugin) else obj
-                    if not isinstance(plugin, BackbonePlugin):
-                        raise TypeError(f'entry point {ep.value!r} gave {type(plugin).__name__}, '
-                                        f'expected a finetune.registry.BackbonePlugin')
-                    self._add(plugin)
-                except DuplicateNameError:
-                    self._reset()  # nothing half-loaded stays behind; the next look-up tries again
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one plugin must not break the others
-                    self._record_failure(ep.name, ep.value, exc)
+            self._loading = True
+            try:
+                for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
+                    try:
+                        obj = ep.load()
+                        plugin = obj() if callable(obj) and not isinstance(obj, BackbonePlugin) else obj
+                        if not isinstance(plugin, BackbonePlugin):
+                            raise TypeError(f'entry point {ep.value!r} gave {type(plugin).__name__}, '
+                                            f'expected a finetune.registry.BackbonePlugin')
+                        self._add(plugin)
+                    except DuplicateNameError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - one plugin must not break the others
+                        self._record_failure(ep.name, ep.value, exc)
+                self._loaded = True
+            except BaseException:
+                self._reset()  # nothing half-loaded stays behind; the next look-up tries again
+                raise
+            finally:
+                self._loading = False
 
     def _record_failure(self, name: str, target: str, exc: BaseException) -> None:
         message = f'{type(exc).__name__}: {exc}'

@@ -114,3 +114,15 @@ def test_item_modality():
     assert item_modality(np.zeros(5)) == 'other'
     assert item_modality(7) == 'other'
     assert isinstance(load_data([('bunny.off', 'rabbit'), ('cow.off', 'cow')]), TrainingData)
+
+
+def test_a_label_column_first_is_read_as_labels(tmp_path):
+    from finetune.data import load_data
+    path = tmp_path / 'flipped.csv'
+    path.write_text('label,text\nanimal,a dog runs\nanimal,a cat sleeps\nfood,fresh bread\nfood,hot soup\n')
+    data = load_data(str(path))
+    assert data.kind == 'labeled'
+    assert data.a == ['a dog runs', 'a cat sleeps', 'fresh bread', 'hot soup']
+    assert data.label_names == ['animal', 'food'] and data.groups == [0, 0, 1, 1]
+    rows = load_data([{'category': 'x', 'sentence': 'one'}, {'category': 'y', 'sentence': 'two'}])
+    assert rows.kind == 'labeled' and rows.a == ['one', 'two']

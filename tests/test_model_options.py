@@ -167,6 +167,22 @@ def test_freeze_true_freezes_backbone_but_not_pooler_or_head():
     assert all(p.grad is None for _, p in backbone)
 
 
+def test_frozen_batchnorm_keeps_its_running_statistics():
+    model = build(freeze=['conv1', 'bn1', 'layer1'])
+    bn1, layer4_bn = model.backbone.bn1, model.backbone.layer4[0].bn1
+    frozen, trained = bn1.running_mean.clone(), layer4_bn.running_mean.clone()
+    model.train()
+    assert not bn1.training and layer4_bn.training
+    with torch.no_grad():
+        model(images(2) * 3 + 1)
+    assert torch.equal(bn1.running_mean, frozen)  # frozen: neither its weights nor its statistics move
+    assert not torch.equal(layer4_bn.running_mean, trained)
+    model.eval()
+    assert not layer4_bn.training
+    whole = build(freeze=True).train()
+    assert not any(m.training for m in whole.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_freeze_list_freezes_exactly_the_prefix():
     model = build(freeze=['layer1'])
     frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}

@@ -16,7 +16,7 @@ from finetune.data import load_data
 from finetune.errors import InputError, OptionError, WeightsNotFoundError
 from finetune_pointnet import PointNetBackbone
 from finetune_pointnet.network import ball_query, farthest_point_sample, square_distance
-from finetune_pointnet.points import (PointPreprocessor, augment_points, mesh_views, read_shape,
+from finetune_pointnet.points import (PointPreprocessor, augment_points, mesh_views, read_off, read_shape,
                                       rotation_matrix, to_unit_sphere)
 
 TINY = {'num_points': 64, 'hidden_dim': 32, 'embed_dim': 16}
@@ -244,6 +244,27 @@ def test_mesh_files_of_each_format(tmp_path, ext):
     np.testing.assert_allclose(from_file, from_memory, atol=1e-5)  # same surface, same seed, same points
 
 
+def test_off_polygons_and_modelnet_headers(tmp_path):
+    """trimesh fails on OFF polygon faces under numpy 2; the fallback reader splits them into fans."""
+    cube = tmp_path / 'cube.off'
+    cube.write_text('OFF\n# a unit cube of quads, one with a colour\n8 6 0\n' +
+                    ''.join(f'{x} {y} {z}\n' for x in (0, 1) for y in (0, 1) for z in (0, 1)) +
+                    '4 0 1 3 2\n4 4 6 7 5\n4 0 4 5 1\n4 2 3 7 6\n4 0 2 6 4\n4 1 5 7 3 255 0 0\n')
+    vertices, triangles = read_off(str(cube))
+    assert vertices.shape == (8, 3) and triangles.shape == (12, 3)
+    mesh = read_shape(str(cube))
+    assert mesh.cumulative_area[-1] == pytest.approx(6.0)  # the fans cover every face exactly
+    box = trimesh.creation.box()
+    quirk = tmp_path / 'modelnet.off'  # ModelNet glues the counts to the header: 'OFF8 12 0'
+    quirk.write_text(f'OFF{len(box.vertices)} {len(box.faces)} 0\n' +
+                     ''.join(' '.join(map(str, v)) + '\n' for v in box.vertices) +
+                     ''.join('3 ' + ' '.join(map(str, f)) + '\n' for f in box.faces))
+    vertices, triangles = read_off(str(quirk))
+    np.testing.assert_allclose(vertices, box.vertices)
+    np.testing.assert_array_equal(triangles, box.faces)
+    assert tiny().encode(str(quirk)).shape == (1, 16)
+
+
 def test_point_files_and_arrays(tmp_path):
     pts = np.random.default_rng(0).normal(size=(500, 3))
     np.save(tmp_path / 'cloud.npy', pts)
@@ -383,3 +404,23 @@ def test_fit_on_generated_shapes_improves_retrieval():
     before, after = run.metrics['before']['map@10'], run.metrics['after']['map@10']
     assert after > before + 0.1, (before, after)
     assert after > 0.7
+
+
+def test_cli_fits_and_encodes_meshes(tmp_path):
+    from click.testing import CliRunner
+
+    from finetune.cli import main
+    _write_class_folders(tmp_path / 'data')
+    runner = CliRunner()
+    result = runner.invoke(main, ['fit', '--model', 'pointnet-small', '--train-data', str(tmp_path / 'data'),
+                                  '--model-option', 'num_points=64', '--model-option', 'hidden_dim=32',
+                                  '--model-option', 'embed_dim=16', '--batch-size', '4', '--num-workers', '0',
+                                  '--output', str(tmp_path / 'out')])
+    assert result.exit_code == 0, result.output
+    assert 'NormalizedSoftmaxLoss' in result.output
+    items = tmp_path / 'items.csv'
+    items.write_text('item,label\n' + ''.join(f'{tmp_path}/data/boxes/{i}.off,boxes\n' for i in range(3)))
+    result = runner.invoke(main, ['encode', '--model', str(tmp_path / 'out' / 'model'), '--input', str(items),
+                                  '--output', str(tmp_path / 'emb.npy')])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / 'emb.npy').shape == (3, 16)  # the header row is no item

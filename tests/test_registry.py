@@ -162,7 +162,7 @@ def test_list_models_wildcards_and_tasks():
                                                'resnet18', 'resnet34', 'resnet50']
     image = finetune.list_models(task='image-to-image')
     assert len(image) >= 85  # 80 torchvision models + 4 Jina aliases + efficientnet-lite0
-    assert finetune.list_models(task='mesh-to-mesh') == []
+    assert finetune.list_models(task='mesh-to-mesh') == ['pointnet-base', 'pointnet-small']
     with pytest.raises(UnknownModelError, match="unknown task 'image2image'.*image-to-image"):
         finetune.list_models(task='image2image')
 
@@ -190,3 +190,27 @@ def test_listing_imports_no_model_weights_and_is_quick():
     count, allocated, _seconds = out.stdout.split()
     assert int(count) >= 85
     assert int(allocated) == 0
+
+
+def test_first_load_from_many_threads_sees_every_plugin(monkeypatch):
+    import threading
+    import time
+
+    from finetune import registry as registry_module
+    reg = registry_module.Registry()
+    real = registry_module.entry_points
+
+    def slow_entry_points(**kwargs):  # widen the window in which a second thread could see half a registry
+        time.sleep(0.2)
+        return real(**kwargs)
+    monkeypatch.setattr(registry_module, 'entry_points', slow_entry_points)
+    seen = []
+
+    def look():
+        seen.append(len(reg.specs()))
+    threads = [threading.Thread(target=look) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 1 and seen[0] >= 90, seen

@@ -70,6 +70,13 @@ def test_collate_options_cut_long_texts(tiny_bert_dir):
         'collate_options.max_length'] == 512
 
 
+def test_truncation_off_refuses_a_long_text_by_name(tiny_bert_dir):
+    strict = tiny(tiny_bert_dir, collate_options={'max_length': 6, 'truncation': False})
+    assert strict.encode(['a dog']).shape[0] == 1  # short texts pass
+    with pytest.raises(InputError, match=r"'the old man plays .*' is 13 tokens long, more than max_length=6.*truncation"):
+        strict.encode(['a dog', 'the old man plays the red guitar in the big house'])
+
+
 def test_freeze_works_for_transformers(tiny_bert_dir):
     model = tiny(tiny_bert_dir, freeze=['embeddings'])
     frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}

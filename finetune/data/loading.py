@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -148,6 +147,8 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
     names = [str(h).strip().lower() for h in header] if header else [''] * width
     a = [r[0] for r in rows]
     b = [r[1] for r in rows]
+    if width == 2 and names[0] in LABEL_NAMES and names[1] not in LABEL_NAMES and kind in (None, 'labeled'):
+        a, b, names = b, a, names[::-1]  # a 'label, text' header: the items are in the second column
     if width == 3 and kind not in (None, 'scored'):
         raise InputError(f'{source}: kind={kind!r} takes 2 columns, got 3 (a, b, score rows are scored data).')
     if width == 3 or kind == 'scored':
@@ -300,7 +301,3 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
         return from_rows(rows, source=name, kind=kind)
     raise InputError(f'{name}: cannot read {type(data).__name__}; expected a list of rows, a CSV path, an image '
                      f'folder or a datasets.Dataset.')
-
-
-def class_counts(data: TrainingData) -> Counter:
-    return Counter(data.groups or [])

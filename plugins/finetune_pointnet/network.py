@@ -27,19 +27,23 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
     """Indices ``(B, n)`` of `n` points of each cloud ``xyz (B, P, 3)``, each the farthest from those chosen
     before it. The first is point 0 (the preprocessing puts points in random order), so it is deterministic."""
-    xyz = xyz.float()
     b, p, _ = xyz.shape
     if not 0 < n <= p:
         raise ValueError(f'farthest_point_sample: cannot pick {n} of {p} points.')
+    planes = xyz.float().permute(2, 0, 1).contiguous()  # (3, B, P): each step streams three flat rows
     picked = torch.zeros(b, n, dtype=torch.long, device=xyz.device)
-    nearest = torch.full((b, p), math.inf, dtype=xyz.dtype, device=xyz.device)
-    rows = torch.arange(b, device=xyz.device)
-    farthest = torch.zeros(b, dtype=torch.long, device=xyz.device)
+    nearest = torch.full((b, p), math.inf, device=xyz.device)
+    farthest = torch.zeros(b, 1, dtype=torch.long, device=xyz.device)
+    dist, diff = torch.empty_like(nearest), torch.empty_like(nearest)
     for i in range(n):
-        picked[:, i] = farthest
-        centre = xyz[rows, farthest].unsqueeze(1)  # (B, 1, 3)
-        torch.minimum(nearest, ((xyz - centre) ** 2).sum(-1), out=nearest)
-        farthest = nearest.argmax(-1)
+        picked[:, i:i + 1] = farthest
+        torch.sub(planes[0], planes[0].gather(1, farthest), out=dist)
+        dist.mul_(dist)
+        for axis in (1, 2):
+            torch.sub(planes[axis], planes[axis].gather(1, farthest), out=diff)
+            dist.addcmul_(diff, diff)
+        torch.minimum(nearest, dist, out=nearest)
+        farthest = nearest.argmax(-1, keepdim=True)
     return picked
 
 

@@ -140,11 +140,43 @@ def _read_point_file(path: str, index: int) -> np.ndarray:
     return _check_points(points[:, :3].astype(np.float64), index, path)
 
 
+def read_off(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices and triangles of an OFF file; polygons are split into fans, per-element colours ignored.
+
+    trimesh fails on OFF polygons with numpy 2 (CGAL's mpi.off and others); this reader is its fallback.
+    Also reads ModelNet's 'OFF490 518 0' first lines. Raises ValueError for a malformed file."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = [line.split('#', 1)[0].split() for line in f]
+    lines = [line for line in lines if line]
+    if not lines or 'OFF' not in lines[0][0].upper():
+        raise ValueError('no OFF header')
+    head = lines[0][0].upper()
+    counts = ([head.split('OFF', 1)[1]] if head.split('OFF', 1)[1] else []) + lines[0][1:]
+    rest = lines[1:]
+    if len(counts) < 2:
+        counts, rest = rest[0], rest[1:]
+    n_vertices, n_faces = int(counts[0]), int(counts[1])
+    if len(rest) < n_vertices + n_faces:
+        raise ValueError(f'the header announces {n_vertices} vertices and {n_faces} faces, the file has '
+                         f'{len(rest)} lines of them')
+    vertices = np.array([[float(v) for v in line[:3]] for line in rest[:n_vertices]], dtype=np.float64)
+    triangles = []
+    for line in rest[n_vertices:n_vertices + n_faces]:
+        corners = [int(v) for v in line[1:1 + int(line[0])]]
+        triangles += [(corners[0], corners[k], corners[k + 1]) for k in range(1, len(corners) - 1)]
+    return vertices, np.array(triangles, dtype=np.int64).reshape(-1, 3)
+
+
 def _read_mesh_file(path: str, index: int) -> Mesh:
     import trimesh
     try:
         loaded = trimesh.load(path, force='mesh', process=False)
     except Exception as exc:  # noqa: BLE001 - trimesh raises many kinds; the message names the file
+        if path.lower().endswith('.off'):
+            try:
+                return mesh_from_arrays(*read_off(path), index, path)
+            except (ValueError, IndexError):
+                pass  # not OFF after all: report trimesh's reason
         raise InputError(f'{_where(index, path)}: cannot be loaded as a mesh ({type(exc).__name__}: '
                          f'{exc}).') from exc
     vertices = getattr(loaded, 'vertices', None)

@@ -35,7 +35,6 @@ class HFTextBackbone(Backbone):
         self.collate = dict(collate)
         hidden = int(model.config.hidden_size)
         self.own_dim = self.pooled_dim = hidden
-        self._accepts_token_types = 'token_type_ids' in getattr(tokenizer, 'model_input_names', ())
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
         inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
@@ -58,8 +57,16 @@ class HFTextBackbone(Backbone):
         if not items:
             raise InputError('no items to preprocess: expected a non-empty list of strings.')
         c = self.collate
-        return dict(self.tokenizer(list(items), padding=c['padding'], truncation=c['truncation'],
-                                   max_length=c['max_length'], return_tensors='pt'))
+        batch = dict(self.tokenizer(list(items), padding=c['padding'], truncation=c['truncation'],
+                                    max_length=c['max_length'], return_tensors='pt'))
+        if not c['truncation'] and batch['input_ids'].shape[1] > c['max_length']:
+            lengths = batch['attention_mask'].sum(1)
+            longest = int(lengths.argmax())
+            text = items[longest] if len(items[longest]) <= 60 else items[longest][:57] + '...'
+            raise InputError(f'the text {text!r} is {int(lengths[longest])} tokens long, more than max_length='
+                             f"{c['max_length']}, and collate_options truncation=False. Shorten it, or build "
+                             f"the model with collate_options={{'truncation': True}} to cut long texts.")
+        return batch
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
