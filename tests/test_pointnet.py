@@ -424,3 +424,15 @@ def test_cli_fits_and_encodes_meshes(tmp_path):
                                   '--output', str(tmp_path / 'emb.npy')])
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / 'emb.npy').shape == (3, 16)  # the header row is no item
+
+
+def test_set_abstraction_shortcut_equals_the_grouped_mlp():
+    """SA2 applies its first Linear per point and per centre before grouping; the result is the paper's."""
+    from finetune_pointnet.network import gather_points
+    torch.manual_seed(0)
+    sa = tiny().backbone.net.sa2.eval()
+    xyz, features = torch.rand(2, 40, 3), torch.rand(2, 40, sa.mlp.layers[0].in_features - 3)
+    centres, fast = sa(xyz, features)
+    idx = ball_query(xyz, centres, sa.radius, sa.k)
+    grouped = torch.cat([gather_points(xyz, idx) - centres.unsqueeze(2), gather_points(features, idx)], dim=-1)
+    torch.testing.assert_close(fast, sa.mlp(grouped).max(dim=2).values, atol=1e-5, rtol=1e-5)

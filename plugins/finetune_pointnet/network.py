@@ -79,9 +79,12 @@ class SharedMLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_dim = in_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip_first_linear: bool = False) -> torch.Tensor:
+        """`x` ``(..., in_dim)``; or, with `skip_first_linear`, ``(..., width)`` already through the first
+        Linear (see :class:`SetAbstraction`)."""
         shape = x.shape[:-1]
-        return self.layers(x.reshape(-1, x.shape[-1])).reshape(*shape, self.out_dim)
+        layers = self.layers[1:] if skip_first_linear else self.layers
+        return layers(x.reshape(-1, x.shape[-1])).reshape(*shape, self.out_dim)
 
 
 class SetAbstraction(nn.Module):
@@ -98,10 +101,18 @@ class SetAbstraction(nn.Module):
         n = max(1, math.ceil(xyz.shape[1] / self.stride))
         centres = gather_points(xyz, farthest_point_sample(xyz, n))  # (B, S, 3)
         idx = ball_query(xyz, centres, self.radius, self.k)  # (B, S, k)
-        grouped = gather_points(xyz, idx) - centres.unsqueeze(2)  # offsets, (B, S, k, 3)
-        if features is not None:
-            grouped = torch.cat([grouped, gather_points(features, idx)], dim=-1)
-        return centres, self.mlp(grouped).max(dim=2).values  # max, not amax: its backward is a cheap scatter
+        if features is None:
+            grouped = gather_points(xyz, idx) - centres.unsqueeze(2)  # offsets, (B, S, k, 3)
+            out = self.mlp(grouped)
+        else:
+            # The first Linear is bias-free, so W [x_j - c; f_j] = W [x_j; f_j] - W_xyz c: apply it once per
+            # point and per centre, then gather, instead of once per (centre, neighbour) row (k x S / P
+            # times fewer rows; the same numbers up to rounding).
+            weight = self.mlp.layers[0].weight  # (width, 3 + C)
+            per_point = torch.cat([xyz, features], dim=-1) @ weight.t()  # (B, P, width)
+            per_centre = centres @ weight[:, :3].t()  # (B, S, width)
+            out = self.mlp(gather_points(per_point, idx) - per_centre.unsqueeze(2), skip_first_linear=True)
+        return centres, out.max(dim=2).values  # max, not amax: its backward is a cheap scatter
 
 
 @dataclass(frozen=True)
