@@ -67,7 +67,8 @@ class BackbonePlugin:
 
     ``specs()`` lists the named backbones. A plugin may also own name prefixes (``'timm'`` makes every
     ``timm:<model>`` its own): ``resolve(prefix, rest)`` then returns a spec for such a name and
-    ``list_prefixed(prefix, pattern)`` the names matching a wildcard pattern.
+    ``list_prefixed(prefix, pattern)`` the names matching a wildcard pattern. ``prefix_tasks`` may give
+    the tasks every name under a prefix serves, so that listing them by task resolves none of them.
     """
 
     name: str
@@ -76,6 +77,7 @@ class BackbonePlugin:
     resolve: Callable[[str, str], BackboneSpec] | None = None
     list_prefixed: Callable[[str, str], list[str]] | None = None
     note: str = ''
+    prefix_tasks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,9 @@ class Registry:
                 names = plugin.list_prefixed(prefix, rest or '*') if plugin.list_prefixed else []
                 if task is not None:
                     check_task(task)
+                    known = plugin.prefix_tasks.get(prefix)
+                    if known is not None:
+                        return names if task in known else []
                     names = [n for n in names if task in self.get(n).tasks]
                 return names
         names = [s.name for s in self.specs(task)]

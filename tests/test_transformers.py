@@ -215,3 +215,17 @@ def test_hf_clip_tower_choice_and_modality_errors(tiny_clip_dir):
     assert model.encode(np.zeros((32, 32, 3), dtype=np.uint8)).shape == (1, 24)  # one array is one image
     with pytest.raises(OptionError, match='takes only pooler=None'):
         finetune.build_model(f'hf:{tiny_clip_dir}', {'pooler': 'GeM'})
+
+
+def test_hf_clip_image_tower_saves_without_its_source_folder(tiny_clip_dir, tmp_path):
+    import shutil
+    source = tmp_path / 'clip'
+    shutil.copytree(tiny_clip_dir, source)
+    image_only = finetune.build_model(f'hf:{source}', {'tower': 'image'})
+    pictures = [np.full((40, 40, 3), 120, dtype=np.uint8), np.zeros((32, 48, 3), dtype=np.uint8)]
+    expected = image_only.encode(pictures)
+    finetune.save_model(image_only, str(tmp_path / 'artifact'))
+    shutil.rmtree(source)  # the artifact must not need the folder it was built from
+    loaded = finetune.load(str(tmp_path / 'artifact'))
+    assert loaded.modality == 'image'
+    np.testing.assert_allclose(loaded.encode(pictures), expected, atol=1e-6)

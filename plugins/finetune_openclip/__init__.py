@@ -676,6 +676,7 @@ def specs() -> list[BackboneSpec]:
 
 plugin = BackbonePlugin(
     name='openclip', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
+    prefix_tasks={PREFIX: (TASK,)},
     note=(f"every open_clip model as {PREFIX}:<model>[:<tag or weights file>] ({TASK}); list them with "
           f"finetune.list_models('{PREFIX}:*')"),
 )

@@ -250,5 +250,6 @@ def specs() -> list[BackboneSpec]:
 
 plugin = BackbonePlugin(
     name='timm', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
+    prefix_tasks={PREFIX: ('image-to-image',)},
     note="every timm model as timm:<model_name> (image-to-image); list them with finetune.list_models('timm:*')",
 )

@@ -46,14 +46,7 @@ class HFCLIPTextTower(Backbone):
                                    return_tensors='pt'))
 
     def export(self, directory: str) -> str:
-        """Write the CLIP config and tokenizer beside the artifact's weights; see HFTextBackbone.export."""
-        from transformers import CLIPConfig
-        config = CLIPConfig(text_config=self.text_model.config.to_dict(),
-                            vision_config=self.vision_config.to_dict(),
-                            projection_dim=self.text_projection.out_features)
-        config.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        return 'hf:./backbone'
+        return export_clip(self, directory)
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch:
@@ -89,6 +82,17 @@ class HFCLIPImageTower(Backbone):
 
     def check_batch(self, batch) -> None:
         check_image_batch(batch, self.model_name, self.image_size)
+
+    def export(self, directory: str) -> str:
+        return export_clip(self, directory)
+
+
+def export_clip(tower: Backbone, directory: str) -> str:
+    """Write the CLIP config and tokenizer (set on each tower by :func:`build_clip`) beside the artifact's
+    weights, so that either tower, or both, rebuild offline; see HFTextBackbone.export."""
+    tower.clip_config.save_pretrained(directory)
+    tower.tokenizer.save_pretrained(directory)
+    return 'hf:./backbone'
 
 
 def clip_preprocess_defaults(directory: str, image_size: int) -> dict[str, Any]:
@@ -130,8 +134,9 @@ def build_clip(name: str, directory: str, options: dict[str, Any]) -> Towers | B
     pre = options['preprocess_options']
     text = HFCLIPTextTower(name, model.text_model, model.text_projection, tokenizer,
                            int(model.config.text_config.max_position_embeddings))
-    text.vision_config = model.config.vision_config  # for export(): one config describes both towers
     image = HFCLIPImageTower(name, model.vision_model, model.visual_projection, pre)
+    for one in (text, image):  # for export(): one config and tokenizer describe both towers
+        one.clip_config, one.tokenizer = model.config, tokenizer
     tower = options.get('tower')
     if tower == 'text':
         return text
