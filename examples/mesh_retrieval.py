@@ -49,7 +49,7 @@ def usable_meshes(folder: str) -> list[str]:
             read_shape(path)
             good.append(path)
         except InputError as exc:
-            print(f'  skipped: {exc}')
+            print(f'  skipped {os.path.basename(path)}: {str(exc).split(": ", 1)[-1]}')
     return good
 
 

@@ -493,9 +493,12 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     accelerator = Accelerator(cpu=device == 'cpu', mixed_precision={'fp32': 'no'}.get(mixed, mixed),
                               gradient_accumulation_steps=gradient_accumulation_steps,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    module, opt, loader, sched = accelerator.prepare(module, opt, loader, sched)
+    # each process sees 1/N of the batches: the steps it takes (and shows) are those of its share, while the
+    # scheduler, which accelerate steps N times per step, keeps counting the unsharded total
+    steps_per_epoch = math.ceil(len(loader) / gradient_accumulation_steps)
     say(f'device {accelerator.device}, precision {mixed}, {accelerator.num_processes} process(es), '
         f'{steps_per_epoch} steps per epoch, loss {loss_module.name}')
-    module, opt, loader, sched = accelerator.prepare(module, opt, loader, sched)
     start_epoch = 0
     if resume_state is not None:
         opt.load_state_dict(resume_state['optimizer'])
@@ -503,8 +506,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         start_epoch = int(resume_state['epoch'])
         say(f'resuming from {resume_from} at epoch {start_epoch + 1}')
 
-    state = TrainState(epochs=epochs, total_steps=total_steps, is_main_process=accelerator.is_main_process,
-                       _log=say)
+    state = TrainState(epochs=epochs, total_steps=steps_per_epoch * epochs,
+                       is_main_process=accelerator.is_main_process, _log=say)
     state.step = start_epoch * steps_per_epoch
     callbacks = list(callbacks or [])
     if evaluation is not None and eval_every:
@@ -530,7 +533,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
 
     config = {'loss': loss_module.name, 'loss_options': dict(loss_options or {}), 'epochs': epochs,
               'batch_size': batch_size, 'learning_rate': learning_rate, 'precision': mixed, 'seed': seed,
-              'optimizer': optimizer, 'scheduler': scheduler, 'data': train.describe()}
+              'optimizer': optimizer, 'scheduler': scheduler, 'data': train.describe(),
+              'steps_per_epoch': steps_per_epoch}
     state._checkpoint = checkpoint
     metrics: dict[str, dict] = {}
     if evaluation is not None:

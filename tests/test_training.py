@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -211,7 +212,8 @@ def test_two_processes_train_in_lockstep(tiny_bert_dir, tmp_path):
                                       BestModelCheckpoint('{tmp_path}/best')])
         total = sum(float(p.double().sum()) for p in run.model.parameters())
         with open('{tmp_path}/rank' + os.environ['RANK'], 'w') as f:
-            f.write(repr(total) + ' ' + str(len([h for h in run.history if 'loss' in h])))
+            f.write(repr(total) + ' ' + str(len([h for h in run.history if 'loss' in h])) + ' '
+                    + str(run.config['steps_per_epoch']))
     '''))
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
@@ -223,6 +225,10 @@ def test_two_processes_train_in_lockstep(tiny_bert_dir, tmp_path):
     assert rank0[0] == rank1[0]  # the same weights on both processes
     steps = [int(rank0[1]), int(rank1[1])]
     assert steps[0] == steps[1] == 3  # early stopping after 3 evaluations, on both processes alike
+    alone = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, batch_size=4, device='cpu', precision='fp32',
+                         num_workers=0, log=lambda m: None)
+    # each process takes half the steps one process would, and says so
+    assert int(rank0[2]) == int(rank1[2]) == math.ceil(alone.config['steps_per_epoch'] / 2)
     assert (tmp_path / 'out' / 'model' / 'model.safetensors').is_file()
     assert (tmp_path / 'best' / 'model.safetensors').is_file()
 

@@ -107,7 +107,9 @@ def mesh_from_arrays(vertices: np.ndarray, faces: np.ndarray, index: int = 0, pa
     vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
     faces = np.asarray(faces, dtype=np.int64)
     if faces.size == 0:
-        raise InputError(f'{_where(index, path)}: the mesh has no faces ({len(vertices)} vertices), so it has '
+        if len(vertices) == 0:
+            raise InputError(f'{_where(index, path)}: the mesh is empty: no vertices and no faces.')
+        raise InputError(f'{_where(index, path)}: the mesh has no faces ({len(vertices):,} vertices), so it has '
                          f'no surface to sample. Pass its points as an (N, 3) array or save them as .xyz/.npy '
                          f'to use them as a point cloud.')
     if len(vertices) < MIN_POINTS:
@@ -183,6 +185,13 @@ def _read_mesh_file(path: str, index: int) -> Mesh:
     faces = getattr(loaded, 'faces', None)
     if vertices is None:
         raise InputError(f'{_where(index, path)}: trimesh read no geometry from it ({type(loaded).__name__}).')
+    if faces is None or len(faces) == 0:
+        cloud = trimesh.load(path, process=False)  # as itself: a point cloud keeps its vertices
+        points = len(getattr(cloud, 'vertices', ()))
+        if points:
+            raise InputError(f'{_where(index, path)}: a point cloud of {points:,} points with no faces, so no '
+                             f'surface to sample. Pass its points as an (N, 3) array, e.g. '
+                             f'np.asarray(trimesh.load(path).vertices), or save them as .npy / .xyz.')
     return mesh_from_arrays(vertices, faces if faces is not None else np.empty((0, 3)), index, path)
 
 
@@ -286,9 +295,9 @@ class PointPreprocessor:
         return points.astype(np.float32)
 
     def _items(self, items: Sequence[Any]) -> list:
-        if isinstance(items, (str, os.PathLike)) or (isinstance(items, (np.ndarray, torch.Tensor))
-                                                      and items.ndim == 2):
-            items = [items]
+        if isinstance(items, (str, os.PathLike, Mesh)) or type(items).__module__.startswith('trimesh.') or (
+                isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 2):
+            items = [items]  # one item
         items = list(items)
         if not items:
             raise InputError('no items to preprocess: expected a non-empty list of meshes or point clouds.')
