@@ -69,8 +69,30 @@ class Backbone(nn.Module):
 
     def layer_groups(self) -> list[str]:
         """Parameter-name prefixes of the network's layers, input to output, for
-        ``freeze={'except_last_layers': N}``. Default: the direct children that hold parameters."""
-        return [name for name, child in self.named_children() if any(True for _ in child.parameters())]
+        ``freeze={'except_last_layers': N}``.
+
+        Default: the direct children that hold parameters; while that makes fewer than
+        :data:`MIN_LAYER_GROUPS` groups, the group with the most parameters that has several such children
+        is replaced, in place, by its children (a wrapped timm model, torchvision's single ``features``
+        stack, a ViT's ``encoder.layers`` become their stages or blocks)."""
+        groups: list[tuple[str, nn.Module]] = [(n, c) for n, c in self.named_children() if _holds_params(c)]
+        while len(groups) < MIN_LAYER_GROUPS:
+            splittable = [(sum(p.numel() for p in child.parameters()), i) for i, (_, child) in enumerate(groups)
+                          if sum(1 for c in child.children() if _holds_params(c)) >= 2]
+            if not splittable:
+                break
+            i = max(splittable)[1]
+            name, child = groups[i]
+            groups[i:i + 1] = [(f'{name}.{n}', c) for n, c in child.named_children() if _holds_params(c)]
+        return [name for name, _ in groups]
+
+
+#: the fewest layer groups the default :meth:`Backbone.layer_groups` settles for before splitting one
+MIN_LAYER_GROUPS = 4
+
+
+def _holds_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 @dataclass

@@ -426,3 +426,14 @@ def test_cls_pooler_on_a_cnn_is_refused_before_weights_are_looked_for(monkeypatc
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))  # no cached weights: a build would fail differently
     with pytest.raises(OptionError, match="'cls' needs tokens features"):
         finetune.build_model('resnet18', {'pooler': 'cls'})
+
+
+@pytest.mark.parametrize('name, last_two', [('efficientnet_b0', {'features.7', 'features.8'}),
+                                            ('vit_b_16', {'encoder.layers.encoder_layer_11', 'encoder.ln'}),
+                                            ('timm:resnet18', {'model.layer3', 'model.layer4'})])
+def test_except_last_layers_reaches_into_single_stacks(name, last_two):
+    """A family whose network is one `features` stack (or a wrapped timm model) is split into its stages."""
+    model = build_model(name, {'pretrained': False, 'freeze': {'except_last_layers': 2}})
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(any(n.startswith(g + '.') for g in last_two) for n in trainable)
+    assert {g for g in last_two if any(n.startswith(g + '.') for n in trainable)} == last_two
