@@ -49,22 +49,29 @@ def run(model, batch: torch.Tensor, steps: int, dtype: torch.dtype | None, devic
 
 
 def sampling_share(model, batch: torch.Tensor) -> float:
-    """Fraction of one forward pass spent in farthest-point sampling and ball query."""
+    """Fraction of one (warm) forward pass spent in farthest-point sampling and ball query."""
     spent = [0.0]
     originals = network.farthest_point_sample, network.ball_query
+    sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
 
     def timed(fn):
         def wrapper(*args, **kwargs):
+            sync()
             t = time.perf_counter()
             out = fn(*args, **kwargs)
+            sync()
             spent[0] += time.perf_counter() - t
             return out
         return wrapper
+    with torch.no_grad():
+        model(batch)  # warm-up
     network.farthest_point_sample, network.ball_query = timed(originals[0]), timed(originals[1])
     try:
         with torch.no_grad():
+            sync()
             started = time.perf_counter()
             model(batch)
+            sync()
             total = time.perf_counter() - started
     finally:
         network.farthest_point_sample, network.ball_query = originals

@@ -4,7 +4,7 @@ Each mesh is its own class. Training sees fresh views of every mesh (new surface
 rotation about the up axis, scaling and jitter); the queries are held-out views made the same way with
 other seeds, and the metric asks whether the other view of the same mesh ranks first.
 
-The meshes: Debian's ``libcgal-demo`` package carries about 130 real ones (armadillo, bunny, cow,
+The meshes: Debian's ``libcgal-demo`` package carries about 140 real ones (armadillo, bunny, cow,
 elephant, ...). Fetch them without installing anything (``--fetch`` runs exactly this)::
 
     apt-get download libcgal-demo

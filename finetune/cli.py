@@ -150,32 +150,18 @@ def evaluate_command(model_name: str, data: str, batch_size: int) -> None:
 @main.command('encode')
 @click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
 @click.option('--input', 'input_path', required=True,
-              help='A text file (one item per line: texts or image paths) or a CSV whose first column is used.')
+              help='A text file (one item per line: texts, image or mesh paths) or a CSV / TSV (its item column: '
+                   'the first not named label or score). Relative paths are read from the file\'s folder.')
 @click.option('--output', required=True, help='Where to write the embeddings (.npy).')
 @click.option('--batch-size', default=32, show_default=True, type=int)
 def encode_command(model_name: str, input_path: str, output: str, batch_size: int) -> None:
     """Embed every line of a file and save the (N, D) array as .npy."""
-    import csv
-
     import numpy as np
 
-    from .data.loading import KNOWN_HEADERS
-    from .errors import InputError
+    from .data.loading import read_items
 
     def job():
-        try:
-            with open(input_path, encoding='utf-8', newline='') as f:
-                if input_path.lower().endswith('.csv'):
-                    rows = [row for row in csv.reader(f) if row]
-                    if rows and all(c.strip().lower() in KNOWN_HEADERS for c in rows[0]):
-                        rows = rows[1:]  # a header row such as 'text,label' names columns; it is no item
-                    items = [row[0] for row in rows]
-                else:
-                    items = [line.rstrip('\n') for line in f if line.strip()]
-        except OSError as exc:
-            raise InputError(f'--input: cannot read {input_path!r}: {exc}') from exc
-        if not items:
-            raise InputError(f'--input: {input_path!r} holds no items.')
+        items = read_items(input_path)
         embeddings = _load_model(model_name).encode(items, batch_size=batch_size)
         np.save(output, embeddings)
         click.echo(f'{embeddings.shape[0]} embeddings of size {embeddings.shape[1]} written to {output}')

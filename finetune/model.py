@@ -88,7 +88,9 @@ def _is_one_item(items: Any, modality: str = 'image') -> bool:
     of point clouds, so many items."""
     if isinstance(items, (np.ndarray, torch.Tensor)):
         return items.ndim == 2 if modality == 'mesh' else items.ndim != 4
-    return isinstance(items, (str, os.PathLike, Image.Image)) or type(items).__module__.startswith('trimesh.')
+    # a mesh object (trimesh's meshes and scenes, or anything with vertices) is one item too
+    return (isinstance(items, (str, os.PathLike, Image.Image)) or hasattr(items, 'vertices')
+            or type(items).__module__.startswith('trimesh.'))
 
 
 class EmbeddingModel(nn.Module):

@@ -126,3 +126,18 @@ def test_a_label_column_first_is_read_as_labels(tmp_path):
     assert data.label_names == ['animal', 'food'] and data.groups == [0, 0, 1, 1]
     rows = load_data([{'category': 'x', 'sentence': 'one'}, {'category': 'y', 'sentence': 'two'}])
     assert rows.kind == 'labeled' and rows.a == ['one', 'two']
+
+
+def test_read_items_for_encoding(tmp_path):
+    from finetune.data.loading import read_items
+    (tmp_path / 'a.csv').write_text('\ufefflabel,text\nanimal,a dog\nfood,bread\n', encoding='utf-8')
+    assert read_items(str(tmp_path / 'a.csv')) == ['a dog', 'bread']
+    (tmp_path / 'b.csv').write_text('title\nsecond line\n')  # a lone word that is no header is an item
+    assert read_items(str(tmp_path / 'b.csv')) == ['title', 'second line']
+    (tmp_path / 'c.txt').write_text('pics/cat.jpg\n\n/abs/dog.png\nplain text\n')
+    assert read_items(str(tmp_path / 'c.txt')) == [str(tmp_path / 'pics' / 'cat.jpg'), '/abs/dog.png', 'plain text']
+    (tmp_path / 'empty.csv').write_text('item\n')
+    with pytest.raises(InputError, match='holds no items'):
+        read_items(str(tmp_path / 'empty.csv'))
+    with pytest.raises(InputError, match='cannot read'):
+        read_items(str(tmp_path / 'missing.txt'))

@@ -418,8 +418,8 @@ def test_cli_fits_and_encodes_meshes(tmp_path):
                                   '--output', str(tmp_path / 'out')])
     assert result.exit_code == 0, result.output
     assert 'NormalizedSoftmaxLoss' in result.output
-    items = tmp_path / 'items.csv'
-    items.write_text('item,label\n' + ''.join(f'{tmp_path}/data/boxes/{i}.off,boxes\n' for i in range(3)))
+    items = tmp_path / 'items.csv'  # label first, relative paths, an Excel byte-order mark
+    items.write_text('\ufefflabel,item\n' + ''.join(f'boxes,data/boxes/{i}.off\n' for i in range(3)), encoding='utf-8')
     result = runner.invoke(main, ['encode', '--model', str(tmp_path / 'out' / 'model'), '--input', str(items),
                                   '--output', str(tmp_path / 'emb.npy')])
     assert result.exit_code == 0, result.output
@@ -436,3 +436,29 @@ def test_set_abstraction_shortcut_equals_the_grouped_mlp():
     idx = ball_query(xyz, centres, sa.radius, sa.k)
     grouped = torch.cat([gather_points(xyz, idx) - centres.unsqueeze(2), gather_points(features, idx)], dim=-1)
     torch.testing.assert_close(fast, sa.mlp(grouped).max(dim=2).values, atol=1e-5, rtol=1e-5)
+
+
+def test_training_views_are_augmented_and_inference_views_are_not():
+    box = trimesh.creation.box(extents=(2, 1, 1))
+    doubled = PointPreprocessor(128, rotation_axis=None, scale_range=(2.0, 2.0), jitter=0.0)
+    assert doubled.train_batch([box])[0].norm(dim=1).max() == pytest.approx(2.0, abs=1e-5)  # the scale applied
+    assert doubled([box])[0].norm(dim=1).max() == pytest.approx(1.0, abs=1e-5)  # never at inference
+    off = PointPreprocessor(128, augment=False, rotation_axis=None, scale_range=(2.0, 2.0), jitter=0.0)
+    assert off.train_batch([box])[0].norm(dim=1).max() == pytest.approx(1.0, abs=1e-5)
+    turned = PointPreprocessor(128, rotation_axis='z', scale_range=(1.0, 1.0), jitter=0.0)
+    torch.manual_seed(3)
+    view = turned.train_batch([box])[0]
+    assert view[:, 0].abs().max() < 0.99 * view.norm(dim=1).max()  # the long x axis no longer lies along x
+
+
+def test_fit_draws_its_batches_through_the_training_preprocessing(monkeypatch):
+    calls = []
+    original = PointNetBackbone.preprocess_train
+
+    def spy(self, items):
+        calls.append(len(items))
+        return original(self, items)
+    monkeypatch.setattr(PointNetBackbone, 'preprocess_train', spy)
+    rows = [(trimesh.creation.box(extents=(1 + i % 3, 1, 1)), f'c{i % 2}') for i in range(8)]
+    finetune.fit(tiny(), rows, epochs=1, batch_size=4, num_workers=0, progress=False, log=lambda m: None)
+    assert calls == [4, 4]

@@ -219,15 +219,49 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
     if not body:
         raise InputError(f'{path}: a header and no rows.')
     folder = os.path.dirname(os.path.abspath(path))
-
-    def resolve(cell: str) -> str:
-        cell = cell.strip()
-        if cell.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS) and not os.path.isabs(cell):
-            return os.path.join(folder, cell)
-        return cell
-    body = [[resolve(c) for c in row] for row in body]
+    body = [[_resolve_media(c, folder).strip() for c in row] for row in body]
     return from_rows(body, source=os.path.basename(path), header=names, kind=kind,
                      line_offset=lines[1:] if has_header else lines)
+
+
+#: one-column CSV headers: a lone word such as 'title' may be an item, these name the column
+ITEM_COLUMN_NAMES = {'item', 'items', 'text', 'texts', 'image', 'image_path', 'path', 'file', 'caption', 'sentence',
+                     'document', 'mesh'}
+
+
+def _resolve_media(cell: str, folder: str) -> str:
+    """A relative image or mesh path resolved against `folder` (the CSV's); other cells unchanged."""
+    stripped = cell.strip()
+    if stripped.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS) and not os.path.isabs(stripped):
+        return os.path.join(folder, stripped)
+    return cell
+
+
+def read_items(path: str) -> list[str]:
+    """The items of a file to encode: one per line of a text file, or one column of a CSV.
+
+    In a CSV with a header (known column names), the item column is the first not named as a label or a
+    score, so 'label,text' files give their texts; without one it is the first column. Relative image and
+    mesh paths are resolved against the file's folder, as :func:`read_csv` does. Raises InputError."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding='utf-8-sig', newline='') as f:
+            if path.lower().endswith(('.csv', '.tsv')):
+                rows = [row for row in csv.reader(f, delimiter='\t' if path.lower().endswith('.tsv') else ',')
+                        if any(c.strip() for c in row)]
+                first = [c.strip().lower() for c in rows[0]] if rows else []
+                header = (len(first) > 1 and all(c in KNOWN_HEADERS for c in first)) or (
+                    len(first) == 1 and first[0] in ITEM_COLUMN_NAMES)
+                column = next((i for i, c in enumerate(first) if c not in LABEL_NAMES | SCORE_NAMES), 0) \
+                    if header else 0
+                items = [row[column] for row in (rows[1:] if header else rows) if len(row) > column]
+            else:
+                items = [line.rstrip('\r\n') for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f'cannot read {path!r}: {exc}') from exc
+    if not items:
+        raise InputError(f'{path!r} holds no items.')
+    return [_resolve_media(item, folder) for item in items]
 
 
 def read_image_folder(path: str) -> TrainingData:

@@ -58,7 +58,8 @@ class PointNetBackbone(Backbone):
         self.preprocessor = PointPreprocessor(options['num_points'], **options['preprocess_options'])
 
     def forward(self, batch: torch.Tensor) -> Features:
-        return Features(self.net.tokens(batch))
+        dtype = self.net.head[0].weight.dtype  # float64 or float16 clouds run in the weights' precision
+        return Features(self.net.tokens(batch.to(dtype)))
 
     def pool_own(self, features: Features) -> torch.Tensor:
         return self.after_pooler(features.tensor.max(dim=1).values)
@@ -82,6 +83,8 @@ class PointNetBackbone(Backbone):
                              f'{tuple(batch.shape)}.')
         if not batch.is_floating_point():
             raise InputError(f'{self.model_name!r} expects float coordinates, got {batch.dtype}.')
+        if not torch.isfinite(batch).all():
+            raise InputError(f'{self.model_name!r} got NaN or infinite coordinates.')
         if batch.shape[1] < MIN_MODEL_POINTS:
             raise InputError(f'{self.model_name!r} needs at least {MIN_MODEL_POINTS} points per cloud, got '
                              f'{batch.shape[1]}.')

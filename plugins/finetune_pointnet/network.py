@@ -48,12 +48,17 @@ def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius: float, k: int) -> torch.Tensor:
+def ball_query(xyz: torch.Tensor, centres: torch.Tensor, radius: float, k: int,
+               centre_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Indices ``(B, S, k)``: for each centre, the first `k` points of the cloud (in index order) within
-    `radius`; a ball holding fewer repeats its first point. Each centre must be a point of the cloud."""
+    `radius`; a ball holding fewer repeats its first point. `centre_idx` ``(B, S)``, the centres' own
+    indices in the cloud, puts each centre in its ball even where rounding says otherwise (coordinates far
+    from the origin)."""
     p = xyz.shape[1]
     k = min(k, p)
     d = square_distance(centres, xyz)  # (B, S, P)
+    if centre_idx is not None:
+        d.scatter_(2, centre_idx.unsqueeze(-1), 0.0)
     order = torch.arange(p, device=xyz.device, dtype=d.dtype)
     key = torch.where(d <= radius * radius, order, order + p)  # points outside the ball sort last
     idx = key.topk(k, dim=-1, largest=False, sorted=True).values.long()
@@ -99,8 +104,9 @@ class SetAbstraction(nn.Module):
 
     def forward(self, xyz: torch.Tensor, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         n = max(1, math.ceil(xyz.shape[1] / self.stride))
-        centres = gather_points(xyz, farthest_point_sample(xyz, n))  # (B, S, 3)
-        idx = ball_query(xyz, centres, self.radius, self.k)  # (B, S, k)
+        centre_idx = farthest_point_sample(xyz, n)
+        centres = gather_points(xyz, centre_idx)  # (B, S, 3)
+        idx = ball_query(xyz, centres, self.radius, self.k, centre_idx)  # (B, S, k)
         if features is None:
             grouped = gather_points(xyz, idx) - centres.unsqueeze(2)  # offsets, (B, S, k, 3)
             out = self.mlp(grouped)

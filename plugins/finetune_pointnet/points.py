@@ -16,9 +16,10 @@ DataLoader workers.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -195,12 +196,34 @@ def _read_mesh_file(path: str, index: int) -> Mesh:
     return mesh_from_arrays(vertices, faces if faces is not None else np.empty((0, 3)), index, path)
 
 
-@functools.lru_cache(maxsize=512)
+#: bytes of parsed shapes each process keeps (least recently used dropped first); FINETUNE_MESH_CACHE_MB sets it
+CACHE_BYTES = int(float(os.environ.get('FINETUNE_MESH_CACHE_MB', 1024)) * 2 ** 20)
+_cache: OrderedDict[tuple, Mesh | np.ndarray] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _nbytes(shape: Mesh | np.ndarray) -> int:
+    if isinstance(shape, Mesh):
+        return shape.vertices.nbytes + shape.faces.nbytes + shape.cumulative_area.nbytes
+    return shape.nbytes
+
+
 def _read_file(path: str, mtime_ns: int, size: int) -> Mesh | np.ndarray:
-    del mtime_ns, size  # part of the cache key only: a changed file is read again
-    if path.lower().endswith(POINT_FILE_EXTENSIONS):
-        return _read_point_file(path, 0)
-    return _read_mesh_file(path, 0)
+    """The parsed file, from the cache when the same version (modification time and size) was read before."""
+    key = (path, mtime_ns, size)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    shape = _read_point_file(path, 0) if path.lower().endswith(POINT_FILE_EXTENSIONS) else _read_mesh_file(path, 0)
+    for array in ((shape.vertices, shape.faces, shape.cumulative_area) if isinstance(shape, Mesh) else (shape,)):
+        array.flags.writeable = False  # shared by every later read: nobody may change it in place
+    with _cache_lock:
+        _cache[key] = shape
+        total = sum(_nbytes(s) for s in _cache.values())
+        while total > CACHE_BYTES and len(_cache) > 1:
+            total -= _nbytes(_cache.popitem(last=False)[1])
+    return shape
 
 
 def read_shape(item: Any, index: int = 0) -> Mesh | np.ndarray:
@@ -221,12 +244,20 @@ def read_shape(item: Any, index: int = 0) -> Mesh | np.ndarray:
             message = str(exc).replace('item 0 (', f'item {index} (', 1)
             raise InputError(message) from None
     if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
+        item = item.detach().cpu()
+        item = (item.float() if item.is_floating_point() else item).numpy()
+    if type(item).__name__ == 'Scene' and hasattr(item, 'geometry'):  # a trimesh.Scene: its meshes as one
+        to_geometry = getattr(item, 'to_geometry', None) or (lambda: item.dump(concatenate=True))
+        item = to_geometry()
     if hasattr(item, 'vertices') and hasattr(item, 'faces'):  # a trimesh.Trimesh in memory
         return mesh_from_arrays(item.vertices, item.faces, index)
+    if hasattr(item, 'vertices'):  # a trimesh.PointCloud
+        raise InputError(f'item {index}: a {type(item).__name__} has points but no surface; pass its points as an '
+                         f'(N, 3) array: np.asarray(cloud.vertices).')
     if isinstance(item, np.ndarray):
-        if item.ndim != 2 or item.shape[1] != 3 or not np.issubdtype(item.dtype, np.number):
-            raise InputError(f'item {index}: a point cloud must be an (N, 3) array of numbers, got shape '
+        if item.ndim != 2 or item.shape[1] != 3 or not np.issubdtype(item.dtype, np.number) \
+                or np.iscomplexobj(item):
+            raise InputError(f'item {index}: a point cloud must be an (N, 3) array of real numbers, got shape '
                              f'{item.shape} ({item.dtype}).')
         return _check_points(item.astype(np.float64), index)
     shown = f' {item[:60]!r}' if isinstance(item, str) else ''
@@ -295,7 +326,8 @@ class PointPreprocessor:
         return points.astype(np.float32)
 
     def _items(self, items: Sequence[Any]) -> list:
-        if isinstance(items, (str, os.PathLike, Mesh)) or type(items).__module__.startswith('trimesh.') or (
+        if isinstance(items, (str, os.PathLike, Mesh)) or hasattr(items, 'vertices') \
+                or type(items).__module__.startswith('trimesh.') or (
                 isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 2):
             items = [items]  # one item
         items = list(items)
@@ -320,6 +352,9 @@ def mesh_views(item: Any, num_views: int, num_points: int = 2048, seed: int = 0,
     """`num_views` different ``(num_points, 3)`` views of one mesh or cloud (fresh sampling, and the
     training augmentation when `augment`), reproducible by `seed`: e.g. held-out queries of a mesh for
     instance retrieval. `options` are the preprocess options (rotation_axis, scale_range, jitter, ...)."""
-    pre = PointPreprocessor(num_points, **options)
+    from finetune.options import positive_int, validate_mapping
+    positive_int()('num_points', num_points)
+    pre = PointPreprocessor(num_points, **validate_mapping('mesh_views options', options,
+                                                            point_preprocess_options()))
     rng = np.random.default_rng(seed)
     return [pre.view(item, rng, augment=augment) for _ in range(num_views)]
