@@ -60,7 +60,8 @@ def point_preprocess_options() -> tuple[Option, ...]:
     """The ``preprocess_options`` schema of the point-cloud families."""
     return (
         Option('seed', 'int', 0, 'seed of the surface sampling at inference: one item, the same points', _seed),
-        Option('unit_sphere', 'bool', True, 'centre each cloud on its mean and scale it into the unit sphere',
+        Option('unit_sphere', 'bool', True, 'centre each cloud on its mean and scale it into the unit sphere (the '
+               'grouping radii 0.2 and 0.4 assume that scale)',
                boolean),
         Option('augment', 'bool', True, 'in training only: random rotation, scaling and jitter of each cloud',
                boolean),
