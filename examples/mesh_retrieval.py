@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument('--num-points', type=int, default=1024)
     parser.add_argument('--views', type=int, default=8, help='training views of each mesh per epoch')
     parser.add_argument('--epochs', type=int, default=10)
+    parser.add_argument('--precision', default='auto', choices=('auto', 'bf16', 'fp32'))
+    parser.add_argument('--seed', type=int, default=42)
     parser.add_argument('--output', default='out/mesh-retrieval')
     args = parser.parse_args()
 
@@ -78,10 +80,12 @@ def main() -> None:
 
     started = time.perf_counter()
     run = finetune.fit(args.model, train, queries, model_options={'num_points': args.num_points},
-                       epochs=args.epochs, batch_size=32, output_dir=args.output)
+                       epochs=args.epochs, batch_size=32, precision=args.precision, seed=args.seed,
+                       output_dir=args.output)
     minutes = (time.perf_counter() - started) / 60
     before, after = run.metrics['before'], run.metrics['after']
-    print(f'{args.model}, {args.num_points} points, {args.epochs} epochs, {minutes:.1f} min')
+    print(f'{args.model}, {args.num_points} points, {args.epochs} epochs, {run.config["precision"]}, '
+          f'{minutes:.1f} min')
     for key in ('hit@1', 'mrr@10', 'map@10', 'ndcg@10'):
         print(f'  {key:8s} {before[key]:.3f} -> {after[key]:.3f}')
     print(f'model saved in {args.output}/model; finetune.load() it and .encode() mesh files')

@@ -442,6 +442,10 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         raise InputError(f'batch_size={batch_size} is larger than the training data ({len(train)} rows); '
                          f'use batch_size <= {len(train)}.')
 
+    if precision == 'auto' and mixed != 'fp32' and getattr(getattr(side_a, 'backbone', None), 'prefers_fp32', False):
+        mixed = 'fp32'
+        say(f"precision fp32: {side_a.name!r} trains in fp32 under precision='auto' (pass precision='bf16' to "
+            f'override)')
     loss_name = loss
     if loss_name is None:
         family = getattr(getattr(side_a, 'backbone', None), 'default_losses', {}).get(train.kind)

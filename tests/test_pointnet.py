@@ -401,6 +401,7 @@ def test_fit_on_generated_shapes_improves_retrieval():
     run = finetune.fit(model, train, queries, epochs=60, batch_size=24, num_workers=0, progress=False,
                        log=lines.append)
     assert any('NormalizedSoftmaxLoss' in line for line in lines)  # the family's default loss
+    assert run.config['precision'] == 'fp32'  # the family's choice under precision='auto'
     before, after = run.metrics['before']['map@10'], run.metrics['after']['map@10']
     assert after > before + 0.1, (before, after)
     assert after > 0.7
