@@ -49,8 +49,9 @@ class PointNetBackbone(Backbone):
     #: trained from scratch, batch-hard triplets (the core's default for labeled data) collapse every
     #: embedding to one point; a normalized-softmax classifier over the classes trains steadily
     default_losses = {'labeled': 'NormalizedSoftmaxLoss'}
-    #: bf16 autocast steps 1.2-1.4x faster here, but a fit of CGAL meshes was no faster end to end (sampling
-    #: meshes bounds it) and retrieved worse: map@10 0.432 / 0.493 against 0.493 / 0.528 in fp32 (seeds 42 / 7)
+    #: bf16 autocast steps 1.2-1.4x faster, but fits on the CGAL meshes (examples/mesh_retrieval.py) retrieved
+    #: worse in every comparison, map@10 bf16 vs fp32: pointnet-small 0.432 vs 0.493 and 0.493 vs 0.528 (seeds
+    #: 42, 7; equal wall time, sampling meshes bounds it), pointnet-base 0.636 vs 0.677 (20 vs 24 min)
     prefers_fp32 = True
 
     def __init__(self, name: str, variant: str, options: dict[str, Any]):
