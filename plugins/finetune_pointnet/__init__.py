@@ -49,7 +49,7 @@ class PointNetBackbone(Backbone):
     #: trained from scratch, batch-hard triplets (the core's default for labeled data) collapse every
     #: embedding to one point; a normalized-softmax classifier over the classes trains steadily
     default_losses = {'labeled': 'NormalizedSoftmaxLoss'}
-    #: bf16 autocast steps 1.2-1.4x faster, but fits on the CGAL meshes (examples/mesh_retrieval.py) retrieved
+    #: bf16 autocast steps 1.1-1.5x faster, but fits on the CGAL meshes (examples/mesh_retrieval.py) retrieved
     #: worse in every comparison, map@10 bf16 vs fp32: pointnet-small 0.432 vs 0.493 and 0.493 vs 0.528 (seeds
     #: 42, 7; equal wall time, sampling meshes bounds it), pointnet-base 0.636 vs 0.677 (20 vs 24 min)
     prefers_fp32 = True
