@@ -83,7 +83,7 @@ def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None)
     return opts
 
 
-def _is_one_item(items: Any, modality: str = 'image') -> bool:
+def is_one_item(items: Any, modality: str = 'image') -> bool:
     """True for a single path, PIL image or array: a 4-D array is a stack of images and a 3-D array a stack
     of point clouds, so many items."""
     if isinstance(items, (np.ndarray, torch.Tensor)):
@@ -174,7 +174,7 @@ class EmbeddingModel(nn.Module):
             raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
         if convert_to not in ('numpy', 'torch'):
             raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
-        if _is_one_item(items, self.modality):
+        if is_one_item(items, self.modality):
             items = [items]  # one item, not a sequence of them
         items = list(items)
         order = list(range(len(items)))
@@ -357,7 +357,7 @@ class MultiTowerModel(nn.Module):
 
     def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
         """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`."""
-        if _is_one_item(items):
+        if is_one_item(items):
             items = [items]
         items = list(items)
         return self._tower(tower or self.tower_for(items)).encode(items, batch_size=batch_size,

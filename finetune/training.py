@@ -442,16 +442,16 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         raise InputError(f'batch_size={batch_size} is larger than the training data ({len(train)} rows); '
                          f'use batch_size <= {len(train)}.')
 
-    if precision == 'auto' and mixed != 'fp32' and getattr(getattr(side_a, 'backbone', None), 'prefers_fp32', False):
+    family = side_a.backbone  # the family's own defaults, where it has them
+    if precision == 'auto' and mixed != 'fp32' and family.prefers_fp32:
         mixed = 'fp32'
         say(f"precision fp32: {side_a.name!r} trains in fp32 under precision='auto' (pass precision='bf16' to "
             f'override)')
     loss_name = loss
     if loss_name is None:
-        family = getattr(getattr(side_a, 'backbone', None), 'default_losses', {}).get(train.kind)
-        loss_name = family or default_loss(train.kind)
-        if family:
-            say(f'loss {family}: the default of {side_a.name!r} for {train.kind} data')
+        loss_name = family.default_losses.get(train.kind) or default_loss(train.kind)
+        if train.kind in family.default_losses:
+            say(f'loss {loss_name}: the default of {side_a.name!r} for {train.kind} data')
     num_classes = len(train.label_names) if train.kind == 'labeled' else None
     loss_module = build_loss(loss_name, loss_options, train.kind, num_classes=num_classes,
                              embedding_dim=model.output_dim)

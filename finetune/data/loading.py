@@ -192,11 +192,12 @@ def _detect_two_columns(a: list, b: list, names: list[str]) -> str:
     return across if mod_a != mod_b else 'pairs'
 
 
-def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind: str | None = None) -> TrainingData:
-    """Read a CSV file of 2 or 3 columns; a first row of known column names is a header.
+def _delimiter(path: str, default: str = ',') -> str:
+    return '\t' if path.lower().endswith('.tsv') else default
 
-    Relative image paths are resolved against the CSV's folder. Raises InputError with the line number.
-    """
+
+def _csv_rows(path: str, delimiter: str) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows of a CSV file and the file line each starts on. Raises InputError."""
     try:
         with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's CSV starts with a BOM
             reader = csv.reader(f, delimiter=delimiter)
@@ -206,10 +207,21 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
                 if any(c.strip() for c in row):
                     rows.append(row)
                     lines.append(start)
+    except OSError as exc:
+        raise InputError(f'cannot read {path!r}: {exc}') from exc
     except UnicodeDecodeError as exc:
         raise InputError(f'{path}: not UTF-8 text ({exc}).') from exc
     except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
         raise InputError(f'{os.path.basename(path)}, line {reader.line_num}: cannot parse: {exc}.') from exc
+    return rows, lines
+
+
+def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind: str | None = None) -> TrainingData:
+    """Read a CSV file of 2 or 3 columns; a first row of known column names is a header.
+
+    Relative image paths are resolved against the CSV's folder. Raises InputError with the line number.
+    """
+    rows, lines = _csv_rows(path, delimiter)
     if not rows:
         raise InputError(f'{path} is empty: expected rows such as item,label or query,doc or a,b,score.')
     first = [c.strip().lower() for c in rows[0]]
@@ -244,21 +256,19 @@ def read_items(path: str) -> list[str]:
     score, so 'label,text' files give their texts; without one it is the first column. Relative image and
     mesh paths are resolved against the file's folder, as :func:`read_csv` does. Raises InputError."""
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        with open(path, encoding='utf-8-sig', newline='') as f:
-            if path.lower().endswith(('.csv', '.tsv')):
-                rows = [row for row in csv.reader(f, delimiter='\t' if path.lower().endswith('.tsv') else ',')
-                        if any(c.strip() for c in row)]
-                first = [c.strip().lower() for c in rows[0]] if rows else []
-                header = (len(first) > 1 and all(c in KNOWN_HEADERS for c in first)) or (
-                    len(first) == 1 and first[0] in ITEM_COLUMN_NAMES)
-                column = next((i for i, c in enumerate(first) if c not in LABEL_NAMES | SCORE_NAMES), 0) \
-                    if header else 0
-                items = [row[column] for row in (rows[1:] if header else rows) if len(row) > column]
-            else:
+    if path.lower().endswith(('.csv', '.tsv')):
+        rows, _ = _csv_rows(path, _delimiter(path))
+        first = [c.strip().lower() for c in rows[0]] if rows else []
+        header = (len(first) > 1 and all(c in KNOWN_HEADERS for c in first)) or (
+            len(first) == 1 and first[0] in ITEM_COLUMN_NAMES)
+        column = next((i for i, c in enumerate(first) if c not in LABEL_NAMES | SCORE_NAMES), 0) if header else 0
+        items = [row[column] for row in (rows[1:] if header else rows) if len(row) > column]
+    else:
+        try:
+            with open(path, encoding='utf-8-sig') as f:
                 items = [line.rstrip('\r\n') for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f'cannot read {path!r}: {exc}') from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f'cannot read {path!r}: {exc}') from exc
     if not items:
         raise InputError(f'{path!r} holds no items.')
     return [_resolve_media(item, folder) for item in items]
@@ -315,7 +325,7 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
             raise InputError(f'{name}: {path!r} does not exist (expected a CSV file or a folder of class folders).')
         if not path.lower().endswith(('.csv', '.tsv', '.txt')):
             raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv) or a folder.')
-        return read_csv(path, delimiter='\t' if path.lower().endswith('.tsv') else delimiter, kind=kind)
+        return read_csv(path, delimiter=_delimiter(path, delimiter), kind=kind)
     if hasattr(data, 'column_names') and hasattr(data, 'features'):
         return from_hf_dataset(data, kind=kind)
     if isinstance(data, Mapping):

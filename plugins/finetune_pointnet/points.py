@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from finetune.errors import InputError, OptionError
+from finetune.model import is_one_item
 from finetune.options import Option, boolean, one_of
 
 POINT_FILE_EXTENSIONS = ('.xyz', '.npy')
@@ -209,14 +210,16 @@ def _nbytes(shape: Mesh | np.ndarray) -> int:
     return shape.nbytes
 
 
-def _read_file(path: str, mtime_ns: int, size: int) -> Mesh | np.ndarray:
-    """The parsed file, from the cache when the same version (modification time and size) was read before."""
+def _read_file(path: str, mtime_ns: int, size: int, index: int) -> Mesh | np.ndarray:
+    """The parsed file, from the cache when the same version (modification time and size) was read before.
+    Failures are not cached, so an error always names the `index` of the item that asked."""
     key = (path, mtime_ns, size)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    shape = _read_point_file(path, 0) if path.lower().endswith(POINT_FILE_EXTENSIONS) else _read_mesh_file(path, 0)
+    read = _read_point_file if path.lower().endswith(POINT_FILE_EXTENSIONS) else _read_mesh_file
+    shape = read(path, index)
     for array in ((shape.vertices, shape.faces, shape.cumulative_area) if isinstance(shape, Mesh) else (shape,)):
         array.flags.writeable = False  # shared by every later read: nobody may change it in place
     with _cache_lock:
@@ -239,11 +242,7 @@ def read_shape(item: Any, index: int = 0) -> Mesh | np.ndarray:
         if not os.path.isfile(path):
             raise InputError(f'item {index}: mesh or point file {path!r} does not exist.')
         stat = os.stat(path)
-        try:
-            return _read_file(path, stat.st_mtime_ns, stat.st_size)
-        except InputError as exc:  # raised for 'item 0' inside the cache: say which item it was
-            message = str(exc).replace('item 0 (', f'item {index} (', 1)
-            raise InputError(message) from None
+        return _read_file(path, stat.st_mtime_ns, stat.st_size, index)
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu()
         item = (item.float() if item.is_floating_point() else item).numpy()
@@ -327,10 +326,8 @@ class PointPreprocessor:
         return points.astype(np.float32)
 
     def _items(self, items: Sequence[Any]) -> list:
-        if isinstance(items, (str, os.PathLike, Mesh)) or hasattr(items, 'vertices') \
-                or type(items).__module__.startswith('trimesh.') or (
-                isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 2):
-            items = [items]  # one item
+        if is_one_item(items, 'mesh'):
+            items = [items]
         items = list(items)
         if not items:
             raise InputError('no items to preprocess: expected a non-empty list of meshes or point clouds.')
