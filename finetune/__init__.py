@@ -9,7 +9,7 @@ Public API (each call hands on to one module):
 from __future__ import annotations
 
 from .describe import describe_models, list_model_options
-from .errors import (FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
+from .errors import (ArtifactError, FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
                      WeightsNotFoundError)
 from .model import EmbeddingModel, MultiTowerModel, build_model
 from .registry import REGISTRY, TASKS, BackbonePlugin, BackboneSpec, get_spec
@@ -29,10 +29,13 @@ def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10)) -> dict:
     return _evaluate(model, data, batch_size=batch_size, ks=ks)
 
 
-def load(directory: str):
-    """Rebuild a model saved by ``run.save(directory)``, offline, with its saved weights."""
+def load(directory: str, trust_remote_code: bool = False):
+    """Rebuild a model saved by ``run.save(directory)``, offline, with its saved weights.
+
+    Nothing in the folder can turn on code execution; `trust_remote_code=True` (for a Hugging Face model
+    that needs its own code) is the caller's decision alone. Raises ArtifactError, WeightsLoadError."""
     from .artifacts import load as _load
-    return _load(directory)
+    return _load(directory, trust_remote_code=trust_remote_code)
 
 
 def save_model(model, directory: str) -> str:
@@ -57,5 +60,5 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 __all__ = [
     'fit', 'evaluate', 'load', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
-    'PluginError', 'InputError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
+    'PluginError', 'InputError', 'ArtifactError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

@@ -70,6 +70,17 @@ class Backbone(nn.Module):
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
 
+    def check_file(self, path: str) -> str | None:
+        """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
+
+        ``fit`` calls this for every file of the data before training, on threads: keep it to a stat and a
+        header read. Default: the file exists and can be read; for image backbones, its header decodes."""
+        from .preprocessing import file_problem, image_file_problem
+        problem = file_problem(path)
+        if problem is None and self.modality == 'image':
+            problem = image_file_problem(path)
+        return problem
+
     def layer_groups(self) -> list[str]:
         """Parameter-name prefixes of the network's layers, input to output, for
         ``freeze={'except_last_layers': N}``.

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+from .errors import OptionError, did_you_mean
+
 
 class Callback:
     """Base class: every hook does nothing."""
@@ -32,7 +34,7 @@ class EvaluationCallback(Callback):
 
     def __init__(self, every_n_steps: int | None = None, each_epoch: bool = True):
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps <= 0):
-            raise ValueError(f'every_n_steps: expected a positive integer or None, got {every_n_steps!r}')
+            raise OptionError(f'every_n_steps: expected a positive integer or None, got {every_n_steps!r}.')
         self.every_n_steps, self.each_epoch = every_n_steps, each_epoch
 
     def on_step_end(self, state) -> None:
@@ -46,7 +48,8 @@ class EvaluationCallback(Callback):
 
 def _monitored(metrics: dict[str, float], monitor: str) -> float:
     if monitor not in metrics:
-        raise KeyError(f'monitor {monitor!r} is not among the evaluation metrics: {", ".join(sorted(metrics))}')
+        raise OptionError(f'monitor {monitor!r} is not among the evaluation metrics.{did_you_mean(monitor, metrics)} '
+                          f'Metrics: {", ".join(sorted(metrics))}.')
     return float(metrics[monitor])
 
 
@@ -55,7 +58,7 @@ class BestModelCheckpoint(Callback):
 
     def __init__(self, directory: str, monitor: str = 'ndcg@10', mode: str = 'max'):
         if mode not in ('max', 'min'):
-            raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+            raise OptionError(f"mode: expected 'max' or 'min', got {mode!r}.")
         self.directory, self.monitor, self.mode = directory, monitor, mode
         self.best: float | None = None
 
@@ -71,7 +74,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = 'ndcg@10', patience: int = 2, min_delta: float = 0.0, mode: str = 'max'):
         if mode not in ('max', 'min'):
-            raise ValueError(f"mode: expected 'max' or 'min', got {mode!r}")
+            raise OptionError(f"mode: expected 'max' or 'min', got {mode!r}.")
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
         self.best: float | None = None
         self.bad_rounds = 0
@@ -95,16 +98,22 @@ class MetricsLogger(Callback):
 
     def __init__(self, path: str):
         if not path.endswith(('.csv', '.jsonl', '.json')):
-            raise ValueError(f'MetricsLogger path: expected a .csv or .jsonl file, got {path!r}')
+            raise OptionError(f'MetricsLogger path: expected a file ending in .csv, .jsonl or .json, got {path!r}.')
         self.path = path
         self._fields: list[str] | None = None
+        try:  # a path that cannot be written fails here, before any training
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, 'a'):
+                pass
+        except OSError as exc:
+            raise OptionError(f'MetricsLogger path {path!r} cannot be written: {exc.strerror or exc}.') from exc
 
     def _write(self, record: dict[str, Any]) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         if self.path.endswith('.csv'):
             fields = self._fields or list(record)
             self._fields = fields
-            new = not os.path.exists(self.path)
+            new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
             with open(self.path, 'a', newline='') as f:
                 writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
                 if new:

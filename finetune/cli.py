@@ -5,18 +5,30 @@ import sys
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from .errors import FinetuneError
 from .registry import TASKS
 
 
+def _fail(message: str, status: int = 2) -> None:
+    """Print ``error: <message>`` to stderr, literally (brackets in paths are not markup), and exit."""
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(('error:', 'red'), ' ', message), highlight=False)
+    sys.exit(status)
+
+
 def _run(fn, *args, **kwargs):
-    """Call `fn`; a FinetuneError becomes a one-paragraph message and exit status 2, not a traceback."""
+    """Call `fn`; a FinetuneError (or a file that cannot be read or written) becomes a message and exit
+    status 2, not a traceback; Ctrl-C exits with 130."""
     try:
         return fn(*args, **kwargs)
     except FinetuneError as exc:
-        Console(stderr=True).print(f'[red]error:[/red] {exc}', highlight=False, markup=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:
+        where = f': {exc.filename}' if getattr(exc, 'filename', None) else ''
+        _fail(f'{exc.strerror or exc}{where}')
+    except KeyboardInterrupt:
+        _fail('interrupted', status=130)
 
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
@@ -82,9 +94,22 @@ def _is_artifact(name_or_dir: str) -> bool:
     return os.path.isfile(os.path.join(name_or_dir, 'finetune_config.json'))
 
 
-def _load_model(name_or_dir: str):
+def _load_model(name_or_dir: str, trust_remote_code: bool = False, model_options: dict | None = None):
+    """A saved model folder (loaded with the caller's trust_remote_code) or a backbone built by name."""
     from . import build_model, load
-    return load(name_or_dir) if _is_artifact(name_or_dir) else build_model(name_or_dir)
+    from .errors import OptionError
+    if _is_artifact(name_or_dir):
+        if model_options:
+            raise OptionError('--model-option cannot change a saved model; start from a backbone name.')
+        return load(name_or_dir, trust_remote_code=trust_remote_code)
+    options = dict(model_options or {})
+    if trust_remote_code:
+        options['trust_remote_code'] = True
+    return build_model(name_or_dir, options or None)
+
+
+TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). Off by default: a saved model's "
+              'files never turn it on.')
 
 
 @main.command('fit')
@@ -104,27 +129,21 @@ def _load_model(name_or_dir: str):
 @click.option('--seed', default=42, show_default=True, type=int)
 @click.option('--metrics-log', default=None, help='Write step and evaluation metrics to this .csv/.jsonl file.')
 @click.option('--output', default=None, help='Folder for the fine-tuned model (and checkpoints).')
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 def fit_command(model_name, train_data, eval_data, loss, loss_option, model_option, epochs, batch_size,
-                learning_rate, precision, device, num_workers, seed, metrics_log, output) -> None:
+                learning_rate, precision, device, num_workers, seed, metrics_log, output, trust_remote_code) -> None:
     """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
-    from . import load
     from .callbacks import MetricsLogger
-    from .errors import OptionError
     from .evaluation import format_metrics_table
     from .training import fit
 
     def job():
-        model_options = parse_key_values(model_option, '--model-option') or None
-        model = model_name
-        if _is_artifact(model_name):
-            if model_options:
-                raise OptionError('--model-option cannot change a saved model; start from a backbone name.')
-            model = load(model_name)
-        run = fit(model, train_data, eval_data, model_options=model_options,
-                  loss=loss, loss_options=parse_key_values(loss_option, '--loss-option') or None, epochs=epochs,
+        callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
+        loss_options = parse_key_values(loss_option, '--loss-option') or None
+        model = _load_model(model_name, trust_remote_code, parse_key_values(model_option, '--model-option'))
+        run = fit(model, train_data, eval_data, loss=loss, loss_options=loss_options, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, precision=precision, device=device,
-                  num_workers=num_workers, seed=seed, output_dir=output,
-                  callbacks=[MetricsLogger(metrics_log)] if metrics_log else None)
+                  num_workers=num_workers, seed=seed, output_dir=output, callbacks=callbacks)
         if run.metrics.get('after'):
             Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after']))
         if output:
@@ -136,13 +155,14 @@ def fit_command(model_name, train_data, eval_data, loss, loss_option, model_opti
 @click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
 @click.option('--data', required=True, help='CSV file or class folder to evaluate on.')
 @click.option('--batch-size', default=64, show_default=True, type=int)
-def evaluate_command(model_name: str, data: str, batch_size: int) -> None:
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def evaluate_command(model_name: str, data: str, batch_size: int, trust_remote_code: bool) -> None:
     """Print retrieval metrics of a model on some data."""
     from .evaluation import format_metrics_table
     from .training import evaluate
 
     def job():
-        metrics = evaluate(_load_model(model_name), data, batch_size=batch_size)
+        metrics = evaluate(_load_model(model_name, trust_remote_code), data, batch_size=batch_size)
         Console().print(format_metrics_table(None, metrics))
     _run(job)
 
@@ -154,7 +174,8 @@ def evaluate_command(model_name: str, data: str, batch_size: int) -> None:
                    'the first not named label or score). Relative paths are read from the file\'s folder.')
 @click.option('--output', required=True, help='Where to write the embeddings (.npy).')
 @click.option('--batch-size', default=32, show_default=True, type=int)
-def encode_command(model_name: str, input_path: str, output: str, batch_size: int) -> None:
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def encode_command(model_name: str, input_path: str, output: str, batch_size: int, trust_remote_code: bool) -> None:
     """Embed every line of a file and save the (N, D) array as .npy."""
     import numpy as np
 
@@ -162,7 +183,7 @@ def encode_command(model_name: str, input_path: str, output: str, batch_size: in
 
     def job():
         items = read_items(input_path)
-        embeddings = _load_model(model_name).encode(items, batch_size=batch_size)
+        embeddings = _load_model(model_name, trust_remote_code).encode(items, batch_size=batch_size)
         np.save(output, embeddings)
         click.echo(f'{embeddings.shape[0]} embeddings of size {embeddings.shape[1]} written to {output}')
     _run(job)

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .heads import CLASSIFIER_OPTIONS, COSINE_CLASSIFIER, PROJECTION, PROJECTION_OPTIONS
 from .model import option_schema
@@ -18,6 +19,12 @@ def _console(console: Console | None) -> Console:
     return console or Console()
 
 
+def _cells(*values: Any) -> list[Text]:
+    """Table cells shown literally: names, descriptions and errors may hold brackets (``list[str]``,
+    ``cat[blue].jpg``) that rich would otherwise read as markup."""
+    return [Text(str(v)) for v in values]
+
+
 def backbones_table(task: str, specs: list[BackboneSpec]) -> Table:
     table = Table(title=f'finetune backbones: {task}')
     for column in ('name', 'task', 'output_dim', 'architecture', 'description'):
@@ -26,7 +33,7 @@ def backbones_table(task: str, specs: list[BackboneSpec]) -> Table:
     for spec in specs:
         dim = spec.output_dim if spec.output_dim is not None else spec.embedding_dim()
         description = spec.description + (f' (alias of {spec.alias_of})' if spec.alias_of else '')
-        table.add_row(spec.name, task, str(dim), spec.architecture, description)
+        table.add_row(*_cells(spec.name, task, dim, spec.architecture, description))
     return table
 
 
@@ -45,12 +52,13 @@ def describe_models(task: str | None = None, console: Console | None = None) -> 
             console.print(backbones_table(t, specs))
             shown += specs
         elif task is not None:
-            console.print(f'No backbone for task {t!r} is installed.')
+            console.print(Text(f'No backbone for task {t!r} is installed.'))
     for plugin in REGISTRY.plugins.values():
         if plugin.note and (task is None or task in plugin.note):
-            console.print(f'[bold]{plugin.name}[/bold]: {plugin.note}')
+            console.print(Text.assemble((plugin.name, 'bold'), f': {plugin.note}'))
     for failure in REGISTRY.failures:
-        console.print(f'[red]plugin {failure.name!r} ({failure.target}) failed to load:[/red] {failure.error}')
+        console.print(Text.assemble((f'plugin {failure.name!r} ({failure.target}) failed to load:', 'red'),
+                                   f' {failure.error}'))
     return shown
 
 
@@ -87,7 +95,7 @@ def list_model_options(name: str, console: Console | None = None) -> dict[str, A
     table.add_column('default', overflow='fold')
     table.add_column('description', overflow='fold')
     for dotted, option in rows:
-        table.add_row(dotted, option.type, format_default(option.default), option.help)
+        table.add_row(*_cells(dotted, option.type, format_default(option.default), option.help))
     _console(console).print(table)
     return {dotted: option.default for dotted, option in rows}
 
@@ -110,6 +118,6 @@ def plugins_table(console: Console | None = None) -> list[dict[str, str]]:
         table.add_column(column, overflow='fold')
     for row in rows:
         style = 'red' if row['status'] == 'failed' else None
-        table.add_row(*row.values(), style=style)
+        table.add_row(*_cells(*row.values()), style=style)
     _console(console).print(table)
     return rows

@@ -40,6 +40,10 @@ class InputError(FinetuneError, ValueError):
     """Inputs of the wrong kind or shape for a model."""
 
 
+class ArtifactError(FinetuneError, ValueError):
+    """A saved model folder that cannot be loaded as it is: unreadable, incomplete or unsafe."""
+
+
 def closest(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """The choices most similar to `word`, best first (case-insensitive)."""
     choices = list(choices)

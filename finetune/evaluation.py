@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from rich.table import Table
 from rich.text import Text
 
+from .functional import l2_normalize
 from .errors import InputError
 
 Embeddings = Union[torch.Tensor, np.ndarray]
@@ -102,8 +103,8 @@ def labeled_retrieval_metrics(embeddings: Embeddings, labels: Sequence[Hashable]
     has no relevant document and is skipped (counted in ``'num_skipped'``).
 
     Returns the dict of :func:`retrieval_metrics`. Raises InputError for bad embeddings, labels of
-    the wrong length or shape, unhashable labels, bad ks or chunk sizes, and when no label occurs
-    twice.
+    the wrong length or shape, unhashable labels, bad ks or chunk sizes, when no label occurs
+    twice, and when every item has the same label (every ranking would be perfect).
     """
     ks = _check_ks(ks)
     chunk_size = _check_positive_int('chunk_size', chunk_size)
@@ -116,6 +117,9 @@ def labeled_retrieval_metrics(embeddings: Embeddings, labels: Sequence[Hashable]
     if relevance.num_relevant.max() == 0:
         raise InputError(f'labels: every one of the {count} labels occurs only once, so no item has '
                          f'another item of its label to find; label at least two items alike.')
+    if count > 1 and len(np.unique(codes)) == 1:
+        raise InputError(f'labels: all {count} items share one label, so every item is relevant to every '
+                         f'other and every metric is 1.0 whatever the embeddings; give at least 2 labels.')
     return _evaluate(embeddings, embeddings, relevance, exclusion, ks, chunk_size, doc_chunk_size,
                      _pick_device(device, embeddings, embeddings))
 
@@ -151,6 +155,42 @@ def pair_retrieval_metrics(query_embeddings: Embeddings, doc_embeddings: Embeddi
                      doc_chunk_size, _pick_device(device, queries, docs))
 
 
+def average_ranks(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `values`, tied values sharing the mean of their ranks (as ``scipy.stats.rankdata``)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind='stable')
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    mean_rank = first + (counts + 1) / 2.0  # ranks first+1 .. first+count, averaged
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, counts)
+    return ranks
+
+
+def scored_metrics(a: Embeddings, b: Embeddings, scores: Sequence[float]) -> dict[str, float]:
+    """Spearman and Pearson correlation between the cosine similarity of each pair (``a[i]``, ``b[i]``) and
+    ``scores[i]``; ties get average ranks, so the result does not depend on the order of the rows.
+
+    Returns ``{'spearman', 'pearson', 'num_pairs'}``. Raises InputError for inputs of different lengths or
+    widths, non-finite values, or fewer than 2 pairs."""
+    a = _as_embeddings(a, 'a').double()
+    b = _as_embeddings(b, 'b').double()
+    _check_same_width(a, 'a', b, 'b')
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (len(a) == len(b) == len(scores)):
+        raise InputError(f'a, b and scores must have one row per pair, got {len(a)}, {len(b)} and {len(scores)}.')
+    if len(scores) < 2 or not np.isfinite(scores).all():
+        raise InputError(f'scores: expected at least 2 finite numbers, got {len(scores)} '
+                         f'({int((~np.isfinite(scores)).sum())} not finite).')
+    cos = F.cosine_similarity(a, b, dim=1).numpy()
+
+    def corr(x: np.ndarray, y: np.ndarray) -> float:
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            return float('nan')  # a constant side: undefined
+        return float(np.corrcoef(x, y)[0, 1])
+    return {'spearman': corr(average_ranks(cos), average_ranks(scores)), 'pearson': corr(cos, scores),
+            'num_pairs': len(scores)}
+
+
 def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, Any],
                          title: str = 'retrieval metrics') -> Table:
     """A rich table of metrics: metric | before | after | change (after - before, signed).
@@ -175,10 +215,10 @@ def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, A
     for name in names:
         new = after.get(name)
         if before is None:
-            table.add_row(name, _number(new))
+            table.add_row(Text(str(name)), _number(new))
             continue
         old = before.get(name)
-        table.add_row(name, _number(old), _number(new), _change(old, new))
+        table.add_row(Text(str(name)), _number(old), _number(new), _change(old, new))
     table.caption = _caption(before, after)
     return table
 
@@ -536,7 +576,7 @@ def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int,
     chunk = min(chunk_size, len(rows))
     doc_chunk = doc_chunk_size or max(1, BLOCK_ELEMENTS // chunk)
     doc_chunk = min(doc_chunk, num_docs)
-    docs = F.normalize(docs.to(device=device, dtype=dtype), dim=1)
+    docs = l2_normalize(docs.to(device=device, dtype=dtype), dim=1)
     for start in range(0, len(rows), chunk):
         ids = rows[start:start + chunk]
         # only the documents are normalized: a query's norm scales all its scores alike and so

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .functional import l2_normalize
 from .options import Option, fraction, int_list, one_of, positive_float, positive_int, validate_mapping
 
 PROJECTION = 'projection'
@@ -79,7 +79,7 @@ class CosineClassifier(nn.Module):
         self.scale = scale
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).t()
+        return self.scale * l2_normalize(embeddings, dim=-1) @ l2_normalize(self.weight, dim=-1).t()
 
     def extra_repr(self) -> str:
         return f'in_dim={self.weight.shape[1]}, num_classes={self.weight.shape[0]}, scale={self.scale}'

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
 from .heads import COSINE_CLASSIFIER
 from .options import Option, boolean, fraction, one_of, positive_float, validate_mapping
@@ -103,14 +104,14 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     """(N, M) cosine similarities between the rows of `a` (N, D) and `b` (M, D), in at least float32."""
     a, b = _common(a, b)
     with _no_autocast(a.device):
-        return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+        return l2_normalize(a, dim=-1) @ l2_normalize(b, dim=-1).t()
 
 
 def rowwise_cosine(a: Tensor, b: Tensor) -> Tensor:
     """(N,) cosine similarity of row i of `a` with row i of `b`."""
     a, b = _common(a, b)
     with _no_autocast(a.device):
-        return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1)
+        return (l2_normalize(a, dim=-1) * l2_normalize(b, dim=-1)).sum(dim=-1)
 
 
 def _zero_like_loss(*tensors: Tensor) -> Tensor:
@@ -314,7 +315,7 @@ def distance_matrix(x: Tensor, distance: str) -> Tensor:
     with _no_autocast(x.device):
         x = _full(x)
         if distance == 'cosine':
-            xn = F.normalize(x, dim=-1)
+            xn = l2_normalize(x, dim=-1)
             return 1.0 - xn @ xn.t()
         squared = (x * x).sum(dim=-1)
         d2 = squared[:, None] + squared[None, :] - 2.0 * x @ x.t()

@@ -10,11 +10,11 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from .backbone import Backbone, Towers, batch_to
+from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
 from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
                     validate_head_options)
@@ -141,7 +141,7 @@ class EmbeddingModel(nn.Module):
             pooled = self.backbone.after_pooler(self.pooler(features.tensor, features.mask))
         embeddings = self.projection(pooled) if self.projection is not None else pooled
         if self.normalize:
-            embeddings = F.normalize(embeddings, dim=-1)
+            embeddings = l2_normalize(embeddings, dim=-1)
         if not return_logits:
             return embeddings
         if self.classifier is None:
@@ -152,6 +152,10 @@ class EmbeddingModel(nn.Module):
     def preprocess(self, items: Sequence[Any]) -> Any:
         """Raw items (paths, PIL images, arrays, ...) -> one batch for :meth:`forward`."""
         return self.backbone.preprocess(items)
+
+    def check_file(self, path: str) -> str | None:
+        """Why the file at `path` cannot be an item of this model, or None (a stat and a header read)."""
+        return self.backbone.check_file(path)
 
     def preprocess_for_training(self, items: Sequence[Any]) -> Any:
         """Like :meth:`preprocess`, with the family's training augmentation (if it has one)."""

@@ -37,16 +37,93 @@ def image_preprocess_options(image_size: int = 224, resize_size: int = 256,
     )
 
 
+def file_problem(path: str) -> str | None:
+    """Why `path` is not a readable, non-empty file, or None."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return 'does not exist'
+    except OSError as exc:
+        return f'cannot be read ({exc.strerror or exc})'
+    if not os.path.isfile(path):
+        return 'is not a file'
+    if stat.st_size == 0:
+        return 'is empty'
+    if not os.access(path, os.R_OK):
+        return 'cannot be read (no permission)'
+    return None
+
+
+def image_file_problem(path: str) -> str | None:
+    """Why `path` is not an image PIL can decode, judged from its header alone, or None."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - the header is parsed; the pixels are not read
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+        return f'is not an image that can be decoded ({type(exc).__name__}: {exc})'
+    return None
+
+
+#: PIL modes of more than 8 bits per pixel, which ``convert('RGB')`` would clip instead of scale
+HIGH_DEPTH_MODES = ('I', 'I;16', 'I;16L', 'I;16B', 'I;16N', 'F')
+
+
+def _rgb(img: Image.Image, index: int) -> Image.Image:
+    """`img` as 8-bit RGB; 16-bit, 32-bit integer and float images are scaled to 0..255, not clipped."""
+    if img.mode not in HIGH_DEPTH_MODES:
+        return img.convert('RGB')
+    return _array_to_pil(np.asarray(img), index)
+
+
+def _to_8bit(arr: np.ndarray, index: int) -> np.ndarray:
+    """A numeric image array as uint8: by its bit depth for integers (uint16 / 65535, values over 255 in wider
+    integers as 16-bit), times 255 for floats in [0, 1], clipped to 0..255 for other floats."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise InputError(f'item {index}: image array of dtype {arr.dtype} is not real numbers.')
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and not np.isfinite(arr).all():
+            raise InputError(f'item {index}: the image array holds NaN or infinite values '
+                             f'({int((~np.isfinite(arr)).sum()):,} of {arr.size:,}).')
+        scale = 255.0 if arr.size and float(arr.max()) <= 1.0 else 1.0
+        return np.clip(arr.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+    top = float(arr.max()) if arr.size else 0.0
+    if float(arr.min() if arr.size else 0) < 0:
+        raise InputError(f'item {index}: the image array of dtype {arr.dtype} holds negative values; expected '
+                         f'pixels from 0 up.')
+    if arr.dtype == np.uint16 or 255 < top <= 65535:
+        depth_max = 65535.0
+    elif top > 65535:
+        depth_max = float(np.iinfo(arr.dtype).max)
+    else:
+        return arr.astype(np.uint8)  # 8-bit values in a wider integer type
+    return np.round(arr.astype(np.float64) * (255.0 / depth_max)).astype(np.uint8)
+
+
+def _array_to_pil(arr: np.ndarray, index: int) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputError(f'item {index}: an image array must be (H, W), (H, W, 3) or (H, W, 4), '
+                         f'got shape {arr.shape}.')
+    return Image.fromarray(_to_8bit(arr, index)).convert('RGB')
+
+
 def _to_pil(item: Any, index: int) -> Image.Image:
     if isinstance(item, Image.Image):
-        return item.convert('RGB')
+        return _rgb(item, index)
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.isfile(path):
             raise InputError(f'item {index}: image file {path!r} does not exist.')
         try:
             with Image.open(path) as img:
-                return img.convert('RGB')
+                return _rgb(img, index)
+        except InputError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise InputError(f'item {index}: {path!r} could not be decoded as an image ({exc}).') from exc
     if isinstance(item, torch.Tensor):
@@ -55,18 +132,7 @@ def _to_pil(item: Any, index: int) -> Image.Image:
             item = item.permute(1, 2, 0)
         item = item.numpy()
     if isinstance(item, np.ndarray):
-        arr = item
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-            raise InputError(f'item {index}: an image array must be (H, W), (H, W, 3) or (H, W, 4), '
-                             f'got shape {arr.shape}.')
-        if arr.dtype != np.uint8:
-            if not np.issubdtype(arr.dtype, np.number):
-                raise InputError(f'item {index}: image array of dtype {arr.dtype} is not numeric.')
-            scale = 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 1.0
-            arr = np.clip(arr.astype(np.float32) * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert('RGB')
+        return _array_to_pil(item, index)
     raise InputError(f'item {index}: an image model takes file paths, PIL images, arrays or tensors, '
                      f'got {type(item).__name__}' + (f' {item[:40]!r}' if isinstance(item, str) else '') + '.')
 

@@ -8,13 +8,15 @@ an exception. Two plugins registering the same name always raise, naming both.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import signal
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import DuplicateNameError, PluginError, UnknownModelError, did_you_mean
 from .options import Option
@@ -126,24 +128,34 @@ class Registry:
                 return
             self._loading = True
             try:
-                for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
-                    try:
-                        obj = ep.load()
-                        plugin = obj() if callable(obj) and not isinstance(obj, BackbonePlugin) else obj
-                        if not isinstance(plugin, BackbonePlugin):
-                            raise TypeError(f'entry point {ep.value!r} gave {type(plugin).__name__}, '
-                                            f'expected a finetune.registry.BackbonePlugin')
-                        self._add(plugin)
-                    except DuplicateNameError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - one plugin must not break the others
-                        self._record_failure(ep.name, ep.value, exc)
+                with _watch_ctrl_c() as ctrl_c:
+                    for ep in sorted(entry_points(group=self.group), key=lambda e: e.name):
+                        self._load_entry_point(ep, ctrl_c)
                 self._loaded = True
             except BaseException:
                 self._reset()  # nothing half-loaded stays behind; the next look-up tries again
                 raise
             finally:
                 self._loading = False
+
+    def _load_entry_point(self, ep, ctrl_c: list[bool]) -> None:
+        """Load one entry point; any failure of the plugin (even SystemExit or a KeyboardInterrupt it raises
+        itself) is recorded, only a real Ctrl-C (`ctrl_c[0]` set by the SIGINT handler) goes on up."""
+        try:
+            obj = ep.load()
+            plugin = obj() if callable(obj) and not isinstance(obj, BackbonePlugin) else obj
+            if not isinstance(plugin, BackbonePlugin):
+                raise TypeError(f'entry point {ep.value!r} gave {type(plugin).__name__}, '
+                                f'expected a finetune.registry.BackbonePlugin')
+            self._add(plugin)
+        except DuplicateNameError:
+            raise
+        except KeyboardInterrupt as exc:
+            if ctrl_c[0]:
+                raise
+            self._record_failure(ep.name, ep.value, exc)
+        except BaseException as exc:  # noqa: BLE001 - one plugin must not break the others
+            self._record_failure(ep.name, ep.value, exc)
 
     def _record_failure(self, name: str, target: str, exc: BaseException) -> None:
         message = f'{type(exc).__name__}: {exc}'
@@ -247,6 +259,35 @@ class Registry:
         if pattern:
             names = [n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
         return names
+
+
+@contextlib.contextmanager
+def _watch_ctrl_c() -> Iterator[list[bool]]:
+    """Yield ``[False]``, set to True when a real SIGINT arrives inside the block (on the main thread; other
+    threads never receive one), so a KeyboardInterrupt raised by a plugin can be told from the user's."""
+    seen = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen[0] = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter): nothing to tell apart
+        seen[0] = True
+        yield seen
+        return
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _with_plugin(spec: BackboneSpec, plugin: str) -> BackboneSpec:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -65,6 +66,10 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision not in PRECISIONS:
         raise OptionError(f'precision: expected one of {", ".join(PRECISIONS)}, got {precision!r}.'
                           f'{did_you_mean(str(precision), PRECISIONS)}')
+    if precision == 'fp16' and not device.startswith('cuda'):
+        native = 'native on this CPU' if cpu_supports_bf16() else 'slow on this CPU, which lacks AVX-512 BF16 / AMX'
+        raise OptionError(f"precision='fp16': fp16 autocast runs on CUDA devices only, and this run is on "
+                          f"{device!r}. Choices here: 'fp32', 'bf16' ({native}) or 'auto'.")
     if precision != 'auto':
         return precision
     if device.startswith('cuda'):
@@ -96,14 +101,56 @@ class RowsDataset(torch.utils.data.Dataset):
             return d.a[i], d.b[i], d.scores[i]
         return d.a[i], d.b[i], d.groups[i]
 
+    def where(self, row: tuple) -> str:
+        """Where `row` is in the data ('train.csv, line 12'): the first row with the same first item."""
+        first = row[0]
+        index = next((i for i, item in enumerate(self.data.a) if item is first or _same(item, first)), None)
+        return self.data.where(index) if index is not None else self.data.source
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - arrays and other items without a plain ==
+        return False
+
+
+#: the key of a batch that carries an error raised while a DataLoader worker made it
+WORKER_ERROR = '__finetune_error__'
+
 
 class Collator:
-    """Rows -> model inputs; runs in DataLoader workers, so tokenization and decoding leave the loop."""
+    """Rows -> model inputs; runs in DataLoader workers, so tokenization and decoding leave the loop.
 
-    def __init__(self, kind: str, preprocess_a: Callable, preprocess_b: Callable | None):
+    A FinetuneError raised while making a batch is not raised in the worker (torch would wrap it in a long
+    'Caught ... in DataLoader worker process' traceback): it travels in the batch, located at its data row
+    by `where(row)`, and the training loop raises it as it is (see :func:`_raise_worker_error`)."""
+
+    def __init__(self, kind: str, preprocess_a: Callable, preprocess_b: Callable | None,
+                 where: Callable[[tuple], str] | None = None):
         self.kind, self.preprocess_a, self.preprocess_b = kind, preprocess_a, preprocess_b
+        self.where = where
 
     def __call__(self, rows: Sequence[tuple]) -> dict[str, Any]:
+        try:
+            return self.collate(rows)
+        except FinetuneError as exc:
+            return {WORKER_ERROR: self._locate(rows, exc)}
+
+    def _locate(self, rows: Sequence[tuple], error: FinetuneError) -> FinetuneError:
+        """`error` again, prefixed with the data row that causes it (found by collating rows one by one)."""
+        if self.where is None:
+            return error
+        for row in rows:
+            try:
+                self.collate([row])
+            except FinetuneError as exc:
+                message = re.sub(r'^item \d+: ', '', str(exc))
+                return type(exc)(f'{self.where(row)}: {message}')
+        return error
+
+    def collate(self, rows: Sequence[tuple]) -> dict[str, Any]:
+        """The batch of `rows`; raises what the preprocessing raises."""
         if self.kind == 'labeled':
             items, groups = zip(*rows)
             return {'a': self.preprocess_a(list(items)), 'groups': torch.tensor(groups, dtype=torch.long)}
@@ -134,6 +181,14 @@ def _side_models(model, data: TrainingData) -> tuple[EmbeddingModel, EmbeddingMo
                              f'{model.modality} model. ' + ('Use a CLIP model (e.g. clip-base-en) for text-image '
                                                             'data.' if data.kind == 'text-image' else ''))
     return model, (model if data.b is not None else None)
+
+
+def _check_data_files(model, data: TrainingData, name: str, progress: bool | None = None) -> None:
+    """InputError listing every file of `data` that the model of its side cannot read (see
+    :func:`finetune.data.checks.check_files`)."""
+    from .data.checks import check_files
+    side_a, side_b = _side_models(model, data)
+    check_files(data, (side_a.check_file, side_b.check_file if side_b is not None else None), name, progress)
 
 
 # ---------------------------------------------------------------- state and run
@@ -198,27 +253,29 @@ def _unique(items: Sequence[Any]) -> tuple[list[Any], list[int]]:
     return distinct, where
 
 
-def evaluate(model, data, batch_size: int = 64, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def evaluate(model, data, batch_size: int = 64, ks: Sequence[int] = (1, 5, 10),
+             check_files: bool = True) -> dict[str, float]:
     """Retrieval metrics of `model` on `data` (any source :func:`finetune.data.load_data` reads).
 
     Labeled data: each item queries all others (itself excluded); pairs / text-image: each distinct query
-    ranks the distinct docs, its paired docs being relevant; scored pairs: Spearman and Pearson correlation
-    of cosine similarity with the score. Raises InputError for data the model cannot embed.
+    ranks the distinct docs, its paired docs being relevant; scored pairs: Spearman (average ranks for
+    ties) and Pearson correlation of cosine similarity with the score. Every file the data names is checked
+    first (`check_files`). Raises InputError for data the model cannot embed, and for data on which
+    retrieval metrics say nothing (one class, one document).
     """
-    from .evaluation import labeled_retrieval_metrics, retrieval_metrics
+    from .evaluation import labeled_retrieval_metrics, retrieval_metrics, scored_metrics
     data = load_data(data, 'eval_data')
     side_a, side_b = _side_models(model, data)
+    _check_measurable(data)
+    if check_files:
+        _check_data_files(model, data, 'eval_data')
     if data.kind == 'labeled':
         emb = side_a.encode(data.a, batch_size=batch_size)
         return labeled_retrieval_metrics(emb, data.groups, ks=ks)
     if data.kind == 'scored':
         a = side_a.encode(data.a, batch_size=batch_size)
         b = side_b.encode(data.b, batch_size=batch_size)
-        cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        scores = np.asarray(data.scores)
-        rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)  # noqa: E731
-        return {'spearman': float(np.corrcoef(rank(cos), rank(scores))[0, 1]),
-                'pearson': float(np.corrcoef(cos, scores)[0, 1]), 'num_pairs': len(scores)}
+        return scored_metrics(a, b, data.scores)
     queries, query_of = _unique(data.a)
     docs, doc_of = _unique(data.b)
     relevant: list[set[int]] = [set() for _ in queries]
@@ -227,6 +284,20 @@ def evaluate(model, data, batch_size: int = 64, ks: Sequence[int] = (1, 5, 10)) 
     q_emb = side_a.encode(queries, batch_size=batch_size)
     d_emb = side_b.encode(docs, batch_size=batch_size)
     return retrieval_metrics(q_emb, d_emb, relevant, ks=ks)
+
+
+def _check_measurable(data: TrainingData) -> None:
+    """InputError for evaluation data on which every ranking is perfect, so the metrics would say 1.0."""
+    if data.kind == 'labeled' and len(set(data.groups)) < 2:
+        raise InputError(f'{data.source}: evaluation data of one class ({data.label_names[0]!r}): every item is '
+                         f'relevant to every other, so precision and nDCG are 1.0 whatever the model. Give items '
+                         f'of at least 2 classes.')
+    if data.kind in ('pairs', 'text-image') and len(_unique(data.b)[0]) < 2:
+        raise InputError(f'{data.source}: evaluation data with one distinct document: every query finds it '
+                         f'first, so the metrics are 1.0 whatever the model. Give at least 2 documents.')
+    if data.kind == 'scored' and len(set(data.scores)) < 2:
+        raise InputError(f'{data.source}: every pair has the score {data.scores[0]}; a correlation with one value '
+                         f'is undefined. Give pairs of different scores.')
 
 
 # ---------------------------------------------------------------- the module that DDP wraps
@@ -297,6 +368,32 @@ def _positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_settings(warmup_ratio: Any, max_grad_norm: Any, seed: Any, eval_every: Any, progress: Any,
+                    callbacks: Any) -> None:
+    """OptionError, naming the argument, for a fit() setting of the wrong type or range."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not number(warmup_ratio) or not 0 <= warmup_ratio < 1:
+        raise OptionError(f'warmup_ratio: expected a number in [0, 1), got {warmup_ratio!r}.')
+    if max_grad_norm is not None and (not number(max_grad_norm) or max_grad_norm <= 0):
+        raise OptionError(f'max_grad_norm: expected a positive number (the largest gradient norm kept), or None '
+                          f'to turn clipping off, got {max_grad_norm!r}.')
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise OptionError(f'seed: expected an integer >= 0, got {seed!r}.')
+    if eval_every is not None:
+        _positive_int('eval_every', eval_every)
+    if progress is not None and not isinstance(progress, bool):
+        raise OptionError(f'progress: expected True, False or None (a bar on a terminal only), got {progress!r}.')
+    if callbacks is not None:
+        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+            raise OptionError(f'callbacks: expected a list of finetune.callbacks.Callback, got '
+                              f'{type(callbacks).__name__}.')
+        bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+        if bad:
+            raise OptionError(f'callbacks: {", ".join(bad)} is not a finetune.callbacks.Callback; subclass it and '
+                              f'override the hooks you need.')
+
+
 def _make_optimizer(name: str, groups: list[dict], options: dict | None) -> torch.optim.Optimizer:
     import inspect
     key = str(name).lower()
@@ -304,13 +401,37 @@ def _make_optimizer(name: str, groups: list[dict], options: dict | None) -> torc
         raise OptionError(f'optimizer: unknown {name!r}.{did_you_mean(str(name), OPTIMIZERS)} '
                           f'Available: {", ".join(OPTIMIZERS)}.')
     cls = OPTIMIZERS[key]
+    if options is not None and not isinstance(options, dict):
+        raise OptionError(f'optimizer_options: expected a dict such as {{"weight_decay": 0.01}}, got '
+                          f'{type(options).__name__}.')
     options = dict(options or {})
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ('self', 'params', 'lr')]
-    for k in options:
-        if k not in valid:
-            raise OptionError(f'optimizer_options for {name}: unknown key {k!r}.{did_you_mean(k, valid)} '
-                              f'Valid keys: {", ".join(valid)}.')
-    return cls(groups, **options)
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k not in ('self', 'params', 'lr')}
+    for k, value in options.items():
+        if k not in params:
+            raise OptionError(f'optimizer_options for {name}: unknown key {k!r}.{did_you_mean(k, params)} '
+                              f'Valid keys: {", ".join(params)}.')
+        expected = _expected_like(params[k].default, value)
+        if expected:
+            raise OptionError(f'optimizer_options for {name}: {k}={value!r}; expected {expected} (default '
+                              f'{params[k].default!r}).')
+    try:
+        return cls(groups, **options)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise OptionError(f'optimizer_options for {name}: {options} refused: {exc}.') from exc
+
+
+def _expected_like(default: Any, value: Any) -> str:
+    """What a value must be to replace `default` (an optimizer argument's), or '' when `value` fits."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(default, bool):
+        return '' if isinstance(value, bool) else 'True or False'
+    if isinstance(default, (int, float)):
+        return '' if number(value) else 'a finite number'
+    if isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(map(number, value))
+        return '' if ok else f'{len(default)} numbers'
+    return ''  # None or a tensor default: torch checks it
 
 
 def _make_scheduler(name: str, optimizer, total_steps: int, warmup_steps: int):
@@ -415,8 +536,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     _positive_int('num_workers', num_workers, minimum=0)
     if num_workers > 0:  # tokenizers' own threads do not survive the fork into workers
         os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    if not 0 <= warmup_ratio < 1:
-        raise OptionError(f'warmup_ratio: expected a number in [0, 1), got {warmup_ratio!r}.')
+    _check_settings(warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, seed=seed, eval_every=eval_every,
+                    progress=progress, callbacks=callbacks)
     device = resolve_device(device)
     mixed = resolve_precision(precision, device)
     seed_everything(seed)
@@ -438,6 +559,10 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     evaluation = load_data(eval_data, 'eval_data', kind=data_kind) if eval_data is not None else None
     say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else ''))
     side_a, side_b = _side_models(model, train)
+    _check_data_files(model, train, 'train_data', progress)
+    if evaluation is not None:
+        _check_measurable(evaluation)
+        _check_data_files(model, evaluation, 'eval_data', progress)
     if batch_size > len(train):
         raise InputError(f'batch_size={batch_size} is larger than the training data ({len(train)} rows); '
                          f'use batch_size <= {len(train)}.')
@@ -463,10 +588,11 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     loss_learning_rate = _positive_float('loss_learning_rate', loss_learning_rate)
 
     sampler = _batch_sampler(train, batch_size, num_items_per_class, seed)
+    rows = RowsDataset(train)
     loader = torch.utils.data.DataLoader(
-        RowsDataset(train), batch_sampler=sampler, num_workers=num_workers,
+        rows, batch_sampler=sampler, num_workers=num_workers,
         collate_fn=Collator(train.kind, side_a.preprocess_for_training,
-                           side_b.preprocess_for_training if side_b is not None else None),
+                            side_b.preprocess_for_training if side_b is not None else None, rows.where),
         persistent_workers=num_workers > 0)
     if len(loader) == 0:
         raise InputError(f'train_data gives no full batch of {batch_size}; lower batch_size.')
@@ -521,7 +647,7 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
 
     def run_evaluation() -> dict:
         unwrapped.eval()
-        metrics = evaluate(unwrapped, evaluation, ks=ks) if accelerator.is_main_process else {}
+        metrics = evaluate(unwrapped, evaluation, ks=ks, check_files=False) if accelerator.is_main_process else {}
         unwrapped.train()
         if accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree
             from accelerate.utils import broadcast_object_list
@@ -548,6 +674,7 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     for cb in callbacks:
         cb.on_train_begin(state)
     unwrapped.train()
+    last_good = _LastGood(accelerator.unwrap_model(module))
     samples, started = 0, time.perf_counter()
     try:
         for epoch in range(start_epoch, epochs):
@@ -555,17 +682,22 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
             if hasattr(sampler, 'set_epoch'):
                 sampler.set_epoch(epoch)
             for batch in loader:
+                _raise_worker_error(batch)
                 with accelerator.accumulate(module):
+                    last_good.before_forward()  # a failing forward may already move BatchNorm's statistics
                     with accelerator.autocast():
                         value = module(batch)
-                    finite = torch.isfinite(value.detach()).all().float()
-                    if accelerator.num_processes > 1:  # all processes stop together, none waits in backward
-                        finite = accelerator.reduce(finite, reduction='min')
-                    if not bool(finite):
+                    finite = torch.isfinite(value.detach()).all() & last_good.buffers_finite().to(value.device)
+                    if not _on_every_process(finite, accelerator):
+                        last_good.restore()  # the weights of the last update gave this: go back before it
                         _stop_on_nan(state, unwrapped, output_dir, metrics, opt, sched, config, accelerator)
                     accelerator.backward(value)
-                    if accelerator.sync_gradients and max_grad_norm:
-                        accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+                    if accelerator.sync_gradients:
+                        if not _gradients_ok(module, accelerator, max_grad_norm, mixed):
+                            last_good.restore()  # weights whose gradients overflow encode no better
+                            _stop_on_nan(state, unwrapped, output_dir, metrics, opt, sched, config, accelerator,
+                                         what='the gradients became NaN or infinite')
+                        last_good.before_update()
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
@@ -602,6 +734,12 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     if output_dir is not None and accelerator.is_main_process:
         run.save(os.path.join(output_dir, 'model'))
     return run
+
+
+def _raise_worker_error(batch: Any) -> None:
+    """Raise the error a DataLoader worker put in `batch` instead of making it (see :class:`Collator`)."""
+    if isinstance(batch, dict) and WORKER_ERROR in batch:
+        raise batch[WORKER_ERROR]
 
 
 def _batch_len(batch: dict) -> int:
@@ -643,16 +781,88 @@ def _read_trainer_state(directory: str) -> dict:
     if not os.path.isfile(path):
         raise InputError(f'resume_from={directory!r}: no {TRAINER_STATE} there; expected a checkpoint folder '
                          f'written by fit(output_dir=...) (its checkpoint/ sub-folder).')
-    return torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, damaged or not a torch file
+        raise InputError(f'resume_from={directory!r}: {path} cannot be read ({type(exc).__name__}: {exc}); the '
+                         f'checkpoint is damaged. Resume from another checkpoint, or start again.') from exc
+    missing = [k for k in ('optimizer', 'scheduler', 'epoch') if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f'resume_from={directory!r}: {path} lacks {", ".join(missing)}; the checkpoint is '
+                         f'damaged or was not written by fit().')
+    return state
 
 
-def _stop_on_nan(state, model, output_dir, metrics, opt, sched, config, accelerator) -> None:
+def _on_every_process(ok: torch.Tensor, accelerator) -> bool:
+    """True when the 0-d bool `ok` holds on every process (so that all stop together, none waits in backward)."""
+    ok = ok.float()
+    if accelerator.num_processes > 1:
+        ok = accelerator.reduce(ok, reduction='min')
+    return bool(ok)
+
+
+def _gradients_ok(module: nn.Module, accelerator, max_grad_norm: float | None, precision: str) -> bool:
+    """Clip the gradients to `max_grad_norm` (when set); False when their norm is not finite. Under fp16 the
+    loss scaler skips such steps by design, so they are not failures there."""
+    if max_grad_norm:
+        norm = accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
+    elif precision != 'fp16':
+        norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
+    else:
+        return True
+    return precision == 'fp16' or norm is None or _on_every_process(torch.isfinite(norm).all(), accelerator)
+
+
+class _LastGood:
+    """The state to fall back to when a step fails: the trainable parameters as they were before the last
+    optimizer update (the last weights whose forward gave a finite loss) and the persistent buffers (BatchNorm's
+    running statistics, ...) as they were before the current forward, which may already have moved them.
+
+    Costs one copy of the trainable parameters (on their device) and a copy per step (about 4 ms for 23M
+    parameters on a CPU), so a stopped run hands back a model that still encodes to finite values."""
+
+    def __init__(self, module: nn.Module):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.buffers = [buffer for m in module.modules() for name, buffer in m._buffers.items()
+                        if buffer is not None and name not in m._non_persistent_buffers_set]
+        self.param_copies = [p.detach().clone() for p in self.params]
+        self.buffer_copies = [b.detach().clone() for b in self.buffers]
+
+    def buffers_finite(self) -> torch.Tensor:
+        """A 0-d bool tensor: every floating buffer is finite (a forward can overflow running statistics
+        while its loss stays finite)."""
+        floats = [b for b in self.buffers if b.is_floating_point()]
+        if not floats:
+            return torch.tensor(True)
+        norms = torch._foreach_norm(floats)
+        return torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).all()
+
+    def before_forward(self) -> None:
+        _copy(self.buffer_copies, self.buffers)
+
+    def before_update(self) -> None:
+        _copy(self.param_copies, self.params)
+
+    def restore(self, params: bool = True) -> None:
+        _copy(self.buffers, self.buffer_copies)
+        if params:
+            _copy(self.params, self.param_copies)
+
+
+def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    if targets:
+        with torch.no_grad():
+            torch._foreach_copy_([t.detach() for t in targets], [s.detach() for s in sources])
+
+
+def _stop_on_nan(state, model, output_dir, metrics, opt, sched, config, accelerator,
+                 what: str = 'the loss (or a normalization statistic) became NaN or infinite') -> None:
     where = f'epoch {state.epoch + 1}, step {state.step + 1}'
-    kept = ''
+    saved = ''
     if output_dir is not None and accelerator.is_main_process:
         path = os.path.join(output_dir, 'last-good')
         _save_checkpoint(model, path, metrics, opt, sched, state.epoch, config)
-        kept = f' The model before this step is saved in {path}.'
-    raise TrainingError(f'the loss became NaN or infinite at {where}; training stopped before the update, so the '
-                        f'weights are the last good ones.{kept} Lower learning_rate, use precision="fp32", or '
-                        f'check the data.')
+        saved = f' That model is saved in {path}.'
+    raise TrainingError(f'{what} at {where}; training stopped, and the model holds the weights from before the '
+                        f'last update, the last whose step went through, with their normalization statistics.'
+                        f'{saved} Lower learning_rate, use precision="fp32", or check the data.')

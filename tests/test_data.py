@@ -465,3 +465,47 @@ def test_item_modality_of_pil_images():
     assert item_modality(Image.new('RGB', (4, 4))) == 'image'
     assert item_modality(Image.new('L', (4, 4))) == 'image'
     assert item_modality(Image.new('RGBA', (4, 4)).convert('RGB')) == 'image'
+
+
+# ---------------------------------------------------------------- one kind per column, DataFrames, row lines
+
+def test_an_image_path_among_text_rows_is_an_error_naming_the_row():
+    rows = [('the red dog', 'a'), ('a blue cat', 'b'), ('photos/cat.jpg', 'b'), ('the old car', 'a')]
+    with pytest.raises(InputError, match=r"train_data, row 2: the item column holds an image item \('photos/cat.jpg'\) "
+                                         r"but the first row holds a text item"):
+        load_data(rows)
+    pairs = [('q one', 'doc one'), ('q two', 'doc.png'), ('q three', 'doc three')]
+    with pytest.raises(InputError, match=r'row 1: the second column holds an image item'):
+        load_data(pairs, kind='pairs')
+
+
+def test_mixed_rows_in_a_csv_name_the_file_line(tmp_path):
+    csv = tmp_path / 'data.csv'
+    csv.write_text('text,label\nthe red dog,a\n\nthe blue cat,b\ncat.png,b\n')
+    with pytest.raises(InputError, match=r'data.csv, line 5: the item column holds an image item'):
+        load_data(str(csv))
+
+
+def test_rows_remember_their_file_lines(tmp_path):
+    csv = tmp_path / 'data.csv'
+    csv.write_text('query,doc\nq1,d1\n\nq2,d2\n')
+    data = load_data(str(csv))
+    assert data.lines == [2, 4]
+    assert data.where(1) == 'data.csv, line 4'
+    assert load_data([('a', 'x'), ('b', 'y')]).where(1) == 'train_data, row 1'
+
+
+def test_a_pandas_data_frame_is_rows_with_its_columns_as_header():
+    pd = pytest.importorskip('pandas')
+    frame = pd.DataFrame({'label': ['a', 'b', 'a'], 'text': ['the red dog', 'a cat', 'the old dog']})
+    data = load_data(frame)
+    assert data.kind == 'labeled' and data.a == ['the red dog', 'a cat', 'the old dog']  # label-first header
+    assert data.label_names == ['a', 'b']
+    scored = load_data(pd.DataFrame({'a': ['x', 'y'], 'b': ['z', 'w'], 'score': [0.2, 0.9]}))
+    assert scored.kind == 'scored' and scored.scores == [0.2, 0.9]
+    plain = load_data(pd.DataFrame([['q1', 'd1'], ['q2', 'd2']]))  # integer column names: no header
+    assert plain.kind == 'pairs' and plain.a == ['q1', 'q2']
+    with pytest.raises(InputError, match='Series'):
+        load_data(frame['text'])
+    with pytest.raises(InputError, match='has no rows'):
+        load_data(frame.iloc[:0])

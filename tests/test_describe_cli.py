@@ -244,3 +244,9 @@ def test_cli_version(runner):
     result = runner.invoke(main, ['--version'])
     assert result.exit_code == 0
     assert finetune.__version__ in result.output
+
+
+def test_option_types_and_errors_are_shown_literally_not_as_markup():
+    console, buffer = _console()
+    finetune.list_model_options('resnet50', console=console)
+    assert _row(buffer.getvalue(), 'freeze')[1].startswith('bool | list[str]')  # rich read '[str]' as a style

@@ -521,3 +521,40 @@ def test_labeled_and_pair_errors():
         pair_retrieval_metrics(QUERIES, np.ones((6, 3)), list('abcd'), list('abcdef'))
     with pytest.raises(InputError, match='none of the 4 queries'):
         pair_retrieval_metrics(QUERIES, DOCS, list('abcd'), list('uvwxyz'))
+
+
+# ---------------------------------------------------------------- scored pairs, one-label sets
+
+def test_average_ranks_match_scipy_with_ties():
+    scipy_stats = pytest.importorskip('scipy.stats')
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, 40).astype(float)
+    np.testing.assert_array_equal(evaluation.average_ranks(values), scipy_stats.rankdata(values))
+
+
+def test_scored_metrics_with_tied_scores_match_scipy_in_any_row_order():
+    scipy_stats = pytest.importorskip('scipy.stats')
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(60, 8)), rng.normal(size=(60, 8))
+    scores = rng.choice([0.0, 0.25, 0.5, 1.0], 60)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    want = scipy_stats.spearmanr(cos, scores).statistic
+    for seed in range(4):
+        order = np.random.default_rng(seed).permutation(60)
+        got = evaluation.scored_metrics(a[order], b[order], scores[order])
+        assert got['spearman'] == pytest.approx(want, abs=1e-12)
+        assert got['pearson'] == pytest.approx(scipy_stats.pearsonr(cos, scores).statistic, abs=1e-9)
+    with pytest.raises(InputError, match='one row per pair'):
+        evaluation.scored_metrics(a, b[:5], scores)
+
+
+def test_a_labeled_set_of_one_label_is_refused():
+    with pytest.raises(InputError, match='all 4 items share one label.*at least 2 labels'):
+        labeled_retrieval_metrics(np.random.default_rng(0).normal(size=(4, 3)), ['x'] * 4)
+
+
+def test_embeddings_of_tiny_norm_are_ranked_as_their_directions():
+    queries = np.array([[1e-30, 0.0], [0.0, 3e-31]], dtype=np.float32)
+    docs = np.array([[0.0, 2e-32], [5e-33, 0.0]], dtype=np.float32)
+    metrics = evaluation.retrieval_metrics(queries, docs, [{1}, {0}], ks=(1,))
+    assert metrics['hit@1'] == 1.0

@@ -414,3 +414,15 @@ def test_real_text_weights_from_a_local_hf_model(tmp_path, monkeypatch):
     exported = openclip_state_dict(model)  # an HF text tower stays under text. in open_clip's layout
     assert exported and all(k.startswith(('text.', 'visual.')) or k == 'logit_scale' for k in exported)
     assert any(k.startswith('text.transformer.') for k in exported)
+
+
+def test_a_model_built_from_a_weights_file_saves_without_the_files_path(tiny, tiny_name, tmp_path):
+    weights = tmp_path / 'tiny_weights.pt'
+    torch.save(tiny.state_dict(), weights)
+    from_file = finetune.build_model(f'{tiny_name}:{weights}')
+    saved = finetune.save_model(from_file, str(tmp_path / 'artifact'))
+    config = json.loads((tmp_path / 'artifact' / 'finetune_config.json').read_text())
+    assert config['name'] == tiny_name  # an artifact never points at files outside itself
+    weights.unlink()
+    loaded = finetune.load(saved)
+    np.testing.assert_array_equal(loaded.encode(TEXTS), from_file.encode(TEXTS))

@@ -463,3 +463,68 @@ def test_fit_draws_its_batches_through_the_training_preprocessing(monkeypatch):
     rows = [(trimesh.creation.box(extents=(1 + i % 3, 1, 1)), f'c{i % 2}') for i in range(8)]
     finetune.fit(tiny(), rows, epochs=1, batch_size=4, num_workers=0, progress=False, log=lambda m: None)
     assert calls == [4, 4]
+
+
+# ---------------------------------------------------------------- encodings and file checks
+TETRAHEDRON = ([(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)], [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)])
+
+
+def _latin1_files(root) -> dict[str, bytes]:
+    """One tetrahedron per text format, each with a Latin-1 byte (a comment or name 'café')."""
+    vertices, faces = TETRAHEDRON
+    v = ''.join(f'{x} {y} {z}\n' for x, y, z in vertices)
+    files = {
+        'obj': b'# caf\xe9\n' + ''.join(f'v {x} {y} {z}\n' for x, y, z in vertices).encode()
+        + ''.join(f'f {a + 1} {b + 1} {c + 1}\n' for a, b, c in faces).encode(),
+        'off': b'OFF\n# caf\xe9\n4 4 0\n' + v.encode() + ''.join(f'3 {a} {b} {c}\n' for a, b, c in faces).encode(),
+        'ply': b'ply\nformat ascii 1.0\ncomment caf\xe9\nelement vertex 4\nproperty float x\nproperty float y\n'
+               b'property float z\nelement face 4\nproperty list uchar int vertex_indices\nend_header\n'
+               + v.encode() + ''.join(f'3 {a} {b} {c}\n' for a, b, c in faces).encode(),
+        'stl': b'solid caf\xe9\n' + b''.join(
+            b'facet normal 0 0 0\nouter loop\n' + b''.join(f'vertex {x} {y} {z}\n'.encode() for x, y, z in
+                                                          (vertices[i] for i in face)) + b'endloop\nendfacet\n'
+            for face in faces) + b'endsolid caf\xe9\n',
+    }
+    for ext, content in files.items():
+        (root / f'tetra.{ext}').write_bytes(content)
+    return files
+
+
+def test_mesh_files_that_are_not_utf8_load(tmp_path):
+    _latin1_files(tmp_path)
+    for ext in ('obj', 'off', 'ply', 'stl'):
+        shape = read_shape(str(tmp_path / f'tetra.{ext}'))
+        assert shape.cumulative_area[-1] == pytest.approx(1.5 + 3 ** 0.5 / 2, rel=1e-6), ext
+
+
+def test_file_check_reads_headers(tmp_path):
+    from finetune_pointnet.points import mesh_file_problem
+    trimesh.creation.box().export(tmp_path / 'box.glb')
+    trimesh.creation.box().export(tmp_path / 'box.stl')
+    np.save(tmp_path / 'cloud.npy', np.zeros((5, 3)))
+    (tmp_path / 'cloud.xyz').write_text('0 0 0\n1 1 1\n')
+    for good in ('box.glb', 'box.stl', 'cloud.npy', 'cloud.xyz'):
+        assert mesh_file_problem(str(tmp_path / good)) is None, good
+    (tmp_path / 'bad.off').write_text('not an off file\n')
+    (tmp_path / 'bad.ply').write_text('hello\n')
+    (tmp_path / 'bad.glb').write_bytes(b'\x00' * 20)
+    (tmp_path / 'bad.stl').write_bytes(b'\x00' * 80 + (7).to_bytes(4, 'little') + b'\x00' * 10)
+    (tmp_path / 'bad.npy').write_bytes(b'not numpy')
+    (tmp_path / 'bad.xyz').write_text('x y z\n')
+    (tmp_path / 'empty.obj').write_bytes(b'')
+    problems = {name: mesh_file_problem(str(tmp_path / name)) for name in
+                ('bad.off', 'bad.ply', 'bad.glb', 'bad.stl', 'bad.npy', 'bad.xyz', 'empty.obj', 'missing.obj')}
+    assert problems == {'bad.off': 'has no OFF header', 'bad.ply': "has no 'ply' header",
+                        'bad.glb': "has no binary glTF ('glTF') header",
+                        'bad.stl': 'is not ASCII STL and its size does not fit binary STL (7 triangles announced)',
+                        'bad.npy': 'is not a .npy file (no NumPy header)',
+                        'bad.xyz': "does not start with x y z numbers (first line 'x y z')",
+                        'empty.obj': 'is empty', 'missing.obj': 'does not exist'}
+
+
+def test_fit_reports_broken_meshes_before_training(tmp_path):
+    _write_class_folders(tmp_path)
+    (tmp_path / 'balls' / '1.off').write_text('garbage\n')
+    with pytest.raises(InputError, match=r"1 of 6 files cannot be used:\n  .*, row 1: '.*balls/1.off' has no OFF "
+                                         r'header'):
+        finetune.fit(tiny(), str(tmp_path), batch_size=4, num_workers=0, log=lambda m: None)

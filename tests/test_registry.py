@@ -102,6 +102,26 @@ def test_broken_plugin_is_reported_and_others_keep_working(plugin_dir, monkeypat
         finetune.get_spec('something-from-broken')
 
 
+@pytest.mark.parametrize('raised', ['SystemExit(3)', 'KeyboardInterrupt()'])
+def test_a_plugin_that_exits_or_interrupts_at_import_is_isolated(plugin_dir, monkeypatch, raised):
+    install_plugin(plugin_dir, 'broken_plugin', 'broken_plugin', f'raise {raised}\n', 'broken',
+                   'broken_plugin:plugin')
+    monkeypatch.delenv('FINETUNE_STRICT_PLUGINS', raising=False)
+    with pytest.warns(RuntimeWarning, match=f"plugin 'broken'.*{raised.split('(')[0]}"):
+        finetune.REGISTRY.reload()
+    assert [f.name for f in finetune.REGISTRY.failures] == ['broken']
+    assert finetune.build_model('resnet18', {'pretrained': False}).output_dim == 512
+
+
+def test_a_real_ctrl_c_while_plugins_load_still_interrupts(plugin_dir, monkeypatch):
+    """The user's Ctrl-C (a SIGINT) is not a plugin failure: it goes on up."""
+    source = 'import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(1)\n'
+    install_plugin(plugin_dir, 'broken_plugin', 'broken_plugin', source, 'broken', 'broken_plugin:plugin')
+    monkeypatch.delenv('FINETUNE_STRICT_PLUGINS', raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        Registry().specs()
+
+
 def test_strict_mode_raises_for_a_broken_plugin(plugin_dir, monkeypatch):
     install_plugin(plugin_dir, 'broken_plugin', 'broken_plugin', 'raise ImportError("missing dependency xyz")\n',
                    'broken', 'broken_plugin:plugin')

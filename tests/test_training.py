@@ -141,6 +141,22 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_model(tiny_bert_d
     ({'device': 'tpu'}, OptionError, "device: expected 'auto', 'cpu'"),
     ({'optimizer': 'adamm'}, OptionError, "unknown 'adamm'.*'adam'"),
     ({'scheduler': 'cosin'}, OptionError, "did you mean 'cosine'"),
+    ({'max_grad_norm': -1}, OptionError, 'max_grad_norm: expected a positive number.*or None'),
+    ({'max_grad_norm': 0}, OptionError, 'max_grad_norm: expected a positive number'),
+    ({'max_grad_norm': float('nan')}, OptionError, 'max_grad_norm: expected a positive number'),
+    ({'precision': 'fp16', 'device': 'cpu'}, OptionError, "fp16 autocast runs on CUDA.*'fp32', 'bf16'"),
+    ({'seed': 1.5}, OptionError, 'seed: expected an integer >= 0, got 1.5'),
+    ({'seed': '42'}, OptionError, "seed: expected an integer >= 0, got '42'"),
+    ({'eval_every': -1}, OptionError, 'eval_every: expected an integer >= 1, got -1'),
+    ({'warmup_ratio': 'a'}, OptionError, "warmup_ratio: expected a number in \\[0, 1\\), got 'a'"),
+    ({'optimizer_options': {'weight_decay': 'high'}}, OptionError,
+     "optimizer_options for AdamW: weight_decay='high'; expected a finite number"),
+    ({'optimizer_options': {'betas': (0.9,)}}, OptionError, 'betas=\\(0.9,\\); expected 2 numbers'),
+    ({'optimizer_options': {'amsgrad': 'yes'}}, OptionError, "amsgrad='yes'; expected True or False"),
+    ({'optimizer_options': {'eps': -1.0}}, OptionError, 'optimizer_options for AdamW: .* refused: Invalid epsilon'),
+    ({'optimizer_options': 0.01}, OptionError, 'optimizer_options: expected a dict'),
+    ({'callbacks': EarlyStopping()}, OptionError, 'callbacks: expected a list'),
+    ({'progress': 'yes'}, OptionError, 'progress: expected True, False or None'),
 ])
 def test_bad_settings_are_clear_errors(tiny_bert_dir, kwargs, error, message):
     with pytest.raises(error, match=f'(?i){message}'):
@@ -294,3 +310,142 @@ def test_progress_bar_is_quiet_off_a_terminal(tiny_bert_dir, capsys):
     finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, batch_size=8, num_workers=0, log=lambda m: None)
     captured = capsys.readouterr()
     assert '━' not in captured.err and '━' not in captured.out
+
+
+# ---------------------------------------------------------------- a failed run never leaves a broken model
+
+def _image_options(size: int = 32) -> dict:
+    return {'pretrained': False, 'preprocess_options': {'image_size': size, 'resize_size': size}}
+
+
+def test_a_nan_stop_keeps_a_model_that_still_encodes(tmp_path):
+    """A huge learning rate: the update before the NaN already broke the weights, and the failing forward
+    moved BatchNorm's statistics; last-good must hold neither."""
+    data = coloured_squares()
+    with pytest.raises(TrainingError, match=r'NaN or infinite at epoch 1, step \d.*weights from before the last update'):
+        finetune.fit('resnet18', data, epochs=3, batch_size=8, learning_rate=1e8, num_workers=0, precision='fp32',
+                     model_options=_image_options(), output_dir=str(tmp_path), log=lambda m: None)
+    kept = finetune.load(str(tmp_path / 'last-good'))
+    emb = kept.encode([row[0] for row in data[:6]])
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    for name, buffer in kept.named_buffers():
+        if buffer.is_floating_point():
+            assert torch.isfinite(buffer).all(), name
+
+
+def test_a_model_given_to_fit_is_restored_too_when_the_loss_turns_nan(tiny_bert_dir, monkeypatch):
+    from finetune import losses
+    model = finetune.build_model(f'hf:{tiny_bert_dir}')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    real = losses.InfoNCELoss.forward
+
+    def second_call_nan(self, inputs):
+        calls.append(1)
+        value = real(self, inputs)
+        return value * float('nan') if len(calls) == 2 else value
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', second_call_nan)
+    with pytest.raises(TrainingError, match='step 2'):
+        finetune.fit(model, text_pairs(), epochs=1, batch_size=8, num_workers=0, learning_rate=1e-2,
+                     log=lambda m: None)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the weights step 1 started from
+
+
+def test_a_missing_or_broken_file_is_reported_before_training_with_its_row(tmp_path):
+    from PIL import Image
+    lines = ['image,label']
+    for label, colour in (('red', (220, 30, 30)), ('blue', (30, 40, 220))):
+        for i in range(4):
+            Image.new('RGB', (40, 40), colour).save(tmp_path / f'{label}{i}.png')
+            lines.append(f'{label}{i}.png,{label}')
+    (tmp_path / 'blue1.png').unlink()
+    (tmp_path / 'red2.png').write_bytes(b'not a png at all')
+    csv = tmp_path / 'data.csv'
+    csv.write_text('\n'.join(lines) + '\n')
+    # batch_size is too large as well: the files are what the user hears about first
+    with pytest.raises(InputError) as info:
+        finetune.fit('resnet18', str(csv), epochs=1, batch_size=500, model_options=_image_options(),
+                     log=lambda m: None)
+    message = str(info.value)
+    assert message.startswith('train_data: 2 of 8 files cannot be used')
+    assert "data.csv, line 4: " in message and "red2.png' is not an image that can be decoded" in message
+    assert "data.csv, line 7: " in message and "blue1.png' does not exist" in message
+    assert 'batch_size' not in message
+
+
+def test_an_error_in_a_dataloader_worker_surfaces_as_itself(tmp_path):
+    """A file whose header decodes but whose pixels do not passes the check, and fails in a worker: the
+    user gets the InputError with the row and the file, not torch's 'Caught ... in DataLoader worker'."""
+    from PIL import Image
+    rows = []
+    for label, colour in (('red', (220, 30, 30)), ('blue', (30, 40, 220))):
+        for i in range(4):
+            path = tmp_path / f'{label}{i}.png'
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+            rows.append((str(path), label))
+    broken = tmp_path / 'blue2.png'
+    broken.write_bytes(broken.read_bytes()[:200])  # a truncated PNG: the header is there, the pixels are not
+    with pytest.raises(InputError) as info:
+        finetune.fit('resnet18', rows, epochs=1, batch_size=4, num_workers=1, model_options=_image_options(),
+                     log=lambda m: None)
+    message = str(info.value)
+    assert message.startswith('train_data, row 6: ') and 'blue2.png' in message
+    assert 'DataLoader worker' not in message and 'Traceback' not in message
+
+
+def test_a_damaged_trainer_state_names_the_file(tiny_bert_dir, tmp_path):
+    data = text_pairs()
+    finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=8, num_workers=0,
+                 output_dir=str(tmp_path / 'out'), log=lambda m: None)
+    state = tmp_path / 'out' / 'checkpoint' / 'trainer_state.pt'
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(InputError, match=r'trainer_state.pt cannot be read .*damaged'):
+        finetune.fit(None, data, epochs=2, batch_size=8, resume_from=str(tmp_path / 'out' / 'checkpoint'),
+                     log=lambda m: None)
+
+
+def test_evaluation_data_of_one_class_is_refused(tiny_bert_dir):
+    rows = [('the red dog', 'a'), ('the blue cat', 'a'), ('a big car', 'a')]
+    with pytest.raises(InputError, match="one class \\('a'\\).*at least 2 classes"):
+        finetune.evaluate(finetune.build_model(f'hf:{tiny_bert_dir}'), rows)
+    with pytest.raises(InputError, match='one class'):
+        finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), rows, batch_size=8, log=lambda m: None)
+
+
+def test_spearman_on_scored_data_does_not_depend_on_row_order(tiny_bert_dir):
+    scipy_stats = pytest.importorskip('scipy.stats')
+    model = finetune.build_model(f'hf:{tiny_bert_dir}')
+    pairs = [('the red dog', 'a red dog'), ('the blue cat', 'a cat'), ('a big car', 'the small car'),
+             ('the sea', 'blue sea'), ('old man', 'new woman'), ('happy tree', 'sad tree')] * 3
+    rows = [(a, b, s) for (a, b), s in zip(pairs, [0.0, 0.5, 1.0] * 6)]  # many ties in the scores
+    values = set()
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(rows))
+        values.add(round(finetune.evaluate(model, [rows[i] for i in order])['spearman'], 12))
+    assert len(values) == 1
+    a = model.encode([r[0] for r in rows])
+    b = model.encode([r[1] for r in rows])
+    cos = (a * b).sum(axis=1)
+    assert values.pop() == pytest.approx(scipy_stats.spearmanr(cos, [r[2] for r in rows]).statistic, abs=1e-9)
+
+
+def test_cli_errors_are_one_clean_message(tiny_bert_dir, tmp_path):
+    from finetune.cli import main
+    csv = tmp_path / 'pairs.csv'
+    csv.write_text('query,doc\n' + '\n'.join(f'{q},{d}' for q, d in text_pairs()) + '\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ['fit', '--model', f'hf:{tiny_bert_dir}', '--train-data', str(csv),
+                                  '--metrics-log', str(tmp_path / 'm.txt')])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert 'error: MetricsLogger path: expected a file ending in .csv' in result.output
+    assert 'Traceback' not in result.output
+    for name in ('cat[blue].txt', 'a[/x]b.txt'):  # brackets are text, not markup
+        result = runner.invoke(main, ['encode', '--model', f'hf:{tiny_bert_dir}', '--input', str(tmp_path / name),
+                                      '--output', str(tmp_path / 'e.npy')])
+        assert result.exit_code == 2, result.output
+        assert name in result.output and 'Traceback' not in result.output
+    result = runner.invoke(main, ['encode', '--model', f'hf:{tiny_bert_dir}', '--input', str(csv),
+                                  '--output', str(tmp_path / 'no' / 'such' / 'dir' / 'e.npy')])
+    assert result.exit_code == 2 and 'No such file or directory' in result.output, result.output

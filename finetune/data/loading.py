@@ -69,9 +69,17 @@ class TrainingData:
     scores: list[float] | None = None
     label_names: list = field(default_factory=list)
     source: str = 'data'
+    #: the file line of each row, for data read from a file (None: rows are counted from 0)
+    lines: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.a)
+
+    def where(self, index: int) -> str:
+        """Where row `index` came from, for messages: 'train.csv, line 12' or 'train_data, row 11'."""
+        if self.lines is not None and 0 <= index < len(self.lines):
+            return f'{self.source}, line {self.lines[index]}'
+        return f'{self.source}, row {index}'
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -151,6 +159,7 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
         a, b, names = b, a, names[::-1]  # a 'label, text' header: the items are in the second column
     if width == 3 and kind not in (None, 'scored'):
         raise InputError(f'{source}: kind={kind!r} takes 2 columns, got 3 (a, b, score rows are scored data).')
+    lines = _row_lines(len(rows), line_offset)
     if width == 3 or kind == 'scored':
         if width != 3:
             raise InputError(f'{source}: scored data needs 3 columns (a, b, score), got {width}.')
@@ -159,18 +168,48 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
             if not _is_number(row[2]) or not 0.0 <= float(row[2]) <= 1.0:
                 raise InputError(f'{_where(source, i, line_offset)}: score {row[2]!r} is not a number in [0, 1].')
             scores.append(float(row[2]))
+        _check_one_modality(a, 'the first column', source, line_offset)
+        _check_one_modality(b, 'the second column', source, line_offset)
         groups, labels = _group_ids(a)
-        return TrainingData('scored', a, b, groups, scores, labels, source)
+        return TrainingData('scored', a, b, groups, scores, labels, source, lines)
     if kind is None:
         kind = _detect_two_columns(a, b, names)
+    _check_one_modality(a, 'the item column' if kind == 'labeled' else 'the first column', source, line_offset)
     if kind == 'labeled':
         groups, labels = _group_ids(b)
-        return TrainingData('labeled', a, None, groups, None, labels, source)
+        return TrainingData('labeled', a, None, groups, None, labels, source, lines)
+    _check_one_modality(b, 'the second column', source, line_offset)
     if kind == 'text-image':
         if item_modality(a[0]) == 'image' and item_modality(b[0]) == 'text':
             a, b = b, a  # text first, image second
     groups, labels = _group_ids(a)
-    return TrainingData(kind, a, b, groups, None, labels, source)
+    return TrainingData(kind, a, b, groups, None, labels, source, lines)
+
+
+def _row_lines(n: int, line_offset: int | Sequence[int]) -> list[int] | None:
+    if not isinstance(line_offset, int):
+        return list(line_offset)
+    return [i + line_offset for i in range(n)] if line_offset else None
+
+
+def _check_one_modality(column: list, what: str, source: str, line_offset: int | Sequence[int]) -> None:
+    """InputError at the first row whose item is of another modality than the first row's: the kind and the
+    model are chosen from row 0, so an image path among texts would otherwise train as a sentence."""
+    first = item_modality(column[0])
+    for i, item in enumerate(column):
+        modality = item_modality(item)
+        if modality != first:
+            shown = repr(item)[:80]
+            raise InputError(f'{_where(source, i, line_offset)}: {what} holds {_modality_name(modality)} ({shown}) '
+                             f'but the first row holds {_modality_name(first)} ({repr(column[0])[:80]}); a column '
+                             f'must hold one kind of item. Fix the row, or split the data by kind.')
+
+
+def _modality_name(modality: str) -> str:
+    if modality == 'other':
+        return 'a value that is no item (a number, ...)'
+    return f'{"an" if modality[0] in "aeiou" else "a"} {modality} item'
+
 
 
 def _detect_two_columns(a: list, b: list, names: list[str]) -> str:
@@ -307,6 +346,27 @@ def from_hf_dataset(dataset: Any, kind: str | None = None) -> TrainingData:
     return from_rows(rows, source=f'datasets.Dataset({", ".join(columns)})', header=columns, kind=kind)
 
 
+def _is_data_frame(data: Any) -> bool:
+    """A pandas or polars DataFrame, recognised without importing either."""
+    return type(data).__name__ == 'DataFrame' and hasattr(data, 'columns') and (
+        hasattr(data, 'itertuples') or hasattr(data, 'iter_rows'))
+
+
+def from_data_frame(frame: Any, name: str = 'train_data', kind: str | None = None) -> TrainingData:
+    """A pandas (or polars) DataFrame of 2 or 3 columns: its rows, its column names read as a CSV header
+    (default integer column names are no header). Raises InputError."""
+    columns = list(frame.columns)
+    if hasattr(frame, 'itertuples'):
+        rows = [list(row) for row in frame.itertuples(index=False, name=None)]
+    else:
+        rows = [list(row) for row in frame.iter_rows()]
+    if not rows:
+        raise InputError(f'{name}: the DataFrame has no rows.')
+    header = [str(c) for c in columns] if not all(isinstance(c, int) for c in columns) else None
+    where = f'{name} (DataFrame with columns {", ".join(map(str, columns))})'
+    return from_rows(rows, source=where if len(where) < 120 else f'{name} (DataFrame)', header=header, kind=kind)
+
+
 def load_data(data: Any, name: str = 'train_data', kind: str | None = None, delimiter: str = ',') -> TrainingData:
     """Any supported source -> :class:`TrainingData` (kind detected unless `kind` is given).
 
@@ -328,6 +388,11 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
         return read_csv(path, delimiter=_delimiter(path, delimiter), kind=kind)
     if hasattr(data, 'column_names') and hasattr(data, 'features'):
         return from_hf_dataset(data, kind=kind)
+    if _is_data_frame(data):
+        return from_data_frame(data, name, kind=kind)
+    if type(data).__name__ == 'Series' and hasattr(data, 'to_frame'):
+        raise InputError(f'{name}: got a {type(data).__module__.split(".")[0]} Series (one column); pass a DataFrame '
+                         f'with 2 columns (item, label / query, doc) or 3 (a, b, score).')
     if isinstance(data, Mapping):
         raise InputError(f'{name}: got a dict; pass a list of rows such as [(item, label), ...] or a CSV path.')
     if isinstance(data, Iterable):
@@ -344,4 +409,4 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
                              f'(query, doc) or (a, b, score).')
         return from_rows(rows, source=name, kind=kind)
     raise InputError(f'{name}: cannot read {type(data).__name__}; expected a list of rows, a CSV path, an image '
-                     f'folder or a datasets.Dataset.')
+                     f'folder, a pandas DataFrame or a datasets.Dataset.')

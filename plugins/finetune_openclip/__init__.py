@@ -204,6 +204,10 @@ class TextTower(Backbone):
                     f'{type(item).__name__}. Encode images with the image tower (tower=\'image\').')
         return self.tokenizer(items)
 
+    def export(self, directory: str) -> str:
+        """Nothing to write (the architecture is open_clip's own); the name that rebuilds this model."""
+        return self.artifact_name
+
     def check_batch(self, batch: Any) -> None:
         shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else None
         if shape is None or batch.dim() != 2 or batch.is_floating_point() or batch.is_complex():
@@ -252,6 +256,9 @@ class ImageTower(Backbone):
 
     def check_batch(self, batch: Any) -> None:
         check_image_batch(batch, self.model_name, self.image_size)
+
+    def export(self, directory: str) -> str:
+        return self.artifact_name
 
 
 # ---------------------------------------------------------------- weights
@@ -586,6 +593,12 @@ def build(model: str, tag: str | None, display: str, options: dict[str, Any]) ->
                                    f'{display}[text]')
     if tower in (None, 'image'):
         towers['image'] = ImageTower(clip.visual, pre, embed_dim, f'{display}[image]')
+    # a saved model holds its weights: its name need not (and, pointing outside the artifact, may not)
+    # carry the weights file it was built from
+    artifact_name = f'{PREFIX}:{model}' if display.startswith(f'{PREFIX}:') and display.count(':') > 1 \
+        and tag is None else display
+    for backbone in towers.values():
+        backbone.artifact_name = artifact_name
     if tower is not None:
         return towers[tower]
     return Towers(backbones=towers, logit_scale=float(clip.logit_scale.detach().reshape(-1)[0]))

@@ -22,7 +22,7 @@ from finetune.registry import BackbonePlugin, BackboneSpec
 from finetune.weights import load_into, load_state_dict
 
 from .network import VARIANTS, PointNet2, ball_query, farthest_point_sample
-from .points import PointPreprocessor, mesh_views, point_preprocess_options, read_shape
+from .points import PointPreprocessor, mesh_file_problem, mesh_views, point_preprocess_options, read_shape
 
 __all__ = ['PointNetBackbone', 'plugin', 'mesh_views', 'read_shape', 'farthest_point_sample', 'ball_query']
 
@@ -76,6 +76,9 @@ class PointNetBackbone(Backbone):
 
     def preprocess_train(self, items: Sequence[Any]) -> torch.Tensor:
         return self.preprocessor.train_batch(items)
+
+    def check_file(self, path: str) -> str | None:
+        return mesh_file_problem(path)
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, torch.Tensor):

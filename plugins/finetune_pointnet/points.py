@@ -172,10 +172,30 @@ def read_off(path: str) -> tuple[np.ndarray, np.ndarray]:
     return vertices, np.array(triangles, dtype=np.int64).reshape(-1, 3)
 
 
+def _trimesh_load(path: str):
+    """``trimesh.load`` as one mesh; a PLY header with non-UTF-8 bytes (a Latin-1 comment), which trimesh's PLY
+    reader refuses, is read with those bytes replaced (only comments and names may hold them)."""
+    import io
+
+    import trimesh
+    try:
+        return trimesh.load(path, force='mesh', process=False)
+    except UnicodeDecodeError:
+        if not path.lower().endswith('.ply'):
+            raise
+        with open(path, 'rb') as f:
+            data = f.read()
+        end = data.find(b'end_header')
+        if end < 0:
+            raise
+        header = bytes(b if b < 128 else ord('?') for b in data[:end])
+        return trimesh.load(io.BytesIO(header + data[end:]), file_type='ply', force='mesh', process=False)
+
+
 def _read_mesh_file(path: str, index: int) -> Mesh:
     import trimesh
     try:
-        loaded = trimesh.load(path, force='mesh', process=False)
+        loaded = _trimesh_load(path)
     except Exception as exc:  # noqa: BLE001 - trimesh raises many kinds; the message names the file
         if path.lower().endswith('.off'):
             try:
@@ -196,6 +216,49 @@ def _read_mesh_file(path: str, index: int) -> Mesh:
                              f'surface to sample. Pass its points as an (N, 3) array, e.g. '
                              f'np.asarray(trimesh.load(path).vertices), or save them as .npy / .xyz.')
     return mesh_from_arrays(vertices, faces if faces is not None else np.empty((0, 3)), index, path)
+
+
+def _header_problem(path: str, head: bytes, size: int) -> str | None:
+    """Why the first bytes `head` of a file of `size` bytes do not start a shape of its format, or None."""
+    ext = os.path.splitext(path)[1].lower()
+    text = head.decode('latin-1')
+    if ext == '.npy':
+        return None if head.startswith(b'\x93NUMPY') else 'is not a .npy file (no NumPy header)'
+    if ext == '.xyz':
+        first = next((line.split() for line in text.splitlines() if line.strip()), [])
+        try:
+            [float(v) for v in first[:3]]
+        except ValueError:
+            return f'does not start with x y z numbers (first line {" ".join(first)[:40]!r})'
+        return None if len(first) >= 3 else 'has fewer than 3 numbers on its first line'
+    if ext == '.off':
+        words = text.split()
+        return None if words and 'OFF' in words[0].upper() else 'has no OFF header'
+    if ext == '.ply':
+        return None if head.startswith(b'ply') else "has no 'ply' header"
+    if ext == '.glb':
+        return None if head.startswith(b'glTF') else "has no binary glTF ('glTF') header"
+    if ext == '.stl' and not text.lstrip().lower().startswith('solid'):
+        if size < 84:
+            return 'is too short for a binary STL file'
+        count = int.from_bytes(head[80:84], 'little')
+        return None if size == 84 + 50 * count else f'is not ASCII STL and its size does not fit binary STL ' \
+                                                       f'({count:,} triangles announced)'
+    return None
+
+
+def mesh_file_problem(path: str) -> str | None:
+    """Why `path` cannot be read as a mesh or point file, judged from a stat and its first bytes, or None."""
+    from finetune.preprocessing import file_problem
+    problem = file_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4096)
+    except OSError as exc:
+        return f'cannot be read ({exc.strerror or exc})'
+    return _header_problem(path, head, os.path.getsize(path))
 
 
 #: bytes of parsed shapes each process keeps (least recently used dropped first); FINETUNE_MESH_CACHE_MB sets it
