@@ -117,7 +117,7 @@ def measure(args, precision: str) -> None:
 
     import finetune
     from finetune.data import load_data
-    from finetune.training import Collator, RowsDataset, _batch_sampler
+    from finetune.data.batches import Collator, RowsDataset
 
     hf_logging.disable_progress_bar()  # the 'Loading weights' bar of each fresh model
     model_options = {'collate_options': {'max_length': args.max_length}}
@@ -128,7 +128,7 @@ def measure(args, precision: str) -> None:
         return finetune.build_model(MODEL, model_options)
 
     # the batches fit() will see: its sampler (same seed, epoch 0) and its collator, run once here
-    sampler = _batch_sampler(train, args.batch_size, 4, args.seed)
+    sampler = train.data_kind.batch_sampler(train, args.batch_size, args.seed, 4)
     if hasattr(sampler, 'set_epoch'):
         sampler.set_epoch(0)
     order = list(sampler)
@@ -178,7 +178,8 @@ def measure(args, precision: str) -> None:
 
 
 def main() -> None:
-    from finetune.training import DEFAULT_LEARNING_RATES, cpu_supports_bf16
+    from finetune.training import cpu_supports_bf16
+    from finetune_transformers.backbone import HFTextBackbone
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, default=30)
@@ -186,7 +187,7 @@ def main() -> None:
     parser.add_argument('--max-length', type=int, default=64)
     parser.add_argument('--rounds', type=int, default=2)
     parser.add_argument('--skip', type=int, default=3, help='warm-up steps discarded from each run')
-    parser.add_argument('--learning-rate', type=float, default=DEFAULT_LEARNING_RATES['text'])
+    parser.add_argument('--learning-rate', type=float, default=HFTextBackbone.default_learning_rate)
     parser.add_argument('--precision', choices=('all', 'fp32', 'bf16'), default='all',
                         help="'all': fp32, then bf16 where the CPU has native bf16")
     parser.add_argument('--num-workers', type=int, default=0, help="fit()'s DataLoader worker processes")

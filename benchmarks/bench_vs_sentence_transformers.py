@@ -65,13 +65,13 @@ class SentenceTransformerEncoder:
 
 
 def main() -> None:
-    from finetune.training import DEFAULT_LEARNING_RATES
+    from finetune_transformers.backbone import HFTextBackbone
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--train-rows', type=int, default=1024)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--epochs', type=int, default=1)
-    parser.add_argument('--learning-rate', type=float, default=DEFAULT_LEARNING_RATES['text'])
+    parser.add_argument('--learning-rate', type=float, default=HFTextBackbone.default_learning_rate)
     parser.add_argument('--max-length', type=int, default=None,
                         help="longest token sequence for both (default: the model's own max_seq_length)")
     parser.add_argument('--loss', choices=('symmetric', 'one-way'), default='symmetric',
@@ -96,7 +96,7 @@ def main() -> None:
 
     import finetune
     from finetune.data import load_data
-    from finetune.training import _batch_sampler, resolve_precision
+    from finetune.training import resolve_precision
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -108,7 +108,7 @@ def main() -> None:
     train = load_data(rows, 'train_data', kind='pairs')
     train_set = datasets.Dataset.from_dict({'anchor': [q for q, _ in rows], 'positive': [d for _, d in rows]})
     precision = resolve_precision('auto', 'cpu')
-    steps_per_epoch = len(_batch_sampler(train, args.batch_size, 4, args.seed))
+    steps_per_epoch = len(train.data_kind.batch_sampler(train, args.batch_size, args.seed, 4))
     warmup_steps = int(0.1 * steps_per_epoch * args.epochs)  # what fit()'s warmup_ratio=0.1 gives
     samples = args.train_rows * args.epochs
 

@@ -24,8 +24,8 @@ def fit(model, train_data, eval_data=None, **kwargs):
 
 
 def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10)) -> dict:
-    """Retrieval metrics of `model` on `data`; see :func:`finetune.training.evaluate`."""
-    from .training import evaluate as _evaluate
+    """Retrieval metrics of `model` on `data`; see :func:`finetune.evaluation.evaluate`."""
+    from .evaluation import evaluate as _evaluate
     return _evaluate(model, data, batch_size=batch_size, ks=ks)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -20,9 +21,12 @@ WEIGHTS_FILE = 'model.safetensors'
 FORMAT_VERSION = 1
 
 
-def _versions() -> dict[str, str]:
+def _versions(model=None) -> dict[str, str]:
+    """The installed versions of finetune, torch and the packages the model's family declares it needs."""
+    declared = [p for backbone in (_backbones(model).values() if model is not None else ())
+                for p in getattr(backbone, 'packages', ())]
     out = {}
-    for package in ('finetune', 'torch', 'torchvision', 'timm', 'transformers', 'open_clip_torch'):
+    for package in dict.fromkeys(('finetune', 'torch', *declared)):
         try:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -49,61 +53,110 @@ def save_model(model, directory: str, metrics: dict | None = None, extra: dict |
                write_more: Callable[[str], None] | None = None) -> str:
     """Write `model` to `directory` atomically (a temporary folder renamed into place); returns the path.
 
-    `write_more(folder)` may add files (a checkpoint's optimizer state) before the folder is renamed.
-    A crash mid-way leaves any earlier artifact at `directory` untouched.
+    `write_more(folder)` may add files (a checkpoint's optimizer state) before the folder is renamed. A crash
+    mid-way leaves any earlier artifact at `directory` untouched; a kill between the two renames that replace
+    an earlier artifact leaves it as ``<directory>.old``, which :func:`load` falls back to. Temporary folders
+    left by killed writes are removed by the next save beside them. Raises ArtifactError for a model whose
+    name a saved model could not rebuild from (see :func:`load`), OSError when the disk refuses.
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.finetune-', dir=parent)
+    _remove_stale_temporaries(parent)
+    tmp = tempfile.mkdtemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', dir=parent)
     try:
-        name = model.name
-        for tower, backbone in _backbones(model).items():
-            export = getattr(backbone, 'export', None)
-            if export is not None:
-                rebuilt = export(os.path.join(tmp, 'backbone'))
-                if rebuilt:
-                    name = rebuilt
-        problem = _name_problem(name)
-        if problem is not None:
-            raise ArtifactError(f'cannot save {model.name!r}: {problem}; a saved model must rebuild from a '
-                                f'registry name or from files inside its own folder.')
-        from safetensors.torch import save_file
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        # tensors that share memory (tied weights) must be saved once each
-        seen: dict[int, str] = {}
-        for key in list(state):
-            ptr = state[key].data_ptr()
-            if ptr in seen and state[key].numel():
-                state[key] = state[key].clone()
-            seen[ptr] = key
-        save_file(state, os.path.join(tmp, WEIGHTS_FILE))
-        options = dict(model.options)
-        options['pretrained'] = False  # the weights come from the artifact
-        config = {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name,
-                  'model_options': _jsonable(options), 'output_dim': model.output_dim,
-                  'versions': _versions(), 'metrics': _jsonable(metrics or {}), **(extra or {})}
-        with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-            json.dump(config, f, indent=2)
+        _write_model(model, tmp, metrics, extra)
         if write_more is not None:
             write_more(tmp)
+        old = directory + '.old'
         if os.path.exists(directory):
-            old = directory + '.old'
             shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
 
 
+def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -> str:
+    """The weights, the config and the family's own files of `model` into `folder`; returns the saved name."""
+    name = model.name
+    for backbone in _backbones(model).values():
+        export = getattr(backbone, 'export', None)
+        if export is not None:
+            rebuilt = export(os.path.join(folder, 'backbone'))
+            if rebuilt:
+                name = rebuilt
+    problem = _unsavable(name)
+    if problem is not None:
+        raise ArtifactError(f'cannot save {model.name!r}: {problem}; a saved model must rebuild from a '
+                            f'registry name or from files inside its own folder.')
+    from safetensors.torch import save_file
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    seen: dict[int, str] = {}  # tensors that share memory (tied weights) must be saved once each
+    for key in list(state):
+        ptr = state[key].data_ptr()
+        if ptr in seen and state[key].numel():
+            state[key] = state[key].clone()
+        seen[ptr] = key
+    save_file(state, os.path.join(folder, WEIGHTS_FILE))
+    options = dict(model.options)
+    options['pretrained'] = False  # the weights come from the artifact
+    config = {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name,
+              'model_options': _jsonable(options), 'output_dim': model.output_dim,
+              'versions': _versions(model), 'metrics': _jsonable(metrics or {}), **(extra or {})}
+    with open(os.path.join(folder, CONFIG_FILE), 'w') as f:
+        json.dump(config, f, indent=2)
+    return name
+
+
+TEMP_PREFIX = '.finetune-'
+_TEMP = re.compile(rf'^{re.escape(TEMP_PREFIX)}(\d+)-')
+
+
+def _remove_stale_temporaries(parent: str) -> None:
+    """Remove the temporary folders in `parent` that a killed write left (their writer's process is gone)."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP.match(entry)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 def _looks_like_path(segment: str) -> bool:
     """True for a name segment that names a file or folder (or a hub id such as 'org/model')."""
     return ('/' in segment or '\\' in segment or segment.startswith(('.', '~')) or os.path.isabs(segment))
+
+
+def _unsavable(name: str) -> str | None:
+    """Why an artifact saved under `name` could not be loaded again (see :func:`_resolve_name`), or None."""
+    from .registry import REGISTRY
+    problem = _name_problem(name)
+    if problem is not None:
+        return problem
+    prefix, sep, rest = name.partition(':')
+    if not sep:
+        return None if REGISTRY.is_named(name) else f'{name!r} is not a registered model name'
+    plugin = REGISTRY.plugin_for_prefix(prefix)
+    if rest.startswith('./') or (plugin is not None and plugin.artifact_safe is not None
+                                 and plugin.artifact_safe(prefix, rest)):
+        return None
+    return f'{name!r} names files or a hub id outside the artifact, and its family writes none into it'
 
 
 def _name_problem(name: str) -> str | None:
@@ -121,35 +174,62 @@ def _name_problem(name: str) -> str | None:
 def _resolve_name(name: Any, directory: str, config_path: str) -> str:
     """The registry name an artifact rebuilds from, with its ``./`` paths made absolute.
 
-    Only a registry name, or a prefixed name whose paths stay inside `directory`, is accepted: an artifact
-    must never lead the loader to files elsewhere (another model's code, a hub cache). Raises ArtifactError.
-    """
+    Accepted: a name a plugin lists (``resnet50``), a prefixed name its plugin vouches names no file, folder
+    or hub id (``timm:resnet18``), or a prefixed name whose paths are ``./`` paths that stay inside
+    `directory` (``hf:./backbone``). Anything else could lead the loader to files elsewhere (another model's
+    code, a hub cache) and is refused. Raises ArtifactError naming `config_path` and the field."""
     from .registry import REGISTRY
     where = f"{config_path}, field 'name'"
     if not isinstance(name, str) or not name.strip():
         raise ArtifactError(f'{where}: expected the registry name of the saved model (e.g. \'resnet50\'), got '
                             f'{name!r}.')
+    refuse = (f'{where}: {name!r} is neither a registered model name nor a path inside the artifact folder; an '
+              f'artifact rebuilds only from those, so it is refused.')
     problem = _name_problem(name)
     if problem is not None:
         raise ArtifactError(f'{where}: {problem}. An artifact rebuilds only from a registry name or from files '
                             f'inside its own folder (a \'./\' path); refusing to load it.')
-    root = os.path.realpath(directory)
     prefix, sep, rest = name.partition(':')
+    if not sep:
+        if not REGISTRY.is_named(name):
+            raise ArtifactError(refuse)
+        return name
+    plugin = REGISTRY.plugin_for_prefix(prefix)
+    if plugin is None:
+        raise ArtifactError(f'{where}: no installed plugin reads {prefix + ":"!r} names ({name!r}); install the '
+                            f'plugin the model was saved with.')
+    if not rest.startswith('./'):
+        if plugin.artifact_safe is None or not plugin.artifact_safe(prefix, rest):
+            raise ArtifactError(refuse)
+        return name
+    root = os.path.realpath(directory)
     segments = []
-    for segment in (rest.split(':') if sep else []):
+    for segment in rest.split(':'):
         if segment.startswith('./'):
             target = os.path.realpath(os.path.join(root, segment[2:]))
             if target != root and not target.startswith(root + os.sep):
                 raise ArtifactError(f'{where}: {segment!r} leads outside the artifact folder ({target}); '
                                     f'refusing to load it.')
+            if not os.path.exists(target):
+                raise ArtifactError(f'{where}: {segment!r} is missing from the artifact folder; the artifact is '
+                                    f'incomplete. Save the model again.')
             segment = target
         segments.append(segment)
-    resolved = f'{prefix}:' + ':'.join(segments) if sep else name
-    try:
-        REGISTRY.get(resolved)
-    except FinetuneError as exc:
-        raise ArtifactError(f'{where}: {name!r} is not a model this installation can build ({exc})') from exc
-    return resolved
+    return f'{prefix}:' + ':'.join(segments)
+
+
+def _check_links(directory: str) -> None:
+    """ArtifactError for a symbolic link in the artifact that points outside it (a config, a tokenizer file or a
+    sub-folder elsewhere would be read as the artifact's own)."""
+    root = os.path.realpath(directory)
+    for folder, names, files in os.walk(directory):
+        for entry in names + files:
+            path = os.path.join(folder, entry)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if target != root and not target.startswith(root + os.sep):
+                    raise ArtifactError(f'{path} is a link to {target}, outside the artifact folder; refusing to '
+                                        f'load it (copy the file in instead).')
 
 
 def read_config(directory: str) -> dict[str, Any]:
@@ -181,6 +261,15 @@ def read_config(directory: str) -> dict[str, Any]:
     return config
 
 
+def _complete(directory: str) -> str:
+    """`directory`, or the copy an interrupted replacement left beside it (``<directory>.old``, see
+    :func:`save_model`) when `directory` itself is gone."""
+    old = os.fspath(directory).rstrip(os.sep) + '.old'
+    if not os.path.exists(directory) and os.path.isfile(os.path.join(old, CONFIG_FILE)):
+        return old
+    return directory
+
+
 def load(directory: str, trust_remote_code: bool = False):
     """Rebuild the model saved in `directory`, offline, with exactly its saved weights.
 
@@ -195,19 +284,26 @@ def load(directory: str, trust_remote_code: bool = False):
     from .registry import REGISTRY
     if not isinstance(trust_remote_code, bool):
         raise ArtifactError(f'trust_remote_code: expected True or False, got {trust_remote_code!r}.')
+    directory = _complete(directory)
     config = read_config(directory)
     config_path = os.path.join(directory, CONFIG_FILE)
+    _check_links(directory)
     name = _resolve_name(config['name'], directory, config_path)
     options = dict(config.get('model_options', {}))
     options['pretrained'] = False
     options.pop('trust_remote_code', None)
-    if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):
-        options['trust_remote_code'] = trust_remote_code
     try:
+        if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):
+            options['trust_remote_code'] = trust_remote_code
         model = build_model(name, options)
     except OptionError as exc:
         raise ArtifactError(f"{config_path}, field 'model_options': the saved model cannot be rebuilt: {exc}") \
             from exc
+    except FinetuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged artifact must not end in a library's traceback
+        raise ArtifactError(f'{directory}: the saved model cannot be rebuilt ({type(exc).__name__}: {exc}); the '
+                            f'artifact is damaged or incomplete.') from exc
     try:
         state = load_file(os.path.join(directory, WEIGHTS_FILE))
     except Exception as exc:  # noqa: BLE001

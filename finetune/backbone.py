@@ -46,6 +46,13 @@ class Backbone(nn.Module):
     #: True when ``precision='auto'`` should train this family in fp32 even where bf16 autocast is available
     #: (measured to cost it accuracy without saving time)
     prefers_fp32: bool = False
+    #: the learning rate ``fit`` uses when none is given (None: the core's 1e-4)
+    default_learning_rate: float | None = None
+    #: environment variables ``fit`` sets (unless set) before its DataLoader workers fork, for this family's
+    #: preprocessing (a tokenizer library whose threads do not survive a fork, say)
+    worker_environment: dict[str, str] = {}
+    #: the distributions whose versions a saved model records, besides finetune and torch
+    packages: tuple[str, ...] = ()
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError

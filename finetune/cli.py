@@ -20,8 +20,10 @@ def _fail(message: str, status: int = 2) -> None:
 def _run(fn, *args, **kwargs):
     """Call `fn`; a FinetuneError (or a file that cannot be read or written) becomes a message and exit
     status 2, not a traceback; Ctrl-C exits with 130."""
+    from .logs import to_stderr
     try:
-        return fn(*args, **kwargs)
+        with to_stderr():
+            return fn(*args, **kwargs)
     except FinetuneError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -104,6 +106,11 @@ def _load_model(name_or_dir: str, trust_remote_code: bool = False, model_options
         return load(name_or_dir, trust_remote_code=trust_remote_code)
     options = dict(model_options or {})
     if trust_remote_code:
+        from .model import option_schema
+        from .registry import REGISTRY
+        if not any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name_or_dir))):
+            raise OptionError(f'--trust-remote-code: {name_or_dir!r} runs no code of its own; the flag is for '
+                              f'models that ship their own (Hugging Face models with an auto_map).')
         options['trust_remote_code'] = True
     return build_model(name_or_dir, options or None)
 
@@ -158,8 +165,7 @@ def fit_command(model_name, train_data, eval_data, loss, loss_option, model_opti
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 def evaluate_command(model_name: str, data: str, batch_size: int, trust_remote_code: bool) -> None:
     """Print retrieval metrics of a model on some data."""
-    from .evaluation import format_metrics_table
-    from .training import evaluate
+    from .evaluation import evaluate, format_metrics_table
 
     def job():
         metrics = evaluate(_load_model(model_name, trust_remote_code), data, batch_size=batch_size)

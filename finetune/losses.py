@@ -43,6 +43,7 @@ from .heads import COSINE_CLASSIFIER
 from .options import Option, boolean, fraction, one_of, positive_float, validate_mapping
 
 LABELED, PAIRS, SCORED, TEXT_IMAGE = 'labeled', 'pairs', 'scored', 'text-image'
+#: the built-in data kinds; every registered kind (finetune.data.kinds) is accepted
 DATA_KINDS = (LABELED, PAIRS, SCORED, TEXT_IMAGE)
 
 #: the largest logit scale (1 / temperature) a learned temperature may reach, as in CLIP
@@ -201,6 +202,8 @@ class Loss(nn.Module):
     needs_classifier_head: bool = False
     #: its constructor takes ``num_classes`` and ``embedding_dim`` (it owns class weights)
     needs_num_classes: bool = False
+    #: it compares (anchor, positive) rows in-batch: on labeled data, items of one class are paired up for it
+    takes_pairs: bool = False
 
     @classmethod
     def model_options(cls, num_classes: int | None = None) -> dict[str, Any]:
@@ -247,6 +250,7 @@ class InfoNCELoss(Loss):
     """
 
     data_kinds = (PAIRS, TEXT_IMAGE, LABELED)
+    takes_pairs = True
     options = (
         Option('temperature', 'float > 0', 0.05, 'logits = cosine / temperature (0.05 = scale 20, as MNRL)',
                positive_float),
@@ -288,6 +292,7 @@ class CLIPLoss(Loss):
     """
 
     data_kinds = (TEXT_IMAGE, PAIRS)
+    takes_pairs = True
     options = (
         Option('temperature', 'float > 0', 0.07,
                "initial temperature of the loss's own learnable scale (used when the model has no logit_scale)",
@@ -558,17 +563,19 @@ _LOSSES: dict[str, type[Loss]] = {}  # lower-cased name or alias -> class
 _NAMES: list[str] = []  # canonical names, in registration order
 _SPELLINGS: list[str] = []  # names and aliases as registered
 
-_DEFAULTS = {LABELED: 'TripletMarginLoss', PAIRS: 'InfoNCE', TEXT_IMAGE: 'CLIPLoss', SCORED: 'CoSENTLoss'}
+def _kind_names() -> tuple[str, ...]:
+    from .data.kinds import kind_names
+    return kind_names()
 
 
 def register_loss(name: str, cls: type[Loss], aliases: tuple[str, ...] = ()) -> None:
     """Register a :class:`Loss` subclass under `name` (and `aliases`); names are case-insensitive."""
     if not (isinstance(cls, type) and issubclass(cls, Loss)):
         raise OptionError(f'register_loss: {cls!r} is not a subclass of finetune.losses.Loss')
-    unknown = [k for k in cls.data_kinds if k not in DATA_KINDS]
+    unknown = [k for k in cls.data_kinds if k not in _kind_names()]
     if unknown or not cls.data_kinds:
         raise OptionError(f'register_loss: {name!r} declares data kinds {cls.data_kinds!r}; '
-                          f'each must be one of {", ".join(map(repr, DATA_KINDS))}.')
+                          f'each must be one of {", ".join(map(repr, _kind_names()))}.')
     for key in (name, *aliases):
         if key.lower().startswith(PML_PREFIX.lower()):
             raise OptionError(f'register_loss: names starting with {PML_PREFIX!r} are reserved')
@@ -599,12 +606,13 @@ def loss_names(include_aliases: bool = False) -> list[str]:
 
 
 def _check_data_kind(data_kind: Any) -> str:
+    kinds = _kind_names()
     if isinstance(data_kind, str):
-        for kind in DATA_KINDS:
+        for kind in kinds:
             if data_kind.lower() == kind:
                 return kind
-    hint = did_you_mean(data_kind, DATA_KINDS) if isinstance(data_kind, str) else ''
-    raise OptionError(f'unknown data kind {data_kind!r}.{hint} Data kinds: {", ".join(map(repr, DATA_KINDS))}.')
+    hint = did_you_mean(data_kind, kinds) if isinstance(data_kind, str) else ''
+    raise OptionError(f'unknown data kind {data_kind!r}.{hint} Data kinds: {", ".join(map(repr, kinds))}.')
 
 
 def losses_for(data_kind: str) -> list[str]:
@@ -615,7 +623,8 @@ def losses_for(data_kind: str) -> list[str]:
 
 def default_loss(data_kind: str) -> str:
     """The loss used for `data_kind` when none is named."""
-    return _DEFAULTS[_check_data_kind(data_kind)]
+    from .data.kinds import get_kind
+    return get_kind(_check_data_kind(data_kind)).default_loss
 
 
 def loss_class(name: str) -> type[Loss]:

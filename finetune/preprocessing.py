@@ -76,8 +76,9 @@ def _rgb(img: Image.Image, index: int) -> Image.Image:
 
 
 def _to_8bit(arr: np.ndarray, index: int) -> np.ndarray:
-    """A numeric image array as uint8: by its bit depth for integers (uint16 / 65535, values over 255 in wider
-    integers as 16-bit), times 255 for floats in [0, 1], clipped to 0..255 for other floats."""
+    """A numeric image array as uint8: 8-bit integers as they are, 16-bit integers (any byte order) scaled from
+    0..65535; wider integers, which carry no bit depth, kept when all values fit 0..255, else scaled from
+    0..65535 or their type's range; floats times 255 when all lie in [0, 1], else clipped to 0..255."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -90,16 +91,18 @@ def _to_8bit(arr: np.ndarray, index: int) -> np.ndarray:
                              f'({int((~np.isfinite(arr)).sum()):,} of {arr.size:,}).')
         scale = 255.0 if arr.size and float(arr.max()) <= 1.0 else 1.0
         return np.clip(arr.astype(np.float32) * scale, 0, 255).astype(np.uint8)
-    top = float(arr.max()) if arr.size else 0.0
-    if float(arr.min() if arr.size else 0) < 0:
+    if arr.size and int(arr.min()) < 0:
         raise InputError(f'item {index}: the image array of dtype {arr.dtype} holds negative values; expected '
                          f'pixels from 0 up.')
-    if arr.dtype == np.uint16 or 255 < top <= 65535:
+    if arr.dtype.itemsize == 1:
+        return arr.astype(np.uint8)
+    if arr.dtype.itemsize == 2:  # 16-bit pixels, whatever their byte order or values
         depth_max = 65535.0
-    elif top > 65535:
-        depth_max = float(np.iinfo(arr.dtype).max)
-    else:
-        return arr.astype(np.uint8)  # 8-bit values in a wider integer type
+    else:  # wider integers carry no bit depth: 8-bit values stay, 16-bit ones scale, larger by the type's range
+        top = int(arr.max()) if arr.size else 0
+        if top <= 255:
+            return arr.astype(np.uint8)
+        depth_max = 65535.0 if top <= 65535 else float(np.iinfo(arr.dtype).max)
     return np.round(arr.astype(np.float64) * (255.0 / depth_max)).astype(np.uint8)
 
 

@@ -80,6 +80,10 @@ class BackbonePlugin:
     list_prefixed: Callable[[str, str], list[str]] | None = None
     note: str = ''
     prefix_tasks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: ``artifact_safe(prefix, rest)``: True when a prefixed name names a model of the library alone (no file,
+    #: folder or hub id), so a saved model may rebuild from it; without it only ``./`` paths inside the
+    #: artifact are accepted for the plugin's prefixes
+    artifact_safe: Callable[[str, str], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,16 @@ class Registry:
     def failures(self) -> list[PluginFailure]:
         self._ensure_loaded()
         return list(self._failures)
+
+    def plugin_for_prefix(self, prefix: str) -> BackbonePlugin | None:
+        """The plugin that owns the name prefix `prefix` (``'timm'`` for ``timm:<model>``), or None."""
+        self._ensure_loaded()
+        return self._prefixes.get(prefix)
+
+    def is_named(self, name: str) -> bool:
+        """True for a name a plugin lists (not one resolved through a prefix), case-insensitively."""
+        self._ensure_loaded()
+        return name in self._specs or name.lower() in {n.lower() for n in self._specs}
 
     def specs(self, task: str | None = None) -> list[BackboneSpec]:
         """Named specs (prefix-resolved ones excluded), optionally of one task, sorted by name."""

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 from .errors import InputError, OptionError
@@ -410,3 +411,69 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
 
 
 __all__ = ['ClassBalancedBatchSampler', 'NoDuplicatesBatchSampler']
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Full batches of a fresh random order of ``0..n-1`` each epoch, reproducible per seed and epoch; the
+    ``n % batch_size`` rows left over are a different few each epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        super().__init__()
+        self.n = _positive_int('n', n)
+        self.batch_size = _positive_int('batch_size', batch_size)
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of `epoch`."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for start in range(0, self.n - self.batch_size + 1, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+
+class SkipBatches(Sampler[list[int]]):
+    """The batches of `batch_sampler` from the ``skip``-th on (a checkpoint resumed mid-epoch continues where
+    it stopped; set ``skip`` back to 0 for the next epochs). ``set_epoch`` is passed on."""
+
+    def __init__(self, batch_sampler: Sampler, skip: int = 0):
+        super().__init__()
+        self.batch_sampler, self.skip = batch_sampler, int(skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, 'set_epoch'):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Process `rank`'s share of `batch_sampler` among `num_processes`: every N-th batch from its rank on. The
+    epoch is filled up to a multiple of N with its first batches again, so every process takes as many steps."""
+
+    def __init__(self, batch_sampler: Sampler, num_processes: int, rank: int):
+        super().__init__()
+        self.batch_sampler, self.num_processes, self.rank = batch_sampler, int(num_processes), int(rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, 'set_epoch'):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.batch_sampler)
+        if batches and len(batches) % self.num_processes:
+            missing = self.num_processes - len(batches) % self.num_processes
+            batches += [batches[i % len(batches)] for i in range(missing)]
+        return iter(batches[self.rank::self.num_processes])
+
+    def __len__(self) -> int:
+        return -(-len(self.batch_sampler) // self.num_processes)

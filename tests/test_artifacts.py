@@ -100,22 +100,24 @@ def test_trust_remote_code_is_the_callers_switch(artifact, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize('name', ['hf:{outside}', 'hf:./../outside', 'hf:./backbone/../../outside', '{outside}',
-                                  'hf:sentence-transformers/all-MiniLM-L6-v2', 'bert-base-cased', 'hf:~/model'])
-def test_a_name_that_leaves_the_artifact_is_refused(artifact, tiny_bert_dir, tmp_path, name):
+                                  'hf:sentence-transformers/all-MiniLM-L6-v2', 'bert-base-cased', 'hf:~/model',
+                                  'hf:outside', 'hf:bert-base-uncased', 'nosuchprefix:./backbone'])
+def test_a_name_that_leaves_the_artifact_is_refused(artifact, tiny_bert_dir, tmp_path, name, monkeypatch):
     path, _ = artifact
     outside = tmp_path / 'outside'
     outside.symlink_to(tiny_bert_dir)  # a real model there: refusing must not depend on it failing to load
+    monkeypatch.chdir(tmp_path)  # 'hf:outside' would be read relative to the working folder
     _edit_config(path, name=name.format(outside=outside))
     with pytest.raises(ArtifactError, match=r"finetune_config.json, field 'name'") as info:
         finetune.load(str(path))
-    assert 'outside' in str(info.value) or 'not a model' in str(info.value) or 'path' in str(info.value)
+    assert any(w in str(info.value) for w in ('outside', 'neither a registered', 'path', 'no installed plugin'))
 
 
 def test_a_symlink_inside_the_artifact_that_points_out_is_refused(artifact, tiny_bert_dir, tmp_path):
     path, _ = artifact
     (path / 'elsewhere').symlink_to(tiny_bert_dir)
     _edit_config(path, name='hf:./elsewhere')
-    with pytest.raises(ArtifactError, match='leads outside the artifact folder'):
+    with pytest.raises(ArtifactError, match='outside the artifact folder'):
         finetune.load(str(path))
 
 
@@ -165,3 +167,50 @@ def test_errors_are_finetune_errors_not_json_or_key_errors(artifact):
     with pytest.raises(FinetuneError) as info:
         finetune.load(str(path))
     assert type(info.value).__name__ == 'ArtifactError'
+
+
+def test_a_link_or_module_path_inside_backbone_that_points_out_is_refused(artifact, tiny_bert_dir, tmp_path):
+    path, _ = artifact
+    config = path / 'backbone' / 'config.json'
+    config.unlink()
+    config.symlink_to(tiny_bert_dir / 'config.json')
+    with pytest.raises(ArtifactError, match='is a link to .*outside the artifact folder'):
+        finetune.load(str(path))
+
+
+def test_sentence_transformers_modules_may_not_point_outside(artifact, tiny_bert_dir):
+    path, _ = artifact
+    (path / 'backbone' / 'modules.json').write_text(json.dumps(
+        [{'idx': 0, 'name': '0', 'path': str(tiny_bert_dir), 'type': 'sentence_transformers.models.Transformer'}]))
+    with pytest.raises(FinetuneError, match='outside'):
+        finetune.load(str(path))
+
+
+def test_an_incomplete_artifact_is_an_artifact_error(artifact):
+    import shutil
+    path, _ = artifact
+    shutil.rmtree(path / 'backbone')
+    with pytest.raises(ArtifactError, match="'./backbone' is missing from the artifact folder"):
+        finetune.load(str(path))
+
+
+def test_a_kill_between_the_renames_of_a_replacement_leaves_a_loadable_model(artifact):
+    """save_model replaces an artifact by two renames; between them only '<dir>.old' exists."""
+    path, model = artifact
+    os.replace(path, str(path) + '.old')
+    loaded = finetune.load(str(path))
+    np.testing.assert_allclose(loaded.encode(TEXTS), model.encode(TEXTS), atol=1e-6)
+    finetune.save_model(model, str(path))  # the next save puts the folder back and drops the copy
+    assert path.is_dir() and not os.path.exists(str(path) + '.old')
+
+
+def test_temporary_folders_of_a_killed_write_are_removed_by_the_next_save(artifact, tmp_path):
+    path, model = artifact
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    stale = tmp_path / f'.finetune-{int(dead.stdout)}-abc'
+    stale.mkdir()
+    (stale / 'model.safetensors').write_bytes(b'half')
+    mine = tmp_path / f'.finetune-{os.getpid()}-xyz'  # a write of this process, still going on
+    mine.mkdir()
+    finetune.save_model(model, str(tmp_path / 'again'))
+    assert not stale.exists() and mine.exists()

@@ -15,7 +15,7 @@ from PIL import Image
 from finetune.data import KINDS, TrainingData, item_modality, load_data
 from finetune.data.loading import from_hf_dataset, read_csv, read_image_folder
 from finetune.errors import FinetuneError, InputError
-from finetune.training import Collator, RowsDataset
+from finetune.data.batches import Collator, RowsDataset
 
 
 def raises(match: str, data, **kwargs) -> str:

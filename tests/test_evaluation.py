@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-import finetune.evaluation as evaluation
+import finetune.evaluation.metrics as evaluation
 from finetune.errors import InputError
 from finetune.evaluation import (format_metrics_table, labeled_retrieval_metrics, pair_retrieval_metrics,
                                  retrieval_metrics)

@@ -416,13 +416,20 @@ def test_real_text_weights_from_a_local_hf_model(tmp_path, monkeypatch):
     assert any(k.startswith('text.transformer.') for k in exported)
 
 
-def test_a_model_built_from_a_weights_file_saves_without_the_files_path(tiny, tiny_name, tmp_path):
+def test_a_model_built_from_a_weights_file_saves_without_the_files_path(tiny, tiny_name, tmp_path, monkeypatch):
     weights = tmp_path / 'tiny_weights.pt'
     torch.save(tiny.state_dict(), weights)
     from_file = finetune.build_model(f'{tiny_name}:{weights}')
     saved = finetune.save_model(from_file, str(tmp_path / 'artifact'))
     config = json.loads((tmp_path / 'artifact' / 'finetune_config.json').read_text())
     assert config['name'] == tiny_name  # an artifact never points at files outside itself
+    assert config['model_options']['quick_gelu'] is False  # the architecture it was built with, recorded
     weights.unlink()
+    # as ViT-B-32, whose first tag is OpenAI's: the bare name now means QuickGELU, the saved model did not use it
+    monkeypatch.setattr(finetune_openclip, 'pretrained_tags', lambda model: ['openai'])
+    monkeypatch.setattr(finetune_openclip, 'tag_quick_gelu', lambda model, tag: tag == 'openai')
+    monkeypatch.setattr(finetune_openclip, 'live_preprocess_defaults',
+                        lambda model, tag: live_preprocess_defaults(model, None))
     loaded = finetune.load(saved)
     np.testing.assert_array_equal(loaded.encode(TEXTS), from_file.encode(TEXTS))
+    assert finetune.build_model(tiny_name, {'pretrained': False}).options['quick_gelu'] is True  # the tag's choice, where none is given

@@ -398,7 +398,7 @@ def test_fit_on_generated_shapes_improves_retrieval():
     model = build_model('pointnet-small', {'num_points': 256, 'hidden_dim': 128, 'embed_dim': 32,
                                            'preprocess_options': options})
     lines = []
-    run = finetune.fit(model, train, queries, epochs=60, batch_size=24, num_workers=0, progress=False,
+    run = finetune.fit(model, train, queries, epochs=90, batch_size=24, num_workers=0, progress=False,
                        log=lines.append)
     assert any('NormalizedSoftmaxLoss' in line for line in lines)  # the family's default loss
     assert run.config['precision'] == 'fp32'  # the family's choice under precision='auto'

@@ -59,3 +59,9 @@ def test_file_checks_read_only_the_header(tmp_path):
     assert file_problem(str(tmp_path / 'empty.png')) == 'is empty'
     assert file_problem(str(tmp_path)) == 'is not a file'
     assert image_file_problem(str(tmp_path / 'text.png')).startswith('is not an image that can be decoded')
+
+
+def test_16_bit_pixels_scale_whatever_their_values_or_byte_order():
+    dark = np.full((4, 4), 200, dtype='>u2')  # big-endian 16-bit (I;16B TIFF), every value below 256
+    assert np.asarray(_to_pil(dark, 0))[0, 0, 0] == 1  # 200 / 65535 of full scale, not 200 / 255
+    assert np.asarray(_to_pil(np.full((4, 4), 200, dtype=np.uint16), 0))[0, 0, 0] == 1

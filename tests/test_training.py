@@ -16,7 +16,8 @@ from click.testing import CliRunner
 import finetune
 from finetune.callbacks import BestModelCheckpoint, EarlyStopping, MetricsLogger
 from finetune.errors import InputError, OptionError
-from finetune.training import TrainingError, _pairs_within, resolve_precision
+from finetune.data.kinds import pairs_within as _pairs_within
+from finetune.training import TrainingError, resolve_precision
 
 ANIMALS = ['dog', 'cat', 'man', 'woman', 'tree', 'car', 'house', 'sea']
 COLOURS = ['red', 'blue', 'green', 'old', 'new', 'big', 'small', 'happy']
@@ -96,14 +97,18 @@ def test_text_to_image_fit_trains_both_towers_and_the_temperature(tiny_clip_dir)
 
 
 def test_resume_continues_from_the_checkpoint(tiny_bert_dir, tmp_path):
+    """The checkpoint layout moved from one 'checkpoint' folder to 'checkpoint-<step>' folders (see
+    test_checkpoints.py); resuming a finished run with the same settings has nothing left to do."""
     data = text_pairs()
     first = finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=8, output_dir=str(tmp_path / 'out'),
                          log=lambda m: None)
-    checkpoint = tmp_path / 'out' / 'checkpoint'
-    assert (checkpoint / 'trainer_state.pt').is_file() and (tmp_path / 'out' / 'model').is_dir()
     steps = len(first.history)
-    second = finetune.fit(None, data, epochs=2, batch_size=8, resume_from=str(checkpoint), log=lambda m: None)
-    assert [h['step'] for h in second.history] == list(range(steps + 1, 2 * steps + 1))
+    checkpoint = tmp_path / 'out' / f'checkpoint-{steps}'
+    assert (checkpoint / 'trainer_state.pt').is_file() and (tmp_path / 'out' / 'model').is_dir()
+    again = finetune.fit(None, data, resume_from=str(tmp_path / 'out'), log=lambda m: None)
+    assert [h['step'] for h in again.history] == list(range(1, steps + 1))
+    with pytest.raises(OptionError, match="epochs: given 2, checkpoint 1"):
+        finetune.fit(None, data, epochs=2, resume_from=str(checkpoint), log=lambda m: None)
 
 
 def test_callbacks_log_checkpoint_and_stop_early(tiny_bert_dir, tmp_path):
@@ -178,10 +183,10 @@ def test_pairs_within_pairs_items_of_one_class():
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    from finetune import training
-    monkeypatch.setattr(training, 'cpu_supports_bf16', lambda: False)
+    from finetune.training import hardware
+    monkeypatch.setattr(hardware, 'cpu_supports_bf16', lambda: False)
     assert resolve_precision('auto', 'cpu') == 'fp32'
-    monkeypatch.setattr(training, 'cpu_supports_bf16', lambda: True)
+    monkeypatch.setattr(hardware, 'cpu_supports_bf16', lambda: True)
     assert resolve_precision('auto', 'cpu') == 'bf16'
     assert resolve_precision('fp32', 'cpu') == 'fp32'
 
@@ -399,11 +404,10 @@ def test_a_damaged_trainer_state_names_the_file(tiny_bert_dir, tmp_path):
     data = text_pairs()
     finetune.fit(f'hf:{tiny_bert_dir}', data, epochs=1, batch_size=8, num_workers=0,
                  output_dir=str(tmp_path / 'out'), log=lambda m: None)
-    state = tmp_path / 'out' / 'checkpoint' / 'trainer_state.pt'
+    state = tmp_path / 'out' / 'checkpoint-3' / 'trainer_state.pt'
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(InputError, match=r'trainer_state.pt cannot be read .*damaged'):
-        finetune.fit(None, data, epochs=2, batch_size=8, resume_from=str(tmp_path / 'out' / 'checkpoint'),
-                     log=lambda m: None)
+        finetune.fit(None, data, resume_from=str(tmp_path / 'out' / 'checkpoint-3'), log=lambda m: None)
 
 
 def test_evaluation_data_of_one_class_is_refused(tiny_bert_dir):

@@ -1,4 +1,12 @@
-"""User data -> :class:`TrainingData`: lists, CSV files, image folders, Hugging Face datasets."""
-from .loading import KINDS, TrainingData, item_modality, load_data
+"""User data -> :class:`TrainingData`: lists, CSV files, image folders, DataFrames, Hugging Face datasets;
+data kinds as objects (:mod:`finetune.data.kinds`)."""
+from .kinds import DataKind, get_kind, kind_names, register_kind
+from .loading import TrainingData, item_modality, load_data
 
-__all__ = ['KINDS', 'TrainingData', 'item_modality', 'load_data']
+__all__ = ['KINDS', 'DataKind', 'TrainingData', 'get_kind', 'item_modality', 'kind_names', 'load_data', 'register_kind']
+
+
+def __getattr__(name: str):
+    if name == 'KINDS':
+        return kind_names()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

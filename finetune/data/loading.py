@@ -21,8 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .kinds import kind_names
 
-KINDS = ('labeled', 'pairs', 'scored', 'text-image')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 MESH_EXTENSIONS = ('.off', '.obj', '.ply', '.stl', '.glb', '.gltf', '.xyz', '.npy')
 #: header names that say what a column is
@@ -87,15 +87,15 @@ class TrainingData:
         sides = [self.a] + ([self.b] if self.b is not None else [])
         return tuple(item_modality(side[0]) for side in sides)
 
+    @property
+    def data_kind(self):
+        """The :class:`~finetune.data.kinds.DataKind` object of :attr:`kind`."""
+        from .kinds import get_kind
+        return get_kind(self.kind)
+
     def describe(self) -> str:
         """One line: what this data is, as detected."""
-        n = len(self)
-        mods = '/'.join(self.modalities)
-        if self.kind == 'labeled':
-            return f'{self.source}: {n:,} labeled {mods} items in {len(set(self.groups)):,} classes'
-        if self.kind == 'scored':
-            return f'{self.source}: {n:,} scored {mods} pairs (score {min(self.scores):.2f}..{max(self.scores):.2f})'
-        return f'{self.source}: {n:,} {self.kind} rows ({mods}), {len(set(self.groups)):,} distinct queries'
+        return self.data_kind.describe(self)
 
 
 def _is_number(cell: Any) -> bool:
@@ -136,8 +136,8 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
     `line_offset` turns a row index into a file line number in messages (or is the line of each row).
     Raises InputError.
     """
-    if kind is not None and kind not in KINDS:
-        raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(KINDS)}.')
+    if kind is not None and kind not in kind_names():
+        raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(kind_names())}.')
     if not rows:
         raise InputError(f'{source} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
     width = len(header) if header else len(rows[0])
@@ -150,7 +150,8 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
             raise InputError(f'{_where(source, i, line_offset)}: {len(row)} columns, expected {width} like '
                              f'{like}.')
         for j, cell in enumerate(row):
-            if cell is None or (isinstance(cell, str) and not cell.strip()):
+            if cell is None or (isinstance(cell, float) and math.isnan(cell)) or (
+                    isinstance(cell, str) and not cell.strip()):
                 raise InputError(f'{_where(source, i, line_offset)}: column {j + 1} is empty.')
     names = [str(h).strip().lower() for h in header] if header else [''] * width
     a = [r[0] for r in rows]
@@ -410,3 +411,9 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
         return from_rows(rows, source=name, kind=kind)
     raise InputError(f'{name}: cannot read {type(data).__name__}; expected a list of rows, a CSV path, an image '
                      f'folder, a pandas DataFrame or a datasets.Dataset.')
+
+
+def __getattr__(name: str):
+    if name == 'KINDS':  # the registered kinds, read when asked (a plugin may register one)
+        return kind_names()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

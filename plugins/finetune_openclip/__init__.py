@@ -85,6 +85,18 @@ TOWER_OPTION = Option(
     "None: both towers (strings go to the text tower, images to the image tower); 'text' or 'image': "
     "build that tower alone (e.g. the image tower for image-to-image)", one_of(TOWERS, allow_none=True))
 
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise OptionError(f'option {name!r}: expected True, False or None, got {value!r}.')
+
+
+QUICK_GELU_OPTION = Option(
+    'quick_gelu', 'bool | None', None,
+    "QuickGELU activations, as OpenAI's CLIP weights need; None follows the pretrained tag. A built model "
+    'records the value it used, so a saved model rebuilds the same network', _optional_bool)
+
 POOLER_NOTE = ("open_clip towers give only their own CLIP embedding (projection included), so pooler must "
                "be None; output_dim adds a projection head to each tower.")
 
@@ -170,6 +182,9 @@ class TextTower(Backbone):
     ``preprocess`` uses open_clip's tokenizer for the model; ``forward`` is open_clip's ``encode_text``
     (transformer, pooling and projection), unnormalized.
     """
+    default_learning_rate = 1e-5
+    worker_environment = {'TOKENIZERS_PARALLELISM': 'false'}
+    packages = ('open_clip_torch',)
 
     modality = 'text'
     layout = None
@@ -224,6 +239,8 @@ class TextTower(Backbone):
 
 class ImageTower(Backbone):
     """The image half of an open_clip model (``model.visual``): images -> the model's CLIP image embedding."""
+    default_learning_rate = 1e-5
+    packages = ('open_clip_torch',)
 
     modality = 'image'
     layout = None
@@ -538,18 +555,25 @@ def _quiet_open_clip() -> Iterator[None]:
         root.removeFilter(notices)
 
 
-def create_openclip(model: str, tag: str | None, image_size: int, base_weights: bool) -> nn.Module:
+def tag_quick_gelu(model: str, tag: str | None) -> bool:
+    """Whether the weights of `tag` were trained with QuickGELU (OpenAI's tags were)."""
+    return bool(tag and pretrained_cfg(model, tag).get('quick_gelu', False))
+
+
+def create_openclip(model: str, tag: str | None, image_size: int, base_weights: bool,
+                    quick_gelu: bool | None = None) -> nn.Module:
     """open_clip's `model` with its text tower as ``model.text`` (force_custom_text) and no CLIP weights.
 
-    The architecture follows `tag` (OpenAI's tags need QuickGELU). With `base_weights`, towers whose config
-    asks for their own pretrained weights (``hf_model_pretrained`` / ``timm_model_pretrained``) get them.
+    The activations follow `quick_gelu`, or `tag` when it is None (OpenAI's tags need QuickGELU). With
+    `base_weights`, towers whose config asks for their own pretrained weights (``hf_model_pretrained`` /
+    ``timm_model_pretrained``) get them.
     """
     oc = _open_clip()
     cfg = model_config(model)
     kwargs: dict[str, Any] = {
         'pretrained': None,
         'force_custom_text': True,
-        'force_quick_gelu': bool(tag and pretrained_cfg(model, tag).get('quick_gelu', False)),
+        'force_quick_gelu': tag_quick_gelu(model, tag) if quick_gelu is None else quick_gelu,
         'pretrained_text': base_weights and bool(cfg['text_cfg'].get('hf_model_pretrained', False)),
         'pretrained_image': base_weights and bool(cfg['vision_cfg'].get('timm_model_pretrained', False)),
     }
@@ -582,7 +606,9 @@ def build(model: str, tag: str | None, display: str, options: dict[str, Any]) ->
     cfg = model_config(model)
     check_hf_text_available(cfg, model, display)
     pre = options['preprocess_options']
-    clip = create_openclip(model, tag, pre['image_size'], base_weights=path is None)
+    if options['quick_gelu'] is None:  # recorded, so that a saved model (whose name has no tag) rebuilds the same
+        options['quick_gelu'] = tag_quick_gelu(model, tag)
+    clip = create_openclip(model, tag, pre['image_size'], base_weights=path is None, quick_gelu=options['quick_gelu'])
     if path is not None:
         load_weights(clip, path, display, tower)
     embed_dim = int(cfg['embed_dim'])
@@ -631,7 +657,7 @@ def _spec(name: str, model: str, tag: str | None, output_dim: int, description: 
         output_dim=output_dim,
         description=description,
         build=functools.partial(build, model, tag, name),
-        options=(TOWER_OPTION,),
+        options=(TOWER_OPTION, QUICK_GELU_OPTION),
         preprocess_options=image_preprocess_options(**preprocess),
         defaults=defaults,
         alias_of=alias_of,
@@ -687,9 +713,17 @@ def specs() -> list[BackboneSpec]:
             for name, (model, tag, dim, description) in NAMED.items()]
 
 
+def artifact_safe(prefix: str, rest: str) -> bool:
+    """``<model>`` or ``<model>:<tag>`` of open_clip's own tables (no weights file)."""
+    model, _, tag = rest.partition(':')
+    if any(c in rest for c in '/\\') or model not in _open_clip().list_models():
+        return False
+    return not tag or clean_tag(tag) in pretrained_tags(model)
+
+
 plugin = BackbonePlugin(
     name='openclip', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    prefix_tasks={PREFIX: (TASK,)},
+    prefix_tasks={PREFIX: (TASK,)}, artifact_safe=artifact_safe,
     note=(f"every open_clip model as {PREFIX}:<model>[:<tag or weights file>] ({TASK}); list them with "
           f"finetune.list_models('{PREFIX}:*')"),
 )

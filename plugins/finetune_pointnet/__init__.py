@@ -43,6 +43,8 @@ def _at_least(minimum: int):
 
 class PointNetBackbone(Backbone):
     """PointNet++ over ``(N, P, 3)`` float clouds; features are ``(N, S, hidden_dim)`` tokens."""
+    default_learning_rate = 1e-3
+    packages = ('trimesh',)
 
     modality = 'mesh'
     layout = TOKENS

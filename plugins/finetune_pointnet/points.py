@@ -225,7 +225,8 @@ def _header_problem(path: str, head: bytes, size: int) -> str | None:
     if ext == '.npy':
         return None if head.startswith(b'\x93NUMPY') else 'is not a .npy file (no NumPy header)'
     if ext == '.xyz':
-        first = next((line.split() for line in text.splitlines() if line.strip()), [])
+        first = next((line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith('#')),
+                     [])
         try:
             [float(v) for v in first[:3]]
         except ValueError:

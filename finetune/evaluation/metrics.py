@@ -29,12 +29,9 @@ from typing import Any, Hashable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from rich.table import Table
-from rich.text import Text
 
-from .functional import l2_normalize
-from .errors import InputError
+from ..functional import l2_normalize
+from ..errors import InputError
 
 Embeddings = Union[torch.Tensor, np.ndarray]
 
@@ -181,7 +178,7 @@ def scored_metrics(a: Embeddings, b: Embeddings, scores: Sequence[float]) -> dic
     if len(scores) < 2 or not np.isfinite(scores).all():
         raise InputError(f'scores: expected at least 2 finite numbers, got {len(scores)} '
                          f'({int((~np.isfinite(scores)).sum())} not finite).')
-    cos = F.cosine_similarity(a, b, dim=1).numpy()
+    cos = (l2_normalize(a) * l2_normalize(b)).sum(dim=1).numpy()
 
     def corr(x: np.ndarray, y: np.ndarray) -> float:
         if np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -189,38 +186,6 @@ def scored_metrics(a: Embeddings, b: Embeddings, scores: Sequence[float]) -> dic
         return float(np.corrcoef(x, y)[0, 1])
     return {'spearman': corr(average_ranks(cos), average_ranks(scores)), 'pearson': corr(cos, scores),
             'num_pairs': len(scores)}
-
-
-def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, Any],
-                         title: str = 'retrieval metrics') -> Table:
-    """A rich table of metrics: metric | before | after | change (after - before, signed).
-
-    Numbers are shown with 4 decimals; the count keys (``num_queries``, ``num_skipped``) are not
-    rows but go into the caption as 'N queries'. With `before` None the table has only metric |
-    after. A metric missing on one side shows '-'. Returns the :class:`rich.table.Table`.
-    Raises InputError when `after` (or a non-None `before`) is not a dict of numbers.
-    """
-    after = _check_metric_dict('after', after)
-    before = None if before is None else _check_metric_dict('before', before)
-    table = Table(title=title)
-    table.add_column('metric')
-    if before is not None:
-        table.add_column('before', justify='right')
-    table.add_column('after', justify='right')
-    if before is not None:
-        table.add_column('change', justify='right')
-    names = [k for k in after if k not in COUNT_KEYS]
-    if before is not None:
-        names += [k for k in before if k not in COUNT_KEYS and k not in after]
-    for name in names:
-        new = after.get(name)
-        if before is None:
-            table.add_row(Text(str(name)), _number(new))
-            continue
-        old = before.get(name)
-        table.add_row(Text(str(name)), _number(old), _number(new), _change(old, new))
-    table.caption = _caption(before, after)
-    return table
 
 
 # ---------------------------------------------------------------- validation
@@ -381,16 +346,6 @@ def _codes(table: dict[Hashable, int], keys: list, name: str, grow: bool) -> np.
                 code = -1
         codes[i] = code
     return codes
-
-
-def _check_metric_dict(name: str, metrics: Any) -> dict[str, Any]:
-    if not isinstance(metrics, Mapping):
-        raise InputError(f'{name}: expected a dict of metrics such as retrieval_metrics returns, got '
-                         f'{type(metrics).__name__}.')
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise InputError(f'{name}[{key!r}]: expected a number, got {value!r} ({type(value).__name__}).')
-    return dict(metrics)
 
 
 # ---------------------------------------------------------------- relevance and exclusion
@@ -661,32 +616,3 @@ def _evaluate(queries: torch.Tensor, docs: torch.Tensor, relevance: Any, exclusi
     result['num_queries'] = int(len(evaluated))
     result['num_skipped'] = int(num_queries - len(evaluated))
     return result
-
-
-# ---------------------------------------------------------------- table
-
-def _number(value: Any) -> str:
-    return '-' if value is None else f'{float(value):.4f}'
-
-
-def _change(old: Any, new: Any) -> Text:
-    if old is None or new is None:
-        return Text('-')
-    delta = float(new) - float(old)
-    text = f'{delta:+.4f}'
-    style = '' if not math.isfinite(delta) or text in ('+0.0000', '-0.0000') else ('green' if delta > 0 else 'red')
-    return Text(text, style=style)
-
-
-def _caption(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> str | None:
-    def count(metrics: Mapping[str, Any] | None, key: str) -> int | None:
-        return None if metrics is None or metrics.get(key) is None else int(metrics[key])
-
-    new, old = count(after, 'num_queries'), count(before, 'num_queries')
-    if new is None:
-        return None
-    caption = f'N queries: {new}' if old is None or old == new else f'N queries: {old} before, {new} after'
-    skipped = count(after, 'num_skipped')
-    if skipped:
-        caption += f' ({skipped} skipped: no relevant document)'
-    return caption

@@ -1,0 +1,62 @@
+"""Evaluating a model on data: the data's kind decides what is ranked against what (see
+:meth:`finetune.data.kinds.DataKind.evaluate`)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..data import load_data
+from ..data.loading import TrainingData
+from ..errors import InputError
+from .metrics import DEFAULT_KS
+
+
+def side_models(model, data: TrainingData):
+    """The (tower) model that embeds each side of `data`: ``(side_a, side_b)``, side_b None for one-sided
+    kinds. Raises InputError when a side's items are of a modality the model does not take."""
+    from ..model import MultiTowerModel
+    modalities = data.modalities
+    two_sided = data.data_kind.sides > 1
+    if isinstance(model, MultiTowerModel):
+        by_modality = {m.modality: m for m in model.towers.values()}
+        sides = []
+        for side, modality in zip(('first', 'second'), modalities):
+            if modality not in by_modality:
+                raise InputError(f'{data.source}: the {side} column holds {modality} items but {model.name!r} '
+                                 f'has towers for {", ".join(by_modality)}.')
+            sides.append(by_modality[modality])
+        return sides[0], (sides[1] if two_sided else None)
+    for side, modality in zip(('first', 'second'), modalities):
+        if modality != 'other' and modality != model.modality:
+            across = f' {data.kind} data pairs two modalities: use a multi-tower model that has both.' \
+                if len(set(modalities)) > 1 else ''
+            raise InputError(f'{data.source}: the {side} column holds {modality} items but {model.name!r} is a '
+                             f'{model.modality} model.{across}')
+    return model, (model if two_sided else None)
+
+
+def check_data_files(model, data: TrainingData, name: str, progress: bool | None = None) -> int:
+    """InputError listing every file of `data` that the model of its side cannot read (see
+    :func:`finetune.data.checks.check_files`); returns the number of files checked."""
+    from ..data.checks import check_files
+    side_a, side_b = side_models(model, data)
+    return check_files(data, (side_a.check_file, side_b.check_file if side_b is not None else None), name,
+                       progress)
+
+
+def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS,
+             check_files: bool = True) -> dict[str, float]:
+    """Retrieval metrics of `model` on `data` (any source :func:`finetune.data.load_data` reads).
+
+    What is measured is the data kind's: labeled data, each item queries all others (itself excluded);
+    pairs / text-image, each distinct query ranks the distinct documents, its paired documents being
+    relevant; scored pairs, Spearman (average ranks for ties) and Pearson correlation of cosine similarity
+    with the score. Every file the data names is checked first (`check_files`). Raises InputError for data
+    the model cannot embed, and for data on which retrieval metrics say nothing (one class, one document).
+    """
+    data = load_data(data, 'eval_data')
+    side_a, side_b = side_models(model, data)
+    kind = data.data_kind
+    kind.check_measurable(data)
+    if check_files:
+        check_data_files(model, data, 'eval_data')
+    return kind.evaluate(side_a, side_b, data, batch_size, ks)

@@ -1,0 +1,58 @@
+"""Training: :func:`fit`, a short wrapper over the :class:`Trainer` and its validated :class:`TrainingConfig`.
+
+Layout: ``config`` (fit's settings, validated), ``trainer`` (the steps), ``module`` (model + loss), ``optim``
+(optimizers, schedules, parameter groups), ``checkpoint`` (save, find, resume, output_dir checks), ``guard``
+(a non-finite step never leaves a broken model), ``hardware`` (device, precision, random state), ``state``
+(what callbacks see, the finished Run).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..callbacks import Callback
+from .config import Default, TrainingConfig
+from .hardware import PRECISIONS, cpu_supports_bf16, resolve_device, resolve_precision, seed_everything
+from .optim import OPTIMIZERS, SCHEDULERS
+from .state import Run, TrainingError, TrainState
+from .trainer import Trainer
+
+
+def fit(model, train_data, eval_data=None, *, model_options: dict | None = None, loss: str | None = Default(None),
+        loss_options: dict | None = Default(None), epochs: int = Default(1), batch_size: int = Default(32),
+        learning_rate: float | None = Default(None), loss_learning_rate: float = Default(1e-3),
+        optimizer: str = Default('AdamW'), optimizer_options: dict | None = Default(None),
+        scheduler: str = Default('linear'), warmup_ratio: float = Default(0.1),
+        max_grad_norm: float | None = Default(1.0), gradient_accumulation_steps: int = Default(1),
+        device: str = Default('auto'), precision: str = Default('auto'), num_workers: int | None = Default(None),
+        seed: int = Default(42), num_items_per_class: int = Default(4), callbacks: Sequence[Callback] | None = None,
+        eval_every: int | None = Default(None), data_kind: str | None = Default(None),
+        output_dir: str | None = Default(None), save_steps: int | None = Default(None),
+        save_total_limit: int = Default(2), resume_from: str | None = Default(None),
+        progress: bool | None = Default(None), ks: Sequence[int] = Default((1, 5, 10)),
+        log: Callable[[str], None] | None = None) -> Run:
+    """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
+
+    Batches are tokenized / decoded in `num_workers` DataLoader processes (default: half the CPU cores,
+    1 to 4). Retrieval metrics on `eval_data` are computed before and after training (``run.metrics``).
+    With `output_dir`, a checkpoint is written every `save_steps` optimizer steps and at each epoch end
+    (``output_dir/checkpoint-<step>``, the last `save_total_limit` kept) and the final model to
+    ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint
+    exactly where it stopped (arguments left out take the checkpoint's values). Messages go to the
+    ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data that cannot be read
+    or does not fit the model, OptionError for bad settings, TrainingError when a step turns NaN (the last
+    good model is kept).
+    """
+    config = TrainingConfig.from_arguments(
+        loss=loss, loss_options=loss_options, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        loss_learning_rate=loss_learning_rate, optimizer=optimizer, optimizer_options=optimizer_options,
+        scheduler=scheduler, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
+        gradient_accumulation_steps=gradient_accumulation_steps, device=device, precision=precision,
+        num_workers=num_workers, seed=seed, num_items_per_class=num_items_per_class, eval_every=eval_every,
+        data_kind=data_kind, output_dir=output_dir, save_steps=save_steps, save_total_limit=save_total_limit,
+        resume_from=resume_from, progress=progress, ks=ks)
+    trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log)
+    return trainer.train()
+
+
+__all__ = ['fit', 'Trainer', 'TrainingConfig', 'Default', 'Run', 'TrainState', 'TrainingError', 'PRECISIONS',
+           'OPTIMIZERS', 'SCHEDULERS', 'cpu_supports_bf16', 'resolve_device', 'resolve_precision', 'seed_everything']

@@ -1,0 +1,194 @@
+"""The validated configuration of a training run: fit()'s settings as one object.
+
+Every setting is checked once, here, with a message naming the argument, what it must be and what was given.
+A resumed run compares the settings it is given with the ones its checkpoint was trained with: an argument
+left at its default takes the saved value; one passed on purpose must agree with it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Sequence
+
+from ..errors import OptionError
+from .hardware import PRECISIONS
+
+
+class Default:
+    """A fit() argument's default value, told apart from the same value passed on purpose (a resumed run
+    takes its saved value for every argument left at its default). Shown as the bare value."""
+
+    __slots__ = ('value',)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def value_of(value: Any) -> Any:
+    """The value itself, or the value a :class:`Default` holds."""
+    return value.value if isinstance(value, Default) else value
+
+
+#: settings a resumed run must keep: passed on purpose with another value they are an error, left out they
+#: take the checkpoint's value (the schedule, the batches and the loss depend on them)
+KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate', 'loss_learning_rate',
+                  'optimizer', 'optimizer_options', 'scheduler', 'warmup_ratio', 'max_grad_norm',
+                  'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind')
+#: settings a resumed run takes from its checkpoint when left out, and may change freely
+INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers')
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_at_least(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f'{name}: expected an integer >= {minimum}, got {value!r}.')
+
+
+def _positive(name: str, value: Any, none: str = '') -> None:
+    if value is None and none:
+        return
+    if not _number(value) or value <= 0:
+        raise OptionError(f'{name}: expected a positive number{none}, got {value!r}.')
+
+
+def _optional_str(name: str, value: Any, what: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise OptionError(f'{name}: expected {what}, got {type(value).__name__} {value!r}.')
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """fit()'s settings, validated (see :func:`finetune.fit` for what each means).
+
+    ``explicit`` holds the names the caller passed on purpose; the others kept their default."""
+
+    loss: str | None = None
+    loss_options: dict | None = None
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float | None = None
+    loss_learning_rate: float = 1e-3
+    optimizer: str = 'AdamW'
+    optimizer_options: dict | None = None
+    scheduler: str = 'linear'
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    device: str = 'auto'
+    precision: str = 'auto'
+    num_workers: int | None = None
+    seed: int = 42
+    num_items_per_class: int = 4
+    eval_every: int | None = None
+    data_kind: str | None = None
+    output_dir: str | None = None
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    resume_from: str | None = None
+    progress: bool | None = None
+    ks: Sequence[int] = (1, 5, 10)
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    @classmethod
+    def from_arguments(cls, **arguments: Any) -> TrainingConfig:
+        """The config of fit()'s keyword arguments, which may be :class:`Default` values. Raises OptionError."""
+        names = {f.name for f in fields(cls)} - {'explicit'}
+        unknown = sorted(set(arguments) - names)
+        if unknown:
+            raise OptionError(f'unknown training setting(s) {", ".join(unknown)}.')
+        explicit = frozenset(k for k, v in arguments.items() if not isinstance(v, Default))
+        config = cls(**{k: value_of(v) for k, v in arguments.items()}, explicit=explicit)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """OptionError, naming the setting, for any value of the wrong type or range."""
+        for name in ('epochs', 'gradient_accumulation_steps', 'save_total_limit'):
+            _int_at_least(name, getattr(self, name), 1)
+        _int_at_least('batch_size', self.batch_size, 2)
+        _int_at_least('num_items_per_class', self.num_items_per_class, 2)
+        _int_at_least('seed', self.seed, 0)
+        for name in ('num_workers', 'eval_every', 'save_steps'):
+            if getattr(self, name) is not None:
+                _int_at_least(name, getattr(self, name), 0 if name == 'num_workers' else 1)
+        _positive('learning_rate', self.learning_rate, ' or None (the family default)')
+        _positive('loss_learning_rate', self.loss_learning_rate)
+        _positive('max_grad_norm', self.max_grad_norm, ' (the largest gradient norm kept), or None to turn '
+                                                         'clipping off')
+        if not _number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise OptionError(f'warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}.')
+        if self.precision not in PRECISIONS:
+            from ..errors import did_you_mean
+            raise OptionError(f'precision: expected one of {", ".join(PRECISIONS)}, got {self.precision!r}.'
+                              f'{did_you_mean(str(self.precision), PRECISIONS)}')
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise OptionError(f'progress: expected True, False or None (a bar on a terminal only), got '
+                              f'{self.progress!r}.')
+        for name in ('loss_options', 'optimizer_options'):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise OptionError(f'{name}: expected a dict such as {{"weight_decay": 0.01}}, got '
+                                  f'{type(value).__name__}.')
+        _optional_str('loss', self.loss, 'a loss name such as "InfoNCE"')
+        _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
+        for name in ('output_dir', 'resume_from'):
+            _optional_str(name, getattr(self, name), 'a folder path')
+        from ..evaluation.metrics import _check_ks
+        try:
+            _check_ks(self.ks)
+        except Exception as exc:  # InputError from the metrics, reported as the setting it is
+            raise OptionError(str(exc)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (for a checkpoint or an artifact's config), without ``explicit``."""
+        out = asdict(self)
+        out.pop('explicit')
+        out['ks'] = list(self.ks)
+        return out
+
+    def for_resume(self, saved: dict[str, Any]) -> tuple[TrainingConfig, list[str]]:
+        """This config with the settings left at their default replaced by the `saved` ones, and the list of
+        settings passed on purpose that differ from the checkpoint (each 'name: given X, checkpoint Y')."""
+        updates, differences = {}, []
+        for name in KEPT_ON_RESUME + INHERITED_ON_RESUME:
+            if name not in saved:
+                continue
+            mine, theirs = getattr(self, name), saved[name]
+            left_out = name not in self.explicit or (name == 'precision' and mine == 'auto') or (
+                name == 'learning_rate' and mine is None)
+            if left_out:
+                updates[name] = theirs
+            elif name in KEPT_ON_RESUME and not _same(_canonical(name, mine), _canonical(name, theirs)):
+                differences.append(f'{name}: given {mine!r}, checkpoint {theirs!r}')
+        config = replace(self, **updates)
+        config.validate()
+        return config, differences
+
+
+def _canonical(name: str, value: Any) -> Any:
+    """A loss under any of its aliases is the same loss."""
+    if name == 'loss' and isinstance(value, str):
+        from ..losses import loss_class
+        try:
+            return loss_class(value).name
+        except OptionError:
+            return value
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _number(a) and _number(b):
+        return math.isclose(float(a), float(b), rel_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    return a == b

@@ -1,0 +1,62 @@
+"""What a run shows the outside: the live :class:`TrainState` callbacks see, and the finished :class:`Run`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import FinetuneError
+
+
+class TrainingError(FinetuneError):
+    """Training could not go on (NaN loss, ...); the message says what was kept."""
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: progress, the last loss, and hooks back into the loop."""
+
+    epochs: int
+    total_steps: int
+    epoch: int = 0
+    step: int = 0
+    #: micro-batches of the current epoch done (the position a step checkpoint resumes from)
+    batches_done: int = 0
+    last_loss: float | None = None
+    learning_rate: float = 0.0
+    samples_per_second: float = 0.0
+    should_stop: bool = False
+    is_main_process: bool = True
+    history: list[dict[str, Any]] = field(default_factory=list)
+    _checkpoint: Callable[[str, dict], None] | None = None
+    _log: Callable[[str], None] = print
+    _eval_requested: bool = False
+
+    def request_evaluation(self) -> None:
+        """Evaluate on the eval data once this step's callbacks are done."""
+        self._eval_requested = True
+
+    def save_checkpoint(self, directory: str, metrics: dict | None = None) -> None:
+        """Write the model and the trainer state to `directory` now (a resumable checkpoint)."""
+        if self._checkpoint is not None:
+            self._checkpoint(directory, metrics or {})
+
+    def log(self, message: str) -> None:
+        self._log(message)
+
+
+class Run:
+    """The result of :func:`finetune.fit`: the trained ``model``, ``metrics`` {'before', 'after'}, the
+    ``history`` of steps and evaluations, and ``save_error`` (None, or why the final save failed)."""
+
+    def __init__(self, model, metrics: dict[str, dict], history: list[dict], data_description: str, config: dict):
+        self.model, self.metrics, self.history = model, metrics, history
+        self.data_description, self.config = data_description, config
+        self.save_error: str | None = None
+
+    def save(self, directory: str) -> str:
+        """Write the fine-tuned model (safetensors + JSON config with the metrics); returns the path."""
+        from ..artifacts import save_model
+        return save_model(self.model, directory, metrics=self.metrics, extra={'training': self.config})
+
+    def __repr__(self) -> str:
+        return f'Run(model={self.model.name!r}, metrics={list(self.metrics)})'

@@ -1,0 +1,505 @@
+"""The Trainer: fit() as small steps that a subclass can override.
+
+``Trainer(model, train_data, eval_data, config).train()`` is what :func:`finetune.fit` runs. Its steps, in
+order: :meth:`~Trainer.setup` (device and precision, a checkpoint to resume, the model, the data and its
+checks, the loss, the data loader, the optimizer and schedule, the accelerator), an evaluation before
+training, the epochs of :meth:`~Trainer.training_step` calls with callbacks, evaluations and checkpoints
+between them, and :meth:`~Trainer.finish` (the evaluation after training, the final save, the
+:class:`~finetune.training.Run`). Override e.g. :meth:`~Trainer.compute_loss` for another objective,
+:meth:`~Trainer.make_batch_sampler` for other batches, :meth:`~Trainer.evaluate` for other metrics.
+
+The engine is Hugging Face ``accelerate`` (devices, autocast, DistributedDataParallel); batches, gradient
+accumulation and the schedule are the loop's own, so that a checkpoint can name exactly where it stands.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..backbone import batch_to
+from ..callbacks import Callback, EvaluationCallback, ProgressBar
+from ..data import load_data
+from ..data.batches import Collator, RowsDataset, raise_worker_error
+from ..errors import InputError, OptionError
+from ..evaluation import check_data_files, side_models
+from ..evaluation import evaluate as evaluate_model
+from ..heads import COSINE_CLASSIFIER, CosineClassifier
+from ..logs import log_function
+from ..losses import Loss, build_loss
+from ..model import EmbeddingModel, MultiTowerModel, build_model
+from ..samplers import ShardedBatches, SkipBatches
+from . import checkpoint as ckpt
+from .config import TrainingConfig
+from .guard import LastGood, gradients_ok, on_every_process
+from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+from .module import TrainingModule
+from .optim import make_optimizer, make_scheduler, parameter_groups
+from .state import Run, TrainingError, TrainState
+
+#: the learning rate of a family that declares none
+FALLBACK_LEARNING_RATE = 1e-4
+
+
+class Trainer:
+    """One training run of `model` (a registry name, a built model, or None to resume) on `train_data`."""
+
+    def __init__(self, model, train_data, eval_data=None, config: TrainingConfig | None = None, *,
+                 model_options: dict | None = None, callbacks: Sequence[Callback] | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.config = config or TrainingConfig()
+        self.model_arg, self.train_arg, self.eval_arg = model, train_data, eval_data
+        self.model_options = model_options
+        self.callbacks = _check_callbacks(callbacks)
+        self.say = log_function(log)
+        self.resume_state: dict[str, Any] | None = None
+        self.metrics: dict[str, dict] = {}
+
+    # ================================================================ setup
+    def setup(self) -> None:
+        """Everything before the first step; each part is a method of its own."""
+        c = self.config
+        self.device = resolve_device(c.device)
+        if c.resume_from is not None:
+            self.resume_state = self.read_checkpoint(c.resume_from)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        seed_everything(self.config.seed)
+        self.model = self.build_model()
+        self.train_data, self.eval_data = self.load_data()
+        self.side_a, self.side_b = side_models(self.model, self.train_data)
+        self.check_data()
+        self.apply_family_defaults()
+        self.loss = self.build_loss()
+        self.accelerator = self.make_accelerator()
+        self.batch_sampler = self.make_batch_sampler()
+        self.loader = self.make_data_loader()
+        self.module = TrainingModule(self.model, self.loss, self.train_data.data_kind, self.tower_names())
+        self.optimizer = make_optimizer(self.config.optimizer, parameter_groups(
+            self.model, self.loss, self.learning_rate, self.config.loss_learning_rate), self.config.optimizer_options)
+        self.prepare_engine()
+        self.scheduler = make_scheduler(self.config.scheduler, self.optimizer, self.total_steps,
+                                        int(self.config.warmup_ratio * self.total_steps))
+        if self.config.output_dir is not None:
+            ckpt.check_output_dir(self.config.output_dir, ckpt.checkpoint_bytes(self.module))
+        self.state = self.make_state()
+        if self.resume_state is not None:
+            self.restore(self.resume_state)
+
+    def read_checkpoint(self, path: str) -> dict[str, Any]:
+        """The trainer state of the checkpoint at `path`, with this run's config merged with the saved one."""
+        directory = ckpt.find_checkpoint(path)
+        state = ckpt.read_trainer_state(directory)
+        state['directory'] = directory
+        self.config, self.resume_differences = self.config.for_resume(state['config'])
+        return state
+
+    def build_model(self):
+        """The model to train: rebuilt from the checkpoint, built from a registry name, or the one given."""
+        if self.resume_state is not None:
+            from ..artifacts import load
+            return load(self.resume_state['directory'])
+        model = self.model_arg
+        if isinstance(model, str):
+            return build_model(model, self.model_options)
+        if self.model_options is not None:
+            raise OptionError('model_options: the model is already built; pass model_options to build_model, or '
+                              'give fit() the model name.')
+        if not isinstance(model, (EmbeddingModel, MultiTowerModel)):
+            raise OptionError(f'model: expected a model name or a finetune model, got {type(model).__name__}.')
+        return model
+
+    def load_data(self):
+        """The training and evaluation data, their kind detected (or ``data_kind``), described in one line."""
+        kind = self.config.data_kind
+        train = load_data(self.train_arg, 'train_data', kind=kind)
+        evaluation = load_data(self.eval_arg, 'eval_data', kind=kind) if self.eval_arg is not None else None
+        self.say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else ''))
+        if self.resume_state is not None:
+            self.check_resume_fits(train)
+        return train, evaluation
+
+    def check_resume_fits(self, train) -> None:
+        """OptionError listing every setting (and the data size) that differs from the checkpoint's."""
+        differences = list(self.resume_differences)
+        saved_size = self.resume_state.get('data_size')
+        if saved_size is not None and saved_size != len(train):
+            differences.append(f'train_data: {len(train):,} rows, checkpoint {saved_size:,}')
+        if differences:
+            raise OptionError(f'resume_from={self.resume_state["directory"]!r}: these settings differ from the '
+                              f'checkpoint\'s:\n  ' + '\n  '.join(differences) + '\nLeave an argument out to use '
+                              'the saved value; to train on with other settings, start a new fit from the model: '
+                              'fit(finetune.load(...), ...).')
+
+    def check_data(self) -> None:
+        """Before any work: every file the data names is checked, evaluation data must be measurable, and a
+        batch must fit in the training data."""
+        check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
+        if self.eval_data is not None:
+            self.eval_data.data_kind.check_measurable(self.eval_data)
+            check_data_files(self.model, self.eval_data, 'eval_data', self.config.progress)
+        if self.config.batch_size > len(self.train_data):
+            raise InputError(f'batch_size={self.config.batch_size} is larger than the training data '
+                             f'({len(self.train_data)} rows); use batch_size <= {len(self.train_data)}.')
+
+    def apply_family_defaults(self) -> None:
+        """The family's preferences where the caller left the choice open: precision and learning rate."""
+        family = self.side_a.backbone
+        if self.config.precision == 'auto' and self.precision != 'fp32' and family.prefers_fp32:
+            self.precision = 'fp32'
+            self.say(f"precision fp32: {self.side_a.name!r} trains in fp32 under precision='auto' (pass "
+                     f"precision='bf16' to override)")
+        rate = self.config.learning_rate
+        if rate is None:
+            declared = [m.backbone.default_learning_rate for m in _towers(self.model)]
+            declared = [r for r in declared if r is not None]
+            rate = min(declared) if declared else FALLBACK_LEARNING_RATE
+        self.learning_rate = float(rate)
+
+    def build_loss(self) -> Loss:
+        """The loss for the data kind (the family's default for it, else the kind's), its options validated;
+        a classifier loss gets its cosine head added to the model."""
+        kind, family = self.train_data.data_kind, self.side_a.backbone
+        name = self.config.loss
+        if name is None:
+            name = family.default_losses.get(kind.name) or kind.default_loss
+            if kind.name in family.default_losses:
+                self.say(f'loss {name}: the default of {self.side_a.name!r} for {kind.name} data')
+        num_classes = len(self.train_data.label_names) if kind.name == 'labeled' else None
+        loss = build_loss(name, self.config.loss_options, kind.name, num_classes=num_classes,
+                          embedding_dim=self.model.output_dim)
+        if getattr(loss, 'needs_classifier_head', False):
+            _ensure_classifier(self.model, num_classes, self.say)
+        return loss
+
+    def make_batch_sampler(self):
+        """The data kind's batch sampler (class-balanced for labeled data, no duplicates for pairs, ...)."""
+        c = self.config
+        return self.train_data.data_kind.batch_sampler(self.train_data, c.batch_size, c.seed, c.num_items_per_class)
+
+    def make_data_loader(self) -> torch.utils.data.DataLoader:
+        """A DataLoader whose workers (default: half the CPU cores, 1 to 4) tokenize and decode the batches;
+        under several processes each takes every N-th batch."""
+        workers = self.config.num_workers
+        if workers is None:
+            workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+        if workers > 0:  # what the family's preprocessing needs to run in forked workers
+            for tower in _towers(self.model):
+                for name, value in tower.backbone.worker_environment.items():
+                    os.environ.setdefault(name, value)
+        self.skipper = SkipBatches(self.batch_sampler)
+        acc = self.accelerator
+        batches = ShardedBatches(self.skipper, acc.num_processes, acc.process_index) if acc.num_processes > 1 \
+            else self.skipper
+        rows = RowsDataset(self.train_data)
+        loader = torch.utils.data.DataLoader(
+            rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+            collate_fn=Collator(self.train_data.data_kind, self.side_a.preprocess_for_training,
+                                self.side_b.preprocess_for_training if self.side_b is not None else None, rows.where))
+        if len(self.batch_sampler) == 0:
+            raise InputError(f'train_data gives no full batch of {self.config.batch_size}; lower batch_size.')
+        return loader
+
+    def tower_names(self) -> dict[str, str]:
+        """The tower that embeds each side of a batch, for a multi-tower model."""
+        if not isinstance(self.model, MultiTowerModel):
+            return {}
+        names = {id(m): t for t, m in self.model.towers.items()}
+        out = {'a': names[id(self.side_a)]}
+        if self.side_b is not None:
+            out['b'] = names[id(self.side_b)]
+        return out
+
+    def make_accelerator(self):
+        """The accelerate engine: device, autocast at this run's precision, DistributedDataParallel."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import DistributedDataParallelKwargs
+        # accelerate keeps one state per process; a second fit() in the same process may want another precision.
+        # accelerate has no public way to reset it (1.x), hence the private calls; the distributed PartialState,
+        # if any, is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        return Accelerator(cpu=self.device == 'cpu', mixed_precision={'fp32': 'no'}.get(self.precision, self.precision),
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+    def prepare_engine(self) -> None:
+        """The module and the optimizer handed to the accelerator; steps counted."""
+        acc = self.accelerator
+        self.module, self.optimizer = acc.prepare(self.module, self.optimizer)
+        self.batches_per_epoch = math.ceil(len(self.batch_sampler) / acc.num_processes)
+        accumulation = self.config.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accumulation)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self.unwrapped = acc.unwrap_model(self.module).model
+        self.guard = LastGood(acc.unwrap_model(self.module))
+        self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es), '
+                 f'{self.steps_per_epoch} steps per epoch, loss {self.loss.name}')
+
+    def make_state(self) -> TrainState:
+        """The TrainState callbacks see, and the callbacks of this run (evaluation, progress bar)."""
+        state = TrainState(epochs=self.config.epochs, total_steps=self.total_steps,
+                           is_main_process=self.accelerator.is_main_process, _log=self.say)
+        state._checkpoint = self._checkpoint_to
+        if self.eval_data is not None and self.config.eval_every:
+            self.callbacks.append(EvaluationCallback(every_n_steps=self.config.eval_every, each_epoch=False))
+        self.callbacks.append(ProgressBar(self.config.progress))
+        return state
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint: optimizer, schedule, position, metrics so far."""
+        self.optimizer.load_state_dict(saved['optimizer'])
+        self.scheduler.load_state_dict(saved['scheduler'])
+        self.state.epoch = int(saved['epoch'])
+        self.state.batches_done = int(saved['batches_done'])
+        self.state.step = int(saved.get('step', self.state.epoch * self.steps_per_epoch))
+        self.state.history = list(saved.get('history', []))
+        if saved.get('metrics_before'):
+            self.metrics['before'] = dict(saved['metrics_before'])
+        where = f'epoch {self.state.epoch + 1}' + (f', batch {self.state.batches_done + 1}'
+                                                    if self.state.batches_done else '')
+        self.say(f'resuming from {saved["directory"]} at {where} (step {self.state.step})')
+
+    # ================================================================ training
+    def train(self) -> Run:
+        """Set up, evaluate, train, evaluate, save; returns the :class:`Run`. Raises TrainingError when a step
+        turns non-finite (the model keeps its last good weights), InputError / OptionError for bad input."""
+        self.setup()
+        if self.eval_data is not None and 'before' not in self.metrics:
+            self.metrics['before'] = self.evaluate()
+        if self.eval_data is not None and self.accelerator.is_main_process:
+            self.say(_metric_line('before', self.metrics['before'], self.eval_data.data_kind))
+        self._fire('on_train_begin')
+        self.unwrapped.train()
+        self.samples, self.started = 0, time.perf_counter()
+        try:
+            for epoch in range(self.state.epoch, self.config.epochs):
+                self.state.epoch = epoch
+                self.run_epoch(epoch)
+                if self.state.should_stop:
+                    break
+        finally:
+            self._fire('on_train_end')
+        return self.finish()
+
+    def run_epoch(self, epoch: int) -> None:
+        """One epoch of steps, then its callbacks, evaluation and checkpoint."""
+        accumulation = self.config.gradient_accumulation_steps
+        for index, batch in self.epoch_batches(epoch):
+            last = index + 1 == self.batches_per_epoch
+            value = self.training_step(batch, sync=(index + 1) % accumulation == 0 or last)
+            self.state.batches_done = index + 1
+            self.samples += self.train_data.data_kind.batch_size_of(batch) * self.accelerator.num_processes
+            if (index + 1) % accumulation == 0 or last:
+                self.after_step(value, epoch_end=last)
+                if self.state.should_stop:
+                    break
+        self._fire('on_epoch_end')
+        self._maybe_evaluate()
+        self.state.epoch, self.state.batches_done = epoch + 1, 0
+        self.save_checkpoint()
+        self.state.epoch = epoch
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
+        """``(index in the epoch, batch)`` of `epoch`; a resumed epoch starts after its done batches, with the
+        random generators as the checkpoint left them, so the run goes on exactly as it would have."""
+        self.batch_sampler.set_epoch(epoch)
+        resumed = self.resume_state is not None and epoch == int(self.resume_state['epoch'])
+        skip = int(self.resume_state['batches_done']) if resumed else 0
+        self.skipper.skip = skip * self.accelerator.num_processes
+        if resumed and skip == 0 and 'rng' in self.resume_state:
+            set_rng_state(self.resume_state['rng'])  # before the iterator draws its seed, as the run did
+        iterator = iter(self.loader)
+        if resumed and skip > 0 and 'rng' in self.resume_state:
+            set_rng_state(self.resume_state['rng'])  # the iterator of this epoch drew its seed long ago
+        return enumerate(iterator, start=skip)
+
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of one batch (already on the device), under autocast."""
+        with self.accelerator.autocast():
+            return self.module(batch)
+
+    def training_step(self, batch: Any, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; with `sync`, also the gradient check, clipping and the
+        optimizer and schedule step. A non-finite loss, statistic or gradient stops the run (see
+        :meth:`stop`). Returns the loss."""
+        raise_worker_error(batch)
+        batch = batch_to(batch, self.accelerator.device)
+        self.guard.before_forward()  # a failing forward may already move BatchNorm's running statistics
+        quiet = self.accelerator.no_sync(self.module) if not sync and self.accelerator.num_processes > 1 \
+            else contextlib.nullcontext()
+        with quiet:
+            value = self.compute_loss(batch)
+            finite = torch.isfinite(value.detach()).all() & self.guard.buffers_finite().to(value.device)
+            if not on_every_process(finite, self.accelerator):
+                self.stop('the loss (or a normalization statistic) became NaN or infinite')
+            self.accelerator.backward(value / self.config.gradient_accumulation_steps)
+        if sync:
+            if not gradients_ok(self.module, self.accelerator, self.config.max_grad_norm, self.precision):
+                self.stop('the gradients became NaN or infinite')
+            self.guard.before_update()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return value.detach()
+
+    def after_step(self, value: torch.Tensor, epoch_end: bool) -> None:
+        """Bookkeeping after an optimizer step: history, callbacks, evaluation, a step checkpoint."""
+        s = self.state
+        s.step += 1
+        s.last_loss = float(value)
+        s.learning_rate = self.scheduler.get_last_lr()[0]
+        s.samples_per_second = self.samples / max(1e-9, time.perf_counter() - self.started)
+        s.history.append({'epoch': s.epoch, 'step': s.step, 'loss': s.last_loss})
+        self._fire('on_step_end')
+        self._maybe_evaluate()
+        save_steps = self.config.save_steps
+        if save_steps and s.step % save_steps == 0 and not epoch_end:  # an epoch end saves anyway
+            self.save_checkpoint()
+
+    def stop(self, what: str) -> None:
+        """Go back to the last good state, save it as ``output_dir/last-good`` (a model to load, not a checkpoint
+        to resume: its optimizer state belongs to the update it undoes) and raise TrainingError."""
+        self.guard.restore()
+        s = self.state
+        where = f'epoch {s.epoch + 1}, step {s.step + 1}'
+        kept = ('the weights it started from' if s.step == 0 and self.resume_state is None else
+                'the weights from before the last update, the last whose step went through')
+        saved = ''
+        if self.config.output_dir is not None and self.accelerator.is_main_process:
+            from ..artifacts import save_model
+            path = os.path.join(self.config.output_dir, 'last-good')
+            save_model(self.unwrapped, path, metrics=self.metrics, extra={'training': self.run_config()})
+            saved = f' That model is saved in {path} (load it with finetune.load).'
+        raise TrainingError(f'{what} at {where}; training stopped, and the model holds {kept}, with their '
+                            f'normalization statistics.{saved} Lower learning_rate, use precision="fp32", or check '
+                            f'the data.')
+
+    # ================================================================ evaluation and checkpoints
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics on the eval data (computed by the main process, shared with the others)."""
+        self.unwrapped.eval()
+        try:
+            metrics = evaluate_model(self.unwrapped, self.eval_data, ks=self.config.ks, check_files=False) \
+                if self.accelerator.is_main_process else {}
+        finally:
+            self.unwrapped.train()
+        if self.accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree
+            from accelerate.utils import broadcast_object_list
+            box = [metrics]
+            broadcast_object_list(box, from_process=0)
+            metrics = box[0]
+        return metrics
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything :meth:`restore` needs to continue this run from now."""
+        s = self.state
+        return {'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+                'epoch': s.epoch, 'batches_done': s.batches_done, 'step': s.step, 'rng': rng_state(),
+                'config': self.run_config(), 'data_size': len(self.train_data), 'history': list(s.history),
+                'metrics_before': dict(self.metrics.get('before', {}))}
+
+    def run_config(self) -> dict[str, Any]:
+        """The settings this run trains with, as resolved (loss, learning rate, precision, kind)."""
+        out = self.config.to_dict()
+        out.update(loss=self.loss.name, learning_rate=self.learning_rate, precision=self.precision,
+                   data_kind=self.train_data.kind, steps_per_epoch=self.steps_per_epoch,
+                   data=self.train_data.describe())
+        return out
+
+    def save_checkpoint(self) -> str | None:
+        """A step checkpoint in ``output_dir/checkpoint-<step>`` (the oldest beyond ``save_total_limit``
+        removed). A failed write is logged and training goes on; returns the path, or None."""
+        output_dir = self.config.output_dir
+        if output_dir is None:
+            return None
+        path = ckpt.checkpoint_dir(output_dir, self.state.step)
+        try:
+            self._checkpoint_to(path, self.metrics)
+            if self.accelerator.is_main_process:
+                ckpt.remove_old_checkpoints(output_dir, self.config.save_total_limit)
+        except Exception as exc:  # noqa: BLE001 - a full disk must not end a long run
+            self.say(f'warning: could not write the checkpoint {path} ({type(exc).__name__}: {exc}); training goes '
+                     f'on')
+            return None
+        return path
+
+    def _checkpoint_to(self, directory: str, metrics: dict) -> None:
+        if self.accelerator.is_main_process:
+            ckpt.save_checkpoint(self.unwrapped, directory, self.trainer_state(), metrics, self.run_config())
+        self.accelerator.wait_for_everyone()
+
+    def finish(self) -> Run:
+        """The evaluation after training and the final model in ``output_dir/model``. A failed final save is
+        logged and kept in ``run.save_error``: the Run (and its model) is returned either way."""
+        self.unwrapped.eval()
+        if self.eval_data is not None:
+            self.metrics['after'] = self.evaluate()
+            if self.accelerator.is_main_process:
+                self.say(_metric_line('after', self.metrics['after'], self.eval_data.data_kind))
+        run = Run(self.unwrapped, self.metrics, self.state.history, self.train_data.describe(), self.run_config())
+        if self.config.output_dir is not None and self.accelerator.is_main_process:
+            target = os.path.join(self.config.output_dir, 'model')
+            try:
+                run.save(target)
+            except Exception as exc:  # noqa: BLE001 - the trained model must not be lost with the file
+                run.save_error = (f'could not save the final model to {target} ({type(exc).__name__}: {exc}); the '
+                                  f'trained weights are in run.model: save them with run.save(another_folder)')
+                self.say(f'error: {run.save_error}')
+        return run
+
+    # ================================================================ helpers
+    def _fire(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.state, *args)
+
+    def _maybe_evaluate(self) -> None:
+        if not self.state._eval_requested:
+            return
+        self.state._eval_requested = False
+        if self.eval_data is None:
+            return
+        metrics = self.evaluate()
+        self.state.history.append({'epoch': self.state.epoch, 'step': self.state.step, 'eval': metrics})
+        self._fire('on_evaluate', metrics)
+
+
+def _check_callbacks(callbacks: Any) -> list[Callback]:
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise OptionError(f'callbacks: expected a list of finetune.callbacks.Callback, got '
+                          f'{type(callbacks).__name__}.')
+    bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        raise OptionError(f'callbacks: {", ".join(bad)} is not a finetune.callbacks.Callback; subclass it and '
+                          f'override the hooks you need.')
+    return list(callbacks)
+
+
+def _towers(model) -> list[EmbeddingModel]:
+    return list(model.towers.values()) if isinstance(model, MultiTowerModel) else [model]
+
+
+def _ensure_classifier(model, num_classes: int, log: Callable[[str], None]) -> None:
+    """Give `model` a cosine classifier of `num_classes` rows (recognite's recipe) if it lacks one."""
+    if isinstance(model, MultiTowerModel):
+        raise OptionError('this loss trains through a classifier head, which a multi-tower model has not; use an '
+                          'in-batch contrastive loss (CLIPLoss or InfoNCE).')
+    current = model.classifier
+    if current is not None and current.weight.shape[0] == num_classes:
+        return
+    model.classifier = CosineClassifier(model.output_dim, num_classes,
+                                        scale=model.options['head_options'].get('scale', 16.0))
+    model.options = dict(model.options, head=COSINE_CLASSIFIER,
+                         head_options=dict(model.options['head_options'], num_classes=num_classes,
+                                           scale=model.classifier.scale))
+    log(f'added a cosine classifier head with {num_classes} classes for the loss')
+
+
+def _metric_line(label: str, metrics: dict, kind) -> str:
+    shown = [k for k in kind.summary_metrics if k in metrics]
+    return f'{label}: ' + ', '.join(f'{k} {metrics[k]:.4f}' for k in shown)

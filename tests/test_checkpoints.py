@@ -1,0 +1,191 @@
+"""Step checkpoints and exact resume (finetune/training/checkpoint.py, the Trainer's save and restore)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import finetune
+from finetune.callbacks import Callback
+from finetune.errors import InputError, OptionError
+from finetune.training import checkpoint as ckpt
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_training import text_pairs  # noqa: E402
+
+EXACT = dict(batch_size=8, device='cpu', precision='fp32', num_workers=0, seed=3, learning_rate=1e-3,
+             log=lambda m: None)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_bert_dir, tmp_path_factory):
+    """Two epochs of 3 steps with a checkpoint after every step (all kept)."""
+    out = tmp_path_factory.mktemp('uninterrupted')
+    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir=str(out), save_steps=1,
+                       save_total_limit=10, **EXACT)
+    return out, run, _weights(run.model)
+
+
+def test_checkpoints_every_n_steps_and_at_epoch_ends_keep_the_last_few(tiny_bert_dir, tmp_path):
+    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir=str(tmp_path), save_steps=2,
+                       **EXACT)
+    # steps 1..6, 3 per epoch: step checkpoints at 2 and 4, epoch ends at 3 and 6; the last 2 are kept
+    assert [step for step, _ in ckpt.list_checkpoints(str(tmp_path))] == [4, 6]
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-4', 'checkpoint-6', 'model']
+    state = ckpt.read_trainer_state(str(tmp_path / 'checkpoint-4'))
+    assert (state['epoch'], state['batches_done'], state['step']) == (1, 1, 4)
+    assert state['config']['batch_size'] == 8 and state['data_size'] == 24
+    assert set(state['rng']) >= {'python', 'numpy', 'torch'}
+    end = ckpt.read_trainer_state(str(tmp_path / 'checkpoint-6'))
+    assert (end['epoch'], end['batches_done']) == (2, 0)
+    assert len(run.history) == 6
+
+
+@pytest.mark.parametrize('step', [2, 3, 4])  # mid first epoch, an epoch end, mid second epoch
+def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(uninterrupted, step, tmp_path):
+    out, full, final = uninterrupted
+    run = finetune.fit(None, text_pairs(), resume_from=str(out / f'checkpoint-{step}'),
+                       output_dir=str(tmp_path), log=lambda m: None)
+    _assert_same_weights(_weights(run.model), final)
+    assert [h['step'] for h in run.history] == list(range(1, 7))
+    assert [h['loss'] for h in run.history][step:] == pytest.approx([h['loss'] for h in full.history][step:],
+                                                                     abs=1e-6)
+
+
+def test_kill_9_then_resume_from_the_output_dir(uninterrupted, tiny_bert_dir, tmp_path):
+    """A run killed with SIGKILL after step 4 resumes from its latest checkpoint (step 3: the step-4 one was
+    never written) and ends exactly where the uninterrupted run ended."""
+    _, _, final = uninterrupted
+    script = tmp_path / 'killed.py'
+    script.write_text(textwrap.dedent(f'''
+        import os, signal, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import finetune
+        from finetune.callbacks import Callback
+        from test_training import text_pairs
+
+        class Kill(Callback):
+            def on_step_end(self, state):
+                if state.step == 4:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        finetune.fit('hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir={str(tmp_path / 'out')!r},
+                     save_steps=1, save_total_limit=10, batch_size=8, device='cpu', precision='fp32', num_workers=0,
+                     seed=3, learning_rate=1e-3, callbacks=[Kill()], log=lambda m: None)
+    '''))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path / 'out'))] == [1, 2, 3]
+    run = finetune.fit(None, text_pairs(), resume_from=str(tmp_path / 'out'), log=lambda m: None)
+    _assert_same_weights(_weights(run.model), final)
+    assert (tmp_path / 'out' / 'model').is_dir()  # output_dir, left out, came from the checkpoint
+
+
+def test_settings_that_differ_from_the_checkpoint_are_listed(uninterrupted):
+    out, _, _ = uninterrupted
+    with pytest.raises(OptionError) as info:
+        finetune.fit(None, text_pairs(), resume_from=str(out / 'checkpoint-2'), batch_size=4, learning_rate=0.5,
+                     loss='CLIPLoss', precision='bf16', log=lambda m: None)
+    message = str(info.value)
+    assert "differ from the checkpoint's" in message
+    for line in ('batch_size: given 4, checkpoint 8', 'learning_rate: given 0.5, checkpoint 0.001',
+                 "loss: given 'CLIPLoss', checkpoint 'InfoNCE'", "precision: given 'bf16', checkpoint 'fp32'"):
+        assert line in message
+    with pytest.raises(OptionError, match=r'train_data: 16 rows, checkpoint 24'):
+        finetune.fit(None, text_pairs()[:16], resume_from=str(out / 'checkpoint-2'), log=lambda m: None)
+
+
+def test_left_out_settings_take_the_checkpoint_values_and_equal_ones_are_fine(uninterrupted, tmp_path):
+    out, _, final = uninterrupted
+    run = finetune.fit(None, text_pairs(), resume_from=str(out / 'checkpoint-5'), batch_size=8,
+                       loss='MultipleNegativesRankingLoss', precision='auto', output_dir=str(tmp_path),
+                       log=lambda m: None)  # an alias of the saved loss, 'auto': not differences
+    assert run.config['batch_size'] == 8 and run.config['learning_rate'] == 1e-3 and run.config['seed'] == 3
+    assert run.config['precision'] == 'fp32' and run.config['epochs'] == 2
+    _assert_same_weights(_weights(run.model), final)
+
+
+def test_resume_from_something_that_is_no_checkpoint(tmp_path):
+    with pytest.raises(InputError, match='does not exist'):
+        finetune.fit(None, text_pairs(), resume_from=str(tmp_path / 'nope'), log=lambda m: None)
+    with pytest.raises(InputError, match='no checkpoint there'):
+        finetune.fit(None, text_pairs(), resume_from=str(tmp_path), log=lambda m: None)
+
+
+def test_output_dir_is_checked_before_the_first_step(tiny_bert_dir, tmp_path, monkeypatch):
+    steps = []
+
+    class Count(Callback):
+        def on_step_end(self, state):
+            steps.append(state.step)
+    a_file = tmp_path / 'file.txt'
+    a_file.write_text('x')
+    for bad, message in ((a_file, 'is a file'), (a_file / 'sub', 'cannot be written')):
+        with pytest.raises(OptionError, match=message):
+            finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), output_dir=str(bad), callbacks=[Count()], **EXACT)
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    with pytest.raises(OptionError, match=r'1 MiB free on its disk, but one checkpoint of this model needs about'):
+        finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), output_dir=str(tmp_path / 'out'), callbacks=[Count()],
+                     **EXACT)
+    assert steps == []
+
+
+def test_a_failed_checkpoint_write_is_logged_and_training_goes_on(tiny_bert_dir, tmp_path, monkeypatch):
+    real = ckpt.save_checkpoint
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, 'No space left on device')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ckpt, 'save_checkpoint', flaky)
+    logs = []
+    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, output_dir=str(tmp_path), save_steps=1,
+                       **dict(EXACT, log=logs.append))
+    assert len(run.history) == 3
+    assert any('could not write the checkpoint' in line and 'No space left' in line for line in logs)
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [2, 3]
+
+
+def test_the_run_is_returned_when_the_final_save_fails(tiny_bert_dir, tmp_path, monkeypatch):
+    from finetune.training import Run
+
+    def refuse(self, directory):
+        raise OSError(30, 'Read-only file system', directory)
+    monkeypatch.setattr(Run, 'save', refuse)
+    logs = []
+    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, output_dir=str(tmp_path),
+                       **dict(EXACT, log=logs.append))
+    assert run.model is not None and len(run.history) == 3
+    assert 'could not save the final model' in run.save_error and 'run.save(' in run.save_error
+    assert any(line.startswith('error: could not save the final model') for line in logs)
+
+
+def test_a_checkpoint_of_the_first_format_resumes_at_its_epoch(uninterrupted, tmp_path):
+    out, _, final = uninterrupted
+    legacy = tmp_path / 'out' / 'checkpoint'
+    shutil.copytree(out / 'checkpoint-3', legacy)  # the end of epoch 1
+    state = torch.load(legacy / 'trainer_state.pt', weights_only=True)
+    old = {'optimizer': state['optimizer'], 'scheduler': state['scheduler'], 'epoch': 1,
+           'metrics_before': state['metrics_before']}
+    torch.save(old, legacy / 'trainer_state.pt')
+    run = finetune.fit(None, text_pairs(), epochs=2, resume_from=str(tmp_path / 'out'), **EXACT)
+    assert [h['step'] for h in run.history] == [4, 5, 6]
+    assert all(np.isfinite(h['loss']) for h in run.history)
