@@ -12,7 +12,7 @@ from .describe import describe_models, list_model_options
 from .errors import (ArtifactError, FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
                      WeightsNotFoundError)
 from .model import EmbeddingModel, MultiTowerModel, build_model
-from .registry import REGISTRY, TASKS, BackbonePlugin, BackboneSpec, get_spec
+from .registry import REGISTRY, BackbonePlugin, BackboneSpec, get_spec
 
 __version__ = '0.1.0'
 
@@ -62,3 +62,9 @@ __all__ = [
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'ArtifactError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]
+
+
+def __getattr__(name: str):
+    if name == 'TASKS':  # every task, plugins' included (finetune.registry.TASKS); importing loads no plugin
+        return REGISTRY.tasks()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

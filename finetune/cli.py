@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import FinetuneError
-from .registry import TASKS
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -40,7 +39,7 @@ def main() -> None:
 
 
 @main.command('models')
-@click.option('--task', type=click.Choice(TASKS), default=None, help='Only backbones for this task.')
+@click.option('--task', default=None, help='Only backbones for this task (text-to-text, image-to-image, ...).')
 @click.option('--names', 'names_only', is_flag=True, help='Print bare names, one per line.')
 @click.argument('pattern', required=False)
 def models_command(task: str | None, names_only: bool, pattern: str | None) -> None:
@@ -120,8 +119,9 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
 
 
 @main.command('fit')
-@click.option('--model', 'model_name', default='all-minilm-l6-v2', show_default=True,
-              help='Backbone name (see `finetune models`) or a saved model folder.')
+@click.option('--model', 'model_name', default=None,
+              help="Backbone name (see `finetune models`) or a saved model folder. Default: the model the registry "
+                   "names for the data's task (see `finetune models --task TASK`).")
 @click.option('--train-data', required=True, help='CSV file, or a folder with one sub-folder per class.')
 @click.option('--eval-data', default=None, help='Held-out data for metrics before and after training.')
 @click.option('--loss', default=None, help='Loss name (default: chosen from the data kind).')
@@ -129,33 +129,64 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
 @click.option('--model-option', multiple=True, help='KEY=VALUE for model_options, e.g. pooler=GeM (repeatable).')
 @click.option('--epochs', default=1, show_default=True, type=int)
 @click.option('--batch-size', default=32, show_default=True, type=int)
-@click.option('--learning-rate', default=None, type=float, help='Default depends on the modality.')
+@click.option('--learning-rate', default=None, type=float, help='Default: the model family\'s.')
 @click.option('--precision', default='auto', show_default=True, type=click.Choice(['auto', 'bf16', 'fp16', 'fp32']))
 @click.option('--device', default='auto', show_default=True)
 @click.option('--num-workers', default=None, type=int, help='DataLoader worker processes (default: half the cores).')
 @click.option('--seed', default=42, show_default=True, type=int)
 @click.option('--metrics-log', default=None, help='Write step and evaluation metrics to this .csv/.jsonl file.')
-@click.option('--output', default=None, help='Folder for the fine-tuned model (and checkpoints).')
+@click.option('--output', default=None, help='Folder for the fine-tuned model and its checkpoints.')
+@click.option('--save-steps', default=None, type=int, help='Also write a checkpoint every N optimizer steps.')
+@click.option('--resume-from', default=None,
+              help='A checkpoint folder, or an --output folder for its latest checkpoint: go on from there (options '
+                   'left out take the checkpoint\'s values).')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
-def fit_command(model_name, train_data, eval_data, loss, loss_option, model_option, epochs, batch_size,
-                learning_rate, precision, device, num_workers, seed, metrics_log, output, trust_remote_code) -> None:
+@click.pass_context
+def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model_option, metrics_log, resume_from,
+                trust_remote_code, **settings) -> None:
     """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
     from .callbacks import MetricsLogger
     from .evaluation import format_metrics_table
-    from .training import fit
+    from .training import Default, fit
 
     def job():
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
-        loss_options = parse_key_values(loss_option, '--loss-option') or None
-        model = _load_model(model_name, trust_remote_code, parse_key_values(model_option, '--model-option'))
-        run = fit(model, train_data, eval_data, loss=loss, loss_options=loss_options, epochs=epochs,
-                  batch_size=batch_size, learning_rate=learning_rate, precision=precision, device=device,
-                  num_workers=num_workers, seed=seed, output_dir=output, callbacks=callbacks)
+        given = {key: value for key, value in settings.items()
+                 if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+        options = parse_key_values(loss_option, '--loss-option')
+        if options:
+            given['loss_options'] = options
+        if loss is not None:
+            given['loss'] = loss
+        output = given.pop('output', None)
+        model, data = _model_for_fit(model_name, train_data, trust_remote_code, model_option, resume_from)
+        run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
+                  resume_from=resume_from if resume_from else Default(None), **given)
         if run.metrics.get('after'):
             Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after']))
-        if output:
-            click.echo(f'model saved to {output}/model (load it with finetune.load)')
+        if run.save_error:
+            _fail(run.save_error)
+        if run.config.get('output_dir'):
+            click.echo(f'model saved to {run.config["output_dir"]}/model (load it with finetune.load)')
     _run(job)
+
+
+def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option, resume_from):
+    """(model, data) for `finetune fit`: the named or saved model, or, with no --model, the registry's default
+    for the task of the data (which is then read once, here)."""
+    from .data import load_data
+    from .modalities import task_of
+    from .registry import REGISTRY
+    model_options = parse_key_values(model_option, '--model-option')
+    if resume_from:
+        return None, train_data
+    if model_name is not None:
+        return _load_model(model_name, trust_remote_code, model_options), train_data
+    data = load_data(train_data, 'train_data')
+    task = task_of(data.modalities)
+    model_name = REGISTRY.default_model(task)
+    click.echo(f'model: {model_name} (the default for {task} data; choose another with --model)', err=True)
+    return _load_model(model_name, trust_remote_code, model_options), data
 
 
 @main.command('evaluate')
@@ -176,7 +207,7 @@ def evaluate_command(model_name: str, data: str, batch_size: int, trust_remote_c
 @main.command('encode')
 @click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
 @click.option('--input', 'input_path', required=True,
-              help='A text file (one item per line: texts, image or mesh paths) or a CSV / TSV (its item column: '
+              help='A text file (one item per line: texts or file paths) or a CSV / TSV (its item column: '
                    'the first not named label or score). Relative paths are read from the file\'s folder.')
 @click.option('--output', required=True, help='Where to write the embeddings (.npy).')
 @click.option('--batch-size', default=32, show_default=True, type=int)

@@ -12,7 +12,7 @@ from .heads import CLASSIFIER_OPTIONS, COSINE_CLASSIFIER, PROJECTION, PROJECTION
 from .model import option_schema
 from .options import Option, format_default
 from .poolers import pooler_class
-from .registry import REGISTRY, TASKS, BackboneSpec, check_task
+from .registry import REGISTRY, BackboneSpec, check_task
 
 
 def _console(console: Console | None) -> Console:
@@ -44,7 +44,7 @@ def describe_models(task: str | None = None, console: Console | None = None) -> 
     the tables. Returns the specs shown. Raises UnknownModelError for an unknown task.
     """
     console = _console(console)
-    tasks = [check_task(task)] if task is not None else list(TASKS)
+    tasks = [check_task(task)] if task is not None else list(REGISTRY.tasks())
     shown: list[BackboneSpec] = []
     for t in tasks:
         specs = REGISTRY.specs(t)

@@ -10,12 +10,12 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from .backbone import Backbone, Towers, batch_to
 from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
+from .modalities import is_one_item  # noqa: F401 (plugins import it from here)
 from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
                     validate_head_options)
 from .options import (Option, boolean, freeze, mapping, one_of, positive_int, pretrained,
@@ -83,14 +83,6 @@ def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None)
     return opts
 
 
-def is_one_item(items: Any, modality: str = 'image') -> bool:
-    """True for a single path, PIL image or array: a 4-D array is a stack of images and a 3-D array a stack
-    of point clouds, so many items."""
-    if isinstance(items, (np.ndarray, torch.Tensor)):
-        return items.ndim == 2 if modality == 'mesh' else items.ndim != 4
-    # a mesh object (trimesh's meshes and scenes, or anything with vertices) is one item too
-    return (isinstance(items, (str, os.PathLike, Image.Image)) or hasattr(items, 'vertices')
-            or type(items).__module__.startswith('trimesh.'))
 
 
 class EmbeddingModel(nn.Module):

@@ -22,7 +22,8 @@ from .errors import DuplicateNameError, PluginError, UnknownModelError, did_you_
 from .options import Option
 
 ENTRY_POINT_GROUP = 'finetune.backbones'
-TASKS = ('text-to-text', 'image-to-image', 'text-to-image', 'mesh-to-mesh')
+#: the tasks of the core's own modalities; plugins add theirs (``BackbonePlugin.tasks``)
+CORE_TASKS = ('text-to-text', 'image-to-image', 'text-to-image')
 STRICT_ENV = 'FINETUNE_STRICT_PLUGINS'
 
 
@@ -47,6 +48,8 @@ class BackboneSpec:
     preprocess_options: tuple[Option, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
     alias_of: str | None = None
+    #: the tasks for which this is the model ``finetune fit`` trains when no model is named
+    default_for: tuple[str, ...] = ()
     pooler_note: str = ''
     layout: str | None = None  # 'map' or 'tokens' when known without building
     plugin: str = ''
@@ -84,6 +87,12 @@ class BackbonePlugin:
     #: folder or hub id), so a saved model may rebuild from it; without it only ``./`` paths inside the
     #: artifact are accepted for the plugin's prefixes
     artifact_safe: Callable[[str, str], bool] | None = None
+    #: tasks beyond the core's (``'mesh-to-mesh'``) that its models serve
+    tasks: tuple[str, ...] = ()
+    #: modalities beyond text and image (:class:`finetune.modalities.Modality`): extensions, recognisers
+    modalities: tuple[Any, ...] = ()
+    #: environment variables that, when set to a true value, mean 'no network' for this family's downloads
+    offline_envs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,8 @@ class Registry:
         self._plugins: dict[str, BackbonePlugin] = {}
         self._prefixes: dict[str, BackbonePlugin] = {}
         self._failures: list[PluginFailure] = []
+        #: grows whenever the set of plugins changes, so that what is derived from them can be cached
+        self.generation = 0
 
     # ------------------------------------------------------------------ loading
     def reload(self) -> None:
@@ -116,6 +127,7 @@ class Registry:
             self._ensure_loaded()
 
     def _reset(self) -> None:
+        self.generation += 1
         self._loaded = False
         self._specs.clear()
         self._plugins.clear()
@@ -196,6 +208,7 @@ class Registry:
             for prefix in plugin.prefixes:
                 self._prefixes[prefix] = plugin
             self._plugins[plugin.name] = plugin
+            self.generation += 1
 
     # ------------------------------------------------------------------ queries
     @property
@@ -217,6 +230,21 @@ class Registry:
         """True for a name a plugin lists (not one resolved through a prefix), case-insensitively."""
         self._ensure_loaded()
         return name in self._specs or name.lower() in {n.lower() for n in self._specs}
+
+    def tasks(self) -> tuple[str, ...]:
+        """Every task: the core's, then the ones plugins declare, in order."""
+        self._ensure_loaded()
+        extra = [t for plugin in self._plugins.values() for t in plugin.tasks]
+        return tuple(dict.fromkeys((*CORE_TASKS, *extra)))
+
+    def default_model(self, task: str) -> str:
+        """The name of the model a plugin declares as the default for `task`; UnknownModelError when none does."""
+        check_task(task)
+        found = [s.name for s in self.specs() if task in s.default_for]
+        if not found:
+            raise UnknownModelError(f'no installed plugin names a default model for {task!r}; pass a model name '
+                                    f'(see finetune.list_models(task={task!r})).')
+        return found[0]
 
     def specs(self, task: str | None = None) -> list[BackboneSpec]:
         """Named specs (prefix-resolved ones excluded), optionally of one task, sorted by name."""
@@ -309,10 +337,11 @@ def _with_plugin(spec: BackboneSpec, plugin: str) -> BackboneSpec:
 
 
 def check_task(task: str) -> str:
-    """Return `task` if it is one of :data:`TASKS`; raise UnknownModelError naming the valid tasks."""
-    if task not in TASKS:
-        raise UnknownModelError(f'unknown task {task!r}.{did_you_mean(str(task), TASKS)} '
-                                f'Tasks: {", ".join(TASKS)}.')
+    """Return `task` if it is a task of the registry; raise UnknownModelError naming the valid tasks."""
+    tasks = REGISTRY.tasks()
+    if task not in tasks:
+        raise UnknownModelError(f'unknown task {task!r}.{did_you_mean(str(task), tasks)} '
+                                f'Tasks: {", ".join(tasks)}.')
     return task
 
 
@@ -322,3 +351,9 @@ REGISTRY = Registry()
 
 def get_spec(name: str) -> BackboneSpec:
     return REGISTRY.get(name)
+
+
+def __getattr__(name: str):
+    if name == 'TASKS':  # every task, plugins' included: read when asked, so importing loads no plugin
+        return REGISTRY.tasks()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

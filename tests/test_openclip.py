@@ -19,6 +19,7 @@ from PIL import Image
 from rich.console import Console
 
 import finetune
+import finetune.hub
 from finetune.errors import InputError, OptionError, UnknownModelError, WeightsLoadError, WeightsNotFoundError
 from finetune.model import EmbeddingModel, MultiTowerModel
 
@@ -328,7 +329,7 @@ def test_pretrained_true_without_a_network_fails_fast_too(monkeypatch, tmp_path)
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    monkeypatch.setattr(finetune_openclip, 'host_reachable', lambda url, timeout=3.0: False)
+    monkeypatch.setattr(finetune.hub, 'host_reachable', lambda url, timeout=3.0: False)
     with pytest.raises(WeightsNotFoundError, match=r"(?s)'clip-large-en'.*huggingface.co could not be reached"
                                                    r".*ViT-L-14.pt"):
         finetune.build_model('clip-large-en', {'tower': 'image'})
@@ -358,7 +359,7 @@ def test_download_falls_back_to_the_url_when_only_it_answers(monkeypatch, tmp_pa
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    monkeypatch.setattr(finetune_openclip, 'host_reachable', lambda url, timeout=3.0: 'huggingface' not in url)
+    monkeypatch.setattr(finetune.hub, 'host_reachable', lambda url, timeout=3.0: 'huggingface' not in url)
     fetched = []
 
     def fake_download(url, cache_dir):

@@ -453,3 +453,21 @@ def test_cli_errors_are_one_clean_message(tiny_bert_dir, tmp_path):
     result = runner.invoke(main, ['encode', '--model', f'hf:{tiny_bert_dir}', '--input', str(csv),
                                   '--output', str(tmp_path / 'no' / 'such' / 'dir' / 'e.npy')])
     assert result.exit_code == 2 and 'No such file or directory' in result.output, result.output
+
+
+def test_cli_fit_without_a_model_takes_the_registrys_default_and_resumes(tmp_path):
+    from finetune.cli import main
+    csv = tmp_path / 'pairs.csv'
+    csv.write_text('query,doc\n' + '\n'.join(f'{q},{d}' for q, d in text_pairs()[:16]) + '\n')
+    runner = CliRunner()
+    out = tmp_path / 'out'
+    result = runner.invoke(main, ['fit', '--train-data', str(csv), '--batch-size', '8', '--num-workers', '0',
+                                  '--output', str(out), '--save-steps', '1', '--precision', 'fp32'])
+    assert result.exit_code == 0, result.output
+    assert 'model: all-minilm-l6-v2 (the default for text-to-text data' in result.output
+    assert sorted(os.listdir(out)) == ['checkpoint-1', 'checkpoint-2', 'model']
+    result = runner.invoke(main, ['fit', '--train-data', str(csv), '--resume-from', str(out), '--batch-size', '4'])
+    assert result.exit_code == 2 and 'batch_size: given 4, checkpoint 8' in result.output, result.output
+    result = runner.invoke(main, ['fit', '--train-data', str(csv), '--resume-from', str(out / 'checkpoint-1')])
+    assert result.exit_code == 0, result.output
+    assert 'resuming from' in result.output and 'at epoch 1, batch 2 (step 1)' in result.output

@@ -18,13 +18,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from ..errors import InputError
+from ..modalities import file_extensions, item_modality, modalities
 from .kinds import kind_names
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
-MESH_EXTENSIONS = ('.off', '.obj', '.ply', '.stl', '.glb', '.gltf', '.xyz', '.npy')
 #: header names that say what a column is
 LABEL_NAMES = {'label', 'labels', 'class', 'category', 'target'}
 SCORE_NAMES = {'score', 'similarity', 'relevance', 'label_score'}
@@ -32,28 +30,6 @@ IMAGE_NAMES = {'image', 'img', 'image_path', 'path', 'file'}
 TEXT_NAMES = {'text', 'caption', 'query', 'doc', 'document', 'item', 'sentence', 'sentence1', 'sentence2', 'a',
               'b', 'anchor', 'positive', 'question', 'answer', 'passage', 'title'}
 KNOWN_HEADERS = LABEL_NAMES | SCORE_NAMES | IMAGE_NAMES | TEXT_NAMES
-
-
-def item_modality(item: Any) -> str:
-    """'image' for image paths, PIL images and image arrays; 'mesh' for mesh / point files, trimesh meshes
-    and (N, 3) point arrays; 'text' for other strings; else 'other'."""
-    if isinstance(item, (str, os.PathLike)):
-        path = os.fspath(item).lower()
-        if path.endswith(IMAGE_EXTENSIONS):
-            return 'image'
-        if path.endswith(MESH_EXTENSIONS):
-            return 'mesh'
-        return 'text' if isinstance(item, str) else 'other'
-    if type(item).__module__.startswith('PIL.'):
-        return 'image'
-    if type(item).__module__.startswith('trimesh.'):
-        return 'mesh'  # a trimesh.Trimesh in memory
-    if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
-        shape = tuple(item.shape)
-        if len(shape) == 2 and shape[1] == 3 and shape[0] > 3:
-            return 'mesh'  # a point cloud; an image three pixels wide is no image
-        return 'image' if len(shape) in (2, 3) else 'other'
-    return 'other'
 
 
 @dataclass
@@ -278,13 +254,14 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
 
 #: one-column CSV headers: a lone word such as 'title' may be an item, these name the column
 ITEM_COLUMN_NAMES = {'item', 'items', 'text', 'texts', 'image', 'image_path', 'path', 'file', 'caption', 'sentence',
-                     'document', 'mesh'}
+                     'document'}
 
 
 def _resolve_media(cell: str, folder: str) -> str:
-    """A relative image or mesh path resolved against `folder` (the CSV's); other cells unchanged."""
+    """A relative path of a file item (an image, or a file of a plugin's modality) resolved against `folder`
+    (the CSV's); other cells unchanged."""
     stripped = cell.strip()
-    if stripped.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS) and not os.path.isabs(stripped):
+    if stripped.lower().endswith(file_extensions()) and not os.path.isabs(stripped):
         return os.path.join(folder, stripped)
     return cell
 
@@ -293,14 +270,15 @@ def read_items(path: str) -> list[str]:
     """The items of a file to encode: one per line of a text file, or one column of a CSV.
 
     In a CSV with a header (known column names), the item column is the first not named as a label or a
-    score, so 'label,text' files give their texts; without one it is the first column. Relative image and
-    mesh paths are resolved against the file's folder, as :func:`read_csv` does. Raises InputError."""
+    score, so 'label,text' files give their texts; without one it is the first column (a lone column named
+    like a modality, 'image' say, is a header too). Relative file paths are resolved against the file's
+    folder, as :func:`read_csv` does. Raises InputError."""
     folder = os.path.dirname(os.path.abspath(path))
     if path.lower().endswith(('.csv', '.tsv')):
         rows, _ = _csv_rows(path, _delimiter(path))
         first = [c.strip().lower() for c in rows[0]] if rows else []
         header = (len(first) > 1 and all(c in KNOWN_HEADERS for c in first)) or (
-            len(first) == 1 and first[0] in ITEM_COLUMN_NAMES)
+            len(first) == 1 and first[0] in ITEM_COLUMN_NAMES | {m.name for m in modalities()})
         column = next((i for i, c in enumerate(first) if c not in LABEL_NAMES | SCORE_NAMES), 0) if header else 0
         items = [row[column] for row in (rows[1:] if header else rows) if len(row) > column]
     else:
@@ -315,18 +293,21 @@ def read_items(path: str) -> list[str]:
 
 
 def read_image_folder(path: str) -> TrainingData:
-    """A folder with one sub-folder of images (or of meshes / point files) per class -> labeled data.
+    """A folder with one sub-folder of files per class (images, or the files of a plugin's modality) ->
+    labeled data.
 
-    Raises InputError when there are none, or when the folder mixes images and meshes."""
+    Raises InputError when there are none, or when the folder mixes modalities."""
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    extensions = file_extensions()
     rows = []
     for name in classes:
         for file in sorted(os.listdir(os.path.join(path, name))):
-            if file.lower().endswith(IMAGE_EXTENSIONS + MESH_EXTENSIONS):
+            if file.lower().endswith(extensions):
                 rows.append((os.path.join(path, name, file), name))
     if not rows:
-        raise InputError(f'{path}: expected one sub-folder per class holding images '
-                         f'({", ".join(IMAGE_EXTENSIONS)}) or meshes ({", ".join(MESH_EXTENSIONS)}), found none.')
+        kinds = '; '.join(f'{m.name}: {" ".join(m.extensions)}' for m in modalities() if m.extensions)
+        raise InputError(f'{path}: expected one sub-folder per class holding images or other item files ({kinds}), '
+                         f'found none.')
     kinds = {item_modality(item) for item, _ in rows}
     if len(kinds) > 1:
         first = {m: next(item for item, _ in rows if item_modality(item) == m) for m in sorted(kinds)}

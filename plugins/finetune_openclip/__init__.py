@@ -35,13 +35,13 @@ from finetune.errors import (InputError, OptionError, UnknownModelError, Weights
 from finetune.options import Option, one_of
 from finetune.preprocessing import ImagePreprocessor, check_image_batch, image_preprocess_options
 from finetune.registry import BackbonePlugin, BackboneSpec
-from finetune.weights import (CONNECT_TIMEOUT_S, OFFLINE_ENVS, host_reachable, load_into, load_state_dict,
-                              offline_requested)
+from finetune.hub import UrlFile, find_weights, network_problem, weights_not_found
+from finetune.weights import load_into, load_state_dict
+from finetune_hfhub import HUB_URL, OFFLINE_ENVS, HubFile, cached_file
 
 PREFIX = 'openclip'
 TASK = 'text-to-image'
 TOWERS = ('text', 'image')
-HF_ENDPOINT = 'https://huggingface.co'
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -280,17 +280,6 @@ class ImageTower(Backbone):
 
 # ---------------------------------------------------------------- weights
 
-def hf_cache_dir() -> str:
-    """The Hugging Face hub cache folder, read from the environment at call time."""
-    env = os.environ.get('HF_HUB_CACHE') or os.environ.get('HUGGINGFACE_HUB_CACHE')
-    if env:
-        return os.path.expanduser(env)
-    if os.environ.get('HF_HOME'):
-        return os.path.join(os.path.expanduser(os.environ['HF_HOME']), 'hub')
-    from huggingface_hub import constants
-    return constants.HF_HUB_CACHE
-
-
 def url_cache_dir() -> str:
     """The folder open_clip downloads URL weights into (``~/.cache/clip``, as OpenAI's clip package)."""
     return os.path.expanduser(os.path.join('~', '.cache', 'clip'))
@@ -308,94 +297,35 @@ def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
     return repo, names + [filename]
 
 
-def _hf_cached(repo: str, filename: str, cache_dir: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-    try:
-        hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
-    except ValueError:  # not a valid hub id (e.g. a local path that does not exist)
-        return None
-    return hit if isinstance(hit, str) and os.path.isfile(hit) else None
-
-
-def _offline_env() -> str | None:
-    if offline_requested():
-        return 'offline mode is set (' + ', '.join(k for k in OFFLINE_ENVS if os.environ.get(k)) + ')'
-    return None
-
-
-def _unreachable(url: str) -> str | None:
-    """None when `url`'s host answers within seconds, else why not (offline mode or no answer)."""
-    offline = _offline_env()
-    if offline:
-        return offline
-    if not host_reachable(url):
-        return f'{url.split("/")[2]} could not be reached within {CONNECT_TIMEOUT_S:g}s'
-    return None
-
-
-def _download(hf_hub: str, url: str) -> tuple[str | None, str]:
-    """Download the weights as open_clip would (the hub first): (path or None, why not)."""
-    reasons = []
-    for source in ('hub', 'url'):
-        if not (hf_hub if source == 'hub' else url):
-            continue
-        reason = _unreachable(HF_ENDPOINT if source == 'hub' else url)
-        if reason is None:
-            try:
-                with _quiet_open_clip():
-                    if source == 'hub':
-                        from open_clip.pretrained import download_pretrained_from_hf
-                        repo, filename = os.path.split(hf_hub)
-                        return download_pretrained_from_hf(repo, filename=filename or None), ''
-                    return _open_clip().download_pretrained_from_url(url, cache_dir=url_cache_dir()), ''
-            except Exception as exc:  # noqa: BLE001 - reported with the ways out
-                reason = f'the download failed ({type(exc).__name__}: {exc})'
-        if reason not in reasons:
-            reasons.append(reason)
-    return None, '; '.join(reasons)
+def _url_download(url: str):
+    """open_clip's own URL download (it checks the file's checksum) into its folder."""
+    def fetch() -> str:
+        with _quiet_open_clip():
+            return _open_clip().download_pretrained_from_url(url, cache_dir=url_cache_dir())
+    return fetch
 
 
 def pretrained_weights_path(model: str, tag: str, display: str) -> str:
-    """The local file of open_clip's `tag` weights for `model`: from a cache, else downloaded.
-
-    Looks in the Hugging Face cache (for tags hosted on the hub) and in open_clip's URL download folder.
-    Raises WeightsNotFoundError within seconds when neither has it and the network is off or unreachable.
-    """
+    """The local file of open_clip's `tag` weights for `model`: from the Hugging Face cache (for tags hosted on
+    the hub), open_clip's URL download folder, or downloaded; the resolver's WeightsNotFoundError, within
+    seconds, when none has it and the network is off or unreachable."""
     cfg = pretrained_cfg(model, tag)
     if cfg.get('file'):
         return cfg['file']
     hf_hub, url = cfg.get('hf_hub', ''), cfg.get('url', '')
-    looked: list[tuple[str, str]] = []
+    sources = []
     if hf_hub:
         repo, names = _hf_candidates(hf_hub)
-        cache = hf_cache_dir()
-        for filename in names:
-            hit = _hf_cached(repo, filename, cache)
-            if hit:
-                return hit
-        looked.append((' or '.join(names) + f' of the Hugging Face repo {repo}', f'{cache} (Hugging Face cache)'))
+        sources.append(HubFile(repo, tuple(names)))
     if url:
-        folder, filename = url_cache_dir(), os.path.basename(url)
-        if os.path.isfile(os.path.join(folder, filename)):
-            return os.path.join(folder, filename)
-        looked.append((filename + f' (from {url})', f"{folder} (open_clip's download folder)"))
-    if not looked:
+        sources.append(UrlFile(url, folder=url_cache_dir(), fetch=_url_download(url)))
+    if not sources:
         raise WeightsNotFoundError(f'{display!r}: open_clip lists no file for pretrained tag {tag!r} of {model!r}. '
                                    f"Pass a weights file as model_options={{'pretrained': '/path/to/file'}} or use "
                                    f"model_options={{'pretrained': False}}.")
-    path, reason = _download(hf_hub, url)
-    if path is not None:
-        return path
-    where = '\n'.join(f'  looked for: {what}\n  in:         {folder}' for what, folder in looked)
     example = os.path.basename(url) if url else _hf_candidates(hf_hub)[1][0]
-    hub_hint = (f' (on a machine with a network: huggingface-cli download {_hf_candidates(hf_hub)[0]} '
-                f'{_hf_candidates(hf_hub)[1][0]}, then copy the cache)' if hf_hub else '')
-    raise WeightsNotFoundError(
-        f"pretrained weights for {display!r} (open_clip {model!r}, pretrained {tag!r}) are not available: "
-        f'{reason}.\n{where}\n'
-        f'Ways out: (1) put the file into one of those folders{hub_hint}, or pass a local weights file as '
-        f"'{PREFIX}:{model}:/path/to/{example}' or model_options={{'pretrained': '/path/to/{example}'}}; "
-        f"(2) use random weights with model_options={{'pretrained': False}}.")
+    return find_weights(display, sources, example=example, detail=f'open_clip {model!r}, pretrained {tag!r}',
+                        name_hint=f"'{PREFIX}:{model}:/path/to/{example}'")
 
 
 def _hf_text_sources(cfg: dict[str, Any]) -> list[str]:
@@ -409,22 +339,17 @@ def check_hf_text_available(cfg: dict[str, Any], model: str, display: str) -> No
     An HF text tower (``hf_model_name`` / ``hf_tokenizer_name``) needs the HF model's config and tokenizer
     even for random weights; a local directory always works, a hub id needs the HF cache or the network.
     """
-    cache = hf_cache_dir()
-    missing = [name for name in _hf_text_sources(cfg)
-               if not os.path.isdir(name) and not _hf_cached(name, 'config.json', cache)]
+    missing = [name for name in _hf_text_sources(cfg) if not os.path.isdir(name) and not cached_file(name, 'config.json')]
     if not missing:
         return
-    reason = _unreachable(HF_ENDPOINT)
+    reason = network_problem(HUB_URL)
     if reason is None:
         return  # transformers downloads them
-    raise WeightsNotFoundError(
-        f'{display!r}: the text tower of open_clip {model!r} is the Hugging Face model '
-        f'{", ".join(map(repr, missing))}, whose config and tokenizer are not available: {reason}.\n'
-        f'  looked for: config.json of {", ".join(missing)}\n'
-        f'  in:         {cache} (Hugging Face cache)\n'
-        f'Ways out: (1) download {missing[0]} into that cache on a machine with a network '
-        f'(huggingface-cli download {missing[0]}); (2) register an open_clip model config whose '
-        f'hf_model_name / hf_tokenizer_name is a local directory (open_clip.add_model_config).')
+    raise weights_not_found(
+        display, [HubFile(name, ('config.json',)) for name in missing], reason, what='the text tower files',
+        detail=f'open_clip {model!r}, whose text tower is the Hugging Face model {missing[0]!r}', path_option=False,
+        name_hint='register an open_clip model config whose hf_model_name / hf_tokenizer_name is a local directory '
+                  '(open_clip.add_model_config)', random_way=' (these files are needed for random weights too)')
 
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -643,7 +568,7 @@ def _architecture(cfg: dict[str, Any]) -> str:
 
 def _spec(name: str, model: str, tag: str | None, output_dim: int, description: str, preprocess: dict[str, Any],
           architecture: str = 'transformer', weights_file: str | None = None,
-          alias_of: str | None = None) -> BackboneSpec:
+          alias_of: str | None = None, default_for: tuple[str, ...] = ()) -> BackboneSpec:
     defaults: dict[str, Any] = {}
     if weights_file is not None:
         defaults['pretrained'] = weights_file
@@ -652,6 +577,7 @@ def _spec(name: str, model: str, tag: str | None, output_dim: int, description: 
     return BackboneSpec(
         name=name,
         tasks=(TASK,),
+        default_for=default_for,
         modality='text+image',
         architecture=architecture,
         output_dim=output_dim,
@@ -709,7 +635,8 @@ def list_prefixed(prefix: str, pattern: str) -> list[str]:
 
 def specs() -> list[BackboneSpec]:
     """The named CLIP models, from the static table (no import of open_clip)."""
-    return [_spec(name, model, tag, dim, description, KNOWN_PREPROCESS[name], alias_of=f'{PREFIX}:{model}:{tag}')
+    return [_spec(name, model, tag, dim, description, KNOWN_PREPROCESS[name], alias_of=f'{PREFIX}:{model}:{tag}',
+                  default_for=(TASK,) if name == 'clip-base-en' else ())
             for name, (model, tag, dim, description) in NAMED.items()]
 
 
@@ -723,7 +650,7 @@ def artifact_safe(prefix: str, rest: str) -> bool:
 
 plugin = BackbonePlugin(
     name='openclip', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    prefix_tasks={PREFIX: (TASK,)}, artifact_safe=artifact_safe,
+    prefix_tasks={PREFIX: (TASK,)}, artifact_safe=artifact_safe, offline_envs=OFFLINE_ENVS,
     note=(f"every open_clip model as {PREFIX}:<model>[:<tag or weights file>] ({TASK}); list them with "
           f"finetune.list_models('{PREFIX}:*')"),
 )
@@ -731,4 +658,4 @@ plugin = BackbonePlugin(
 __all__ = ['plugin', 'build', 'resolve', 'list_prefixed', 'specs', 'TextTower', 'ImageTower', 'NAMED',
            'KNOWN_PRETRAINED', 'KNOWN_PREPROCESS', 'live_preprocess_defaults', 'pretrained_weights_path',
            'check_hf_text_available', 'create_openclip', 'load_weights', 'openclip_state_dict',
-           'to_openclip_layout', 'hf_cache_dir', 'url_cache_dir', 'model_config', 'pretrained_tags']
+           'to_openclip_layout', 'url_cache_dir', 'model_config', 'pretrained_tags']

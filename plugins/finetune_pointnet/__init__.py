@@ -22,9 +22,11 @@ from finetune.registry import BackbonePlugin, BackboneSpec
 from finetune.weights import load_into, load_state_dict
 
 from .network import VARIANTS, PointNet2, ball_query, farthest_point_sample
-from .points import PointPreprocessor, mesh_file_problem, mesh_views, point_preprocess_options, read_shape
+from .points import MESH, PointPreprocessor, mesh_file_problem, mesh_views, point_preprocess_options, read_shape
 
 __all__ = ['PointNetBackbone', 'plugin', 'mesh_views', 'read_shape', 'farthest_point_sample', 'ball_query']
+
+TASK = 'mesh-to-mesh'
 
 #: fewest points a cloud may have: 16 leave one centroid after the two set abstractions' 1-in-4 sampling
 MIN_MODEL_POINTS = 16
@@ -126,10 +128,11 @@ def _options(num_points: int, embed_dim: int, hidden_dim: int, dropout: float) -
 
 
 def _spec(name: str, variant: str, defaults: tuple[int, int, int, float], description: str,
-          alias_of: str | None = None) -> BackboneSpec:
+          alias_of: str | None = None, default_for: tuple[str, ...] = ()) -> BackboneSpec:
     return BackboneSpec(
         name=name,
-        tasks=('mesh-to-mesh',),
+        tasks=(TASK,),
+        default_for=default_for,
         modality='mesh',
         architecture='pointnet++',
         output_dim=defaults[1],
@@ -149,11 +152,12 @@ def _spec(name: str, variant: str, defaults: tuple[int, int, int, float], descri
 def specs() -> list[BackboneSpec]:
     return [
         _spec('pointnet-base', 'base', (2048, 512, 1024, 0.1),
-              'PointNet++ (SSG) on 2,048 surface points, 512-dim embeddings; trained from scratch'),
+              'PointNet++ (SSG) on 2,048 surface points, 512-dim embeddings; trained from scratch',
+              default_for=(TASK,)),
         _spec('pointnet-small', 'small', (1024, 256, 512, 0.1),
               'PointNet++ at half width on 1,024 points, 256-dim embeddings; for quick runs'),
     ]
 
 
-plugin = BackbonePlugin(name='pointnet', specs=specs,
+plugin = BackbonePlugin(name='pointnet', specs=specs, tasks=(TASK,), modalities=(MESH,),
                         note='PointNet++ for meshes and point clouds (mesh-to-mesh), trained from scratch')

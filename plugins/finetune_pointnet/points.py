@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from finetune.errors import InputError, OptionError
-from finetune.model import is_one_item
+from finetune.modalities import Modality, is_one_item
 from finetune.options import Option, boolean, one_of
 
 POINT_FILE_EXTENSIONS = ('.xyz', '.npy')
+MESH_FILE_EXTENSIONS = ('.off', '.obj', '.ply', '.stl', '.glb', '.gltf')
 AXES = ('x', 'y', 'z')
 #: the fewest points or vertices that still describe a shape
 MIN_POINTS = 3
@@ -72,6 +73,30 @@ def point_preprocess_options() -> tuple[Option, ...]:
         Option('jitter', 'float', 0.01, 'std of the Gaussian noise added to each point (clipped at 5x)',
                _non_negative_float),
     )
+
+
+# ---------------------------------------------------------------- the modality
+def _is_shape(item: Any) -> bool:
+    """A mesh or point cloud in memory: a trimesh object, anything with vertices, or an (N, 3) array of N > 3
+    points (an image three pixels wide is no image)."""
+    if type(item).__module__.startswith('trimesh.') or hasattr(item, 'vertices'):
+        return True
+    if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
+        shape = tuple(item.shape)
+        return len(shape) == 2 and shape[1] == 3 and shape[0] > 3
+    return False
+
+
+def _one_shape(items: Any) -> bool:
+    """One item, not a batch: a path, a mesh object, or one (N, 3) array (a 3-D array is a stack of clouds)."""
+    if isinstance(items, (np.ndarray, torch.Tensor)):
+        return items.ndim == 2
+    return isinstance(items, (str, os.PathLike)) or _is_shape(items)
+
+
+#: the modality this plugin adds to the core's text and image
+MESH = Modality('mesh', MESH_FILE_EXTENSIONS + POINT_FILE_EXTENSIONS, _is_shape, _one_shape,
+                'mesh files (' + ' '.join(MESH_FILE_EXTENSIONS) + '), point files (.xyz .npy) or (N, 3) arrays')
 
 
 # ---------------------------------------------------------------- shapes

