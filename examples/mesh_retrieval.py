@@ -24,7 +24,7 @@ import time
 
 import finetune
 from finetune.errors import InputError
-from finetune_pointnet import mesh_views, read_shape
+from finetune_pointnet.points import mesh_views, read_shape
 
 MESH_GLOBS = ('*.off', '*.obj', '*.ply', '*.stl', '*.glb')
 

@@ -1,5 +1,6 @@
-"""Saved models: nothing in an artifact turns on code execution or leads the loader outside the folder, and a
-damaged artifact is answered with the file and the field (finetune/artifacts.py)."""
+"""Saved models (finetune/artifacts.py): nothing in an artifact leads the loader outside its folder, a damaged
+artifact is answered with the file and the field, writes are atomic. On the fake family of the tests; the
+Hugging Face family's own risks (code shipped in a model folder) are tested with it (families/)."""
 from __future__ import annotations
 
 import json
@@ -15,24 +16,19 @@ from finetune.errors import ArtifactError, FinetuneError
 
 TEXTS = ['the red dog', 'a happy cat', 'the big house']
 
-EVIL_MODULE = '''
-import pathlib
-pathlib.Path({marker!r}).write_text('planted code ran')
-from transformers import BertConfig, BertModel
 
-
-class EvilConfig(BertConfig):
-    pass
-
-
-class EvilModel(BertModel):
-    config_class = EvilConfig
-'''
+@pytest.fixture
+def source(tmp_path):
+    """A folder the 'fakefile:' family builds from, as a Hugging Face model folder is for 'hf:'."""
+    folder = tmp_path / 'source'
+    folder.mkdir()
+    (folder / 'fake.json').write_text(json.dumps({'dim': 24}))
+    return folder
 
 
 @pytest.fixture
-def artifact(tiny_bert_dir, tmp_path):
-    model = finetune.build_model(f'hf:{tiny_bert_dir}', {'pretrained': True})
+def artifact(source, tmp_path):
+    model = finetune.build_model(f'fakefile:{source}')
     path = tmp_path / 'artifact'
     finetune.save_model(model, str(path))
     return path, model
@@ -50,74 +46,48 @@ def _edit_config(path, **changes) -> dict:
     return config
 
 
-def _plant_code(path, marker) -> None:
-    """What an attacker ships: trust_remote_code in the saved options and an auto_map to their module."""
-    backbone = path / 'backbone'
-    (backbone / 'evil.py').write_text(EVIL_MODULE.format(marker=str(marker)))
-    hf_config = json.loads((backbone / 'config.json').read_text())
-    hf_config['auto_map'] = {'AutoConfig': 'evil.EvilConfig', 'AutoModel': 'evil.EvilModel'}
-    (backbone / 'config.json').write_text(json.dumps(hf_config))
-    config = json.loads((path / 'finetune_config.json').read_text())
-    _edit_config(path, model_options=dict(config['model_options'], trust_remote_code=True))
-
-
-def test_an_artifact_cannot_turn_on_code_execution(artifact, tmp_path, monkeypatch):
-    monkeypatch.setenv('HF_MODULES_CACHE', str(tmp_path / 'hf_modules'))
+def test_an_artifact_rebuilds_from_its_own_folder(artifact, source):
     path, model = artifact
-    marker = tmp_path / 'marker'
-    _plant_code(path, marker)
-    loaded = finetune.load(str(path))
-    assert not marker.exists(), 'code planted in the artifact ran on load'
-    np.testing.assert_allclose(loaded.encode(TEXTS), model.encode(TEXTS), atol=1e-6)
-    assert loaded.options['trust_remote_code'] is False
+    assert json.loads((path / 'finetune_config.json').read_text())['name'] == 'fakefile:./backbone'
+    (source / 'fake.json').unlink()  # the folder it was built from is not needed
+    np.testing.assert_array_equal(finetune.load(str(path)).encode(TEXTS), model.encode(TEXTS))
 
 
-def test_the_cli_does_not_run_planted_code_either(artifact, tmp_path):
-    path, _ = artifact
-    marker = tmp_path / 'marker'
-    _plant_code(path, marker)
-    items = tmp_path / 'items.txt'
-    items.write_text('\n'.join(TEXTS))
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / 'hf_modules'))
-    done = subprocess.run([sys.executable, '-m', 'finetune.cli', 'encode', '--model', str(path), '--input',
-                           str(items), '--output', str(tmp_path / 'e.npy')], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    assert not marker.exists()
-    assert np.load(tmp_path / 'e.npy').shape == (3, 32)
-
-
-def test_trust_remote_code_is_the_callers_switch(artifact, tmp_path, monkeypatch):
-    monkeypatch.setenv('HF_MODULES_CACHE', str(tmp_path / 'hf_modules'))
-    path, _ = artifact
-    marker = tmp_path / 'marker'
-    _plant_code(path, marker)
-    _edit_config(path, model_options=dict(json.loads((path / 'finetune_config.json').read_text())['model_options'],
-                                          trust_remote_code=False))
-    finetune.load(str(path), trust_remote_code=True)  # the caller, not the file, decides
-    assert marker.read_text() == 'planted code ran'
-    with pytest.raises(ArtifactError, match='trust_remote_code: expected True or False'):
-        finetune.load(str(path), trust_remote_code='yes')
-
-
-@pytest.mark.parametrize('name', ['hf:{outside}', 'hf:./../outside', 'hf:./backbone/../../outside', '{outside}',
-                                  'hf:sentence-transformers/all-MiniLM-L6-v2', 'bert-base-cased', 'hf:~/model',
-                                  'hf:outside', 'hf:bert-base-uncased', 'nosuchprefix:./backbone'])
-def test_a_name_that_leaves_the_artifact_is_refused(artifact, tiny_bert_dir, tmp_path, name, monkeypatch):
+@pytest.mark.parametrize('name', ['fakefile:{outside}', 'fakefile:./../outside', 'fakefile:./backbone/../../outside',
+                                  '{outside}', 'fakefile:org/model', 'not-a-registered-model', 'fakefile:~/model',
+                                  'fakefile:outside', 'nosuchprefix:./backbone'])
+def test_a_name_that_leaves_the_artifact_is_refused(artifact, source, tmp_path, name, monkeypatch):
     path, _ = artifact
     outside = tmp_path / 'outside'
-    outside.symlink_to(tiny_bert_dir)  # a real model there: refusing must not depend on it failing to load
-    monkeypatch.chdir(tmp_path)  # 'hf:outside' would be read relative to the working folder
+    outside.symlink_to(source)  # a real model there: refusing must not depend on it failing to load
+    monkeypatch.chdir(tmp_path)  # 'fakefile:outside' would be read relative to the working folder
     _edit_config(path, name=name.format(outside=outside))
     with pytest.raises(ArtifactError, match=r"finetune_config.json, field 'name'") as info:
         finetune.load(str(path))
     assert any(w in str(info.value) for w in ('outside', 'neither a registered', 'path', 'no installed plugin'))
 
 
-def test_a_symlink_inside_the_artifact_that_points_out_is_refused(artifact, tiny_bert_dir, tmp_path):
+def test_a_registered_name_is_fine(artifact):
     path, _ = artifact
-    (path / 'elsewhere').symlink_to(tiny_bert_dir)
-    _edit_config(path, name='hf:./elsewhere')
+    _edit_config(path, name='fake-text', model_options=dict(json.loads(
+        (path / 'finetune_config.json').read_text())['model_options'], dim=24))
+    assert finetune.load(str(path)).output_dim == 24
+
+
+def test_a_symlink_inside_the_artifact_that_points_out_is_refused(artifact, source):
+    path, _ = artifact
+    (path / 'elsewhere').symlink_to(source)
+    _edit_config(path, name='fakefile:./elsewhere')
     with pytest.raises(ArtifactError, match='outside the artifact folder'):
+        finetune.load(str(path))
+
+
+def test_a_link_inside_backbone_that_points_out_is_refused(artifact, source):
+    path, _ = artifact
+    config = path / 'backbone' / 'fake.json'
+    config.unlink()
+    config.symlink_to(source / 'fake.json')
+    with pytest.raises(ArtifactError, match='is a link to .*outside the artifact folder'):
         finetune.load(str(path))
 
 
@@ -125,28 +95,22 @@ def test_a_damaged_config_names_the_file_and_the_field(artifact):
     path, _ = artifact
     config_path = path / 'finetune_config.json'
     good = config_path.read_text()
-    config_path.write_text(good[:-20])  # truncated JSON
-    with pytest.raises(ArtifactError, match=r'finetune_config.json: not valid JSON'):
-        finetune.load(str(path))
-    config_path.write_text(good)
-    _edit_config(path, name=None)
-    with pytest.raises(ArtifactError, match=r"field 'name' is missing"):
-        finetune.load(str(path))
-    config_path.write_text(good)
-    _edit_config(path, model_options=['not', 'a', 'dict'])
-    with pytest.raises(ArtifactError, match=r"field 'model_options': expected a JSON object"):
-        finetune.load(str(path))
-    config_path.write_text(good)
-    _edit_config(path, name=42)
-    with pytest.raises(ArtifactError, match=r"field 'name': expected the registry name"):
-        finetune.load(str(path))
-    config_path.write_text(good)
-    _edit_config(path, model_options=dict(json.loads(good)['model_options'], pooler='nope'))
-    with pytest.raises(ArtifactError, match=r"field 'model_options'.*nope"):
-        finetune.load(str(path))
-    config_path.write_text('[1, 2]')
-    with pytest.raises(ArtifactError, match='expected a JSON object'):
-        finetune.load(str(path))
+    cases = [(good[:-20], r'finetune_config.json: not valid JSON'),
+             (dict(name=None), r"field 'name' is missing"),
+             (dict(model_options=['not', 'a', 'dict']), r"field 'model_options': expected a JSON object"),
+             (dict(name=42), r"field 'name': expected the registry name"),
+             (dict(model_options=dict(json.loads(good)['model_options'], pooler='nope')),
+              r"field 'model_options'.*nope"),
+             ('[1, 2]', 'expected a JSON object'),
+             (dict(format=99), r"field 'format': 99 is not a format this version reads")]
+    for change, message in cases:
+        config_path.write_text(good)
+        if isinstance(change, str):
+            config_path.write_text(change)
+        else:
+            _edit_config(path, **change)
+        with pytest.raises(ArtifactError, match=message):
+            finetune.load(str(path))
 
 
 def test_the_cli_answers_a_damaged_artifact_in_one_message(artifact, tmp_path):
@@ -169,29 +133,20 @@ def test_errors_are_finetune_errors_not_json_or_key_errors(artifact):
     assert type(info.value).__name__ == 'ArtifactError'
 
 
-def test_a_link_or_module_path_inside_backbone_that_points_out_is_refused(artifact, tiny_bert_dir, tmp_path):
-    path, _ = artifact
-    config = path / 'backbone' / 'config.json'
-    config.unlink()
-    config.symlink_to(tiny_bert_dir / 'config.json')
-    with pytest.raises(ArtifactError, match='is a link to .*outside the artifact folder'):
-        finetune.load(str(path))
-
-
-def test_sentence_transformers_modules_may_not_point_outside(artifact, tiny_bert_dir):
-    path, _ = artifact
-    (path / 'backbone' / 'modules.json').write_text(json.dumps(
-        [{'idx': 0, 'name': '0', 'path': str(tiny_bert_dir), 'type': 'sentence_transformers.models.Transformer'}]))
-    with pytest.raises(FinetuneError, match='outside'):
-        finetune.load(str(path))
-
-
 def test_an_incomplete_artifact_is_an_artifact_error(artifact):
     import shutil
     path, _ = artifact
     shutil.rmtree(path / 'backbone')
     with pytest.raises(ArtifactError, match="'./backbone' is missing from the artifact folder"):
         finetune.load(str(path))
+
+
+def test_a_model_whose_name_could_not_be_loaded_again_is_not_saved(source, tmp_path, monkeypatch):
+    model = finetune.build_model(f'fakefile:{source}')
+    model.backbone.from_folder = False  # as a family that writes nothing into the artifact
+    with pytest.raises(ArtifactError, match='cannot save .*outside the artifact'):
+        finetune.save_model(model, str(tmp_path / 'nope'))
+    assert not (tmp_path / 'nope').exists()
 
 
 def test_a_kill_between_the_renames_of_a_replacement_leaves_a_loadable_model(artifact):

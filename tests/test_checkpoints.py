@@ -34,16 +34,16 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tiny_bert_dir, tmp_path_factory):
+def uninterrupted(tmp_path_factory):
     """Two epochs of 3 steps with a checkpoint after every step (all kept)."""
     out = tmp_path_factory.mktemp('uninterrupted')
-    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir=str(out), save_steps=1,
+    run = finetune.fit('fake-text', text_pairs(), epochs=2, output_dir=str(out), save_steps=1,
                        save_total_limit=10, **EXACT)
     return out, run, _weights(run.model)
 
 
-def test_checkpoints_every_n_steps_and_at_epoch_ends_keep_the_last_few(tiny_bert_dir, tmp_path):
-    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir=str(tmp_path), save_steps=2,
+def test_checkpoints_every_n_steps_and_at_epoch_ends_keep_the_last_few(tmp_path):
+    run = finetune.fit('fake-text', text_pairs(), epochs=2, output_dir=str(tmp_path), save_steps=2,
                        **EXACT)
     # steps 1..6, 3 per epoch: step checkpoints at 2 and 4, epoch ends at 3 and 6; the last 2 are kept
     assert [step for step, _ in ckpt.list_checkpoints(str(tmp_path))] == [4, 6]
@@ -68,7 +68,7 @@ def test_a_resumed_run_ends_with_the_weights_of_the_uninterrupted_one(uninterrup
                                                                      abs=1e-6)
 
 
-def test_kill_9_then_resume_from_the_output_dir(uninterrupted, tiny_bert_dir, tmp_path):
+def test_kill_9_then_resume_from_the_output_dir(uninterrupted, tmp_path):
     """A run killed with SIGKILL after step 4 resumes from its latest checkpoint (step 3: the step-4 one was
     never written) and ends exactly where the uninterrupted run ended."""
     _, _, final = uninterrupted
@@ -85,7 +85,7 @@ def test_kill_9_then_resume_from_the_output_dir(uninterrupted, tiny_bert_dir, tm
                 if state.step == 4:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-        finetune.fit('hf:{tiny_bert_dir}', text_pairs(), epochs=2, output_dir={str(tmp_path / 'out')!r},
+        finetune.fit('fake-text', text_pairs(), epochs=2, output_dir={str(tmp_path / 'out')!r},
                      save_steps=1, save_total_limit=10, batch_size=8, device='cpu', precision='fp32', num_workers=0,
                      seed=3, learning_rate=1e-3, callbacks=[Kill()], log=lambda m: None)
     '''))
@@ -128,7 +128,7 @@ def test_resume_from_something_that_is_no_checkpoint(tmp_path):
         finetune.fit(None, text_pairs(), resume_from=str(tmp_path), log=lambda m: None)
 
 
-def test_output_dir_is_checked_before_the_first_step(tiny_bert_dir, tmp_path, monkeypatch):
+def test_output_dir_is_checked_before_the_first_step(tmp_path, monkeypatch):
     steps = []
 
     class Count(Callback):
@@ -138,15 +138,15 @@ def test_output_dir_is_checked_before_the_first_step(tiny_bert_dir, tmp_path, mo
     a_file.write_text('x')
     for bad, message in ((a_file, 'is a file'), (a_file / 'sub', 'cannot be written')):
         with pytest.raises(OptionError, match=message):
-            finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), output_dir=str(bad), callbacks=[Count()], **EXACT)
+            finetune.fit('fake-text', text_pairs(), output_dir=str(bad), callbacks=[Count()], **EXACT)
     monkeypatch.setattr(shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(OptionError, match=r'1 MiB free on its disk, but one checkpoint of this model needs about'):
-        finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), output_dir=str(tmp_path / 'out'), callbacks=[Count()],
+        finetune.fit('fake-text', text_pairs(), output_dir=str(tmp_path / 'out'), callbacks=[Count()],
                      **EXACT)
     assert steps == []
 
 
-def test_a_failed_checkpoint_write_is_logged_and_training_goes_on(tiny_bert_dir, tmp_path, monkeypatch):
+def test_a_failed_checkpoint_write_is_logged_and_training_goes_on(tmp_path, monkeypatch):
     real = ckpt.save_checkpoint
     calls = []
 
@@ -157,21 +157,21 @@ def test_a_failed_checkpoint_write_is_logged_and_training_goes_on(tiny_bert_dir,
         return real(*args, **kwargs)
     monkeypatch.setattr(ckpt, 'save_checkpoint', flaky)
     logs = []
-    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, output_dir=str(tmp_path), save_steps=1,
+    run = finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(tmp_path), save_steps=1,
                        **dict(EXACT, log=logs.append))
     assert len(run.history) == 3
     assert any('could not write the checkpoint' in line and 'No space left' in line for line in logs)
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [2, 3]
 
 
-def test_the_run_is_returned_when_the_final_save_fails(tiny_bert_dir, tmp_path, monkeypatch):
+def test_the_run_is_returned_when_the_final_save_fails(tmp_path, monkeypatch):
     from finetune.training import Run
 
     def refuse(self, directory):
         raise OSError(30, 'Read-only file system', directory)
     monkeypatch.setattr(Run, 'save', refuse)
     logs = []
-    run = finetune.fit(f'hf:{tiny_bert_dir}', text_pairs(), epochs=1, output_dir=str(tmp_path),
+    run = finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(tmp_path),
                        **dict(EXACT, log=logs.append))
     assert run.model is not None and len(run.history) == 3
     assert 'could not save the final model' in run.save_error and 'run.save(' in run.save_error

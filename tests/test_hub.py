@@ -68,14 +68,3 @@ def test_offline_the_one_message_names_every_place_and_the_ways_out(tmp_path, mo
                  f'in:         {tmp_path}', 'looked for: x.bin', "model_options={'pretrained': '/path/to/w.pth'}",
                  "'fam:my-model:/path/to/w.pth'", "model_options={'pretrained': False}"):
         assert part in message, part
-
-
-def test_plugins_declare_their_offline_switches(monkeypatch):
-    assert {'FINETUNE_OFFLINE', 'HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'} <= set(hub.offline_envs())
-    for name in hub.offline_envs():
-        monkeypatch.delenv(name, raising=False)
-    assert hub.offline_requested() is None
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    assert hub.offline_requested() == 'offline mode is set (HF_HUB_OFFLINE)'
-    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
-    assert hub.offline_requested() is None

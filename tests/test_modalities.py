@@ -42,17 +42,3 @@ def test_a_plugin_declares_a_modality_and_its_task(sound_plugin, tmp_path):
     csv = tmp_path / 'rows.csv'
     csv.write_text('item,label\ndog/0.wav,dog\ndog/1.wav,dog\n')
     assert load_data(str(csv)).a[0] == str(tmp_path / 'dog' / '0.wav')  # its relative paths are resolved
-
-
-def test_the_mesh_modality_comes_from_its_plugin():
-    names = [m.name for m in finetune.modalities.modalities()]
-    assert names[:2] == ['text', 'image'] and 'mesh' in names
-    assert item_modality('part.stl') == 'mesh' and item_modality(np.zeros((100, 3))) == 'mesh'
-    assert 'mesh-to-mesh' in finetune.TASKS
-
-
-def test_each_task_has_a_default_model():
-    assert REGISTRY.default_model('text-to-text') == 'all-minilm-l6-v2'
-    assert REGISTRY.default_model('image-to-image') == 'efficientnet-lite0'
-    assert REGISTRY.default_model('text-to-image') == 'clip-base-en'
-    assert REGISTRY.default_model('mesh-to-mesh') == 'pointnet-base'

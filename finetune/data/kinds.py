@@ -65,6 +65,12 @@ class DataKind:
     summary_metrics: tuple[str, ...] = ('ndcg@10', 'mrr@10', 'hit@1')
 
     # -------------------------------------------------------------- rows and batches
+    def read_rows(self, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, source: str,
+                  lines: list[int] | None) -> TrainingData | None:
+        """`rows` read as data of this kind, for a kind with a layout of its own (``data_kind=`` names it);
+        None for the built-in layouts, which the loader detects itself. Raises InputError."""
+        return None
+
     def row(self, data: TrainingData, i: int) -> tuple:
         """Row `i` as the DataLoader sees it."""
         return data.a[i], data.b[i], data.groups[i]

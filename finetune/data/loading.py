@@ -47,6 +47,8 @@ class TrainingData:
     source: str = 'data'
     #: the file line of each row, for data read from a file (None: rows are counted from 0)
     lines: list[int] | None = None
+    #: further columns of kinds that have them (name -> one value per row)
+    extra: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.a)
@@ -116,6 +118,11 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
         raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(kind_names())}.')
     if not rows:
         raise InputError(f'{source} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
+    if kind is not None:
+        from .kinds import get_kind
+        own = get_kind(kind).read_rows(rows, header, source, _row_lines(len(rows), line_offset))
+        if own is not None:
+            return own
     width = len(header) if header else len(rows[0])
     like = 'the header' if header else 'the first row'
     if width not in (2, 3):

@@ -275,6 +275,7 @@ class Trainer:
         self._fire('on_train_begin')
         self.unwrapped.train()
         self.samples, self.started = 0, time.perf_counter()
+        self.last_step_end, self.step_seconds = self.started, None
         try:
             for epoch in range(self.state.epoch, self.config.epochs):
                 self.state.epoch = epoch
@@ -328,7 +329,6 @@ class Trainer:
         :meth:`stop`). Returns the loss."""
         raise_worker_error(batch)
         batch = batch_to(batch, self.accelerator.device)
-        self.guard.before_forward()  # a failing forward may already move BatchNorm's running statistics
         quiet = self.accelerator.no_sync(self.module) if not sync and self.accelerator.num_processes > 1 \
             else contextlib.nullcontext()
         with quiet:
@@ -340,7 +340,7 @@ class Trainer:
         if sync:
             if not gradients_ok(self.module, self.accelerator, self.config.max_grad_norm, self.precision):
                 self.stop('the gradients became NaN or infinite')
-            self.guard.before_update()
+            self.guard.before_update(self.state.step, self.step_seconds)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -352,7 +352,9 @@ class Trainer:
         s.step += 1
         s.last_loss = float(value)
         s.learning_rate = self.scheduler.get_last_lr()[0]
-        s.samples_per_second = self.samples / max(1e-9, time.perf_counter() - self.started)
+        now = time.perf_counter()
+        s.samples_per_second = self.samples / max(1e-9, now - self.started)
+        self.step_seconds, self.last_step_end = now - self.last_step_end, now
         s.history.append({'epoch': s.epoch, 'step': s.step, 'loss': s.last_loss})
         self._fire('on_step_end')
         self._maybe_evaluate()
@@ -366,8 +368,9 @@ class Trainer:
         self.guard.restore()
         s = self.state
         where = f'epoch {s.epoch + 1}, step {s.step + 1}'
-        kept = ('the weights it started from' if s.step == 0 and self.resume_state is None else
-                'the weights from before the last update, the last whose step went through')
+        kept = ('the weights it started from' if self.guard.kept_step == 0 and self.resume_state is None else
+                f'the weights of step {self.guard.kept_step}, the last good copy (one is kept every '
+                f'{self.guard.every} step(s))')
         saved = ''
         if self.config.output_dir is not None and self.accelerator.is_main_process:
             from ..artifacts import save_model

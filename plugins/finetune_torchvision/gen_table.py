@@ -11,7 +11,9 @@ import importlib.metadata
 import os
 import pprint
 
-from . import live_classification_models, live_description, live_preprocess_defaults, probe_dims
+from .build import probe_dims
+from .catalog import live_classification_models
+from .weights import live_description, live_preprocess_defaults
 
 
 def render() -> str:

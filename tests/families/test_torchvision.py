@@ -12,10 +12,11 @@ from torch import nn
 
 import finetune
 from finetune.errors import InputError, WeightsLoadError, WeightsNotFoundError
-from finetune_torchvision import (classification_models, live_classification_models, live_description,
-                                  live_preprocess_defaults, probe_dims)
 from finetune_torchvision._table import MODELS, TORCHVISION_VERSION
 from finetune_torchvision.backbone import family_of, final_linear
+from finetune_torchvision.build import probe_dims
+from finetune_torchvision.catalog import classification_models, live_classification_models
+from finetune_torchvision.weights import live_description, live_preprocess_defaults
 
 TORCHVISION_SPECS = [s.name for s in finetune.REGISTRY.specs('image-to-image') if s.plugin == 'torchvision']
 

@@ -8,7 +8,9 @@ import torch
 
 import finetune
 from finetune.errors import UnknownModelError, WeightsNotFoundError
-from finetune_timm import KNOWN, KNOWN_PREPROCESS, packaged_lite0_weights, probe_on_meta, timm_preprocess_defaults
+from finetune_timm.backbone import KNOWN, probe_on_meta
+from finetune_timm.config import KNOWN_PREPROCESS, timm_preprocess_defaults
+from finetune_timm.weights import packaged_lite0_weights
 
 
 def test_list_models_lists_every_timm_model():

@@ -24,9 +24,13 @@ from finetune.errors import InputError, OptionError, UnknownModelError, WeightsL
 from finetune.model import EmbeddingModel, MultiTowerModel
 
 open_clip = pytest.importorskip('open_clip')
-import finetune_openclip  # noqa: E402
-from finetune_openclip import (KNOWN_PREPROCESS, KNOWN_PRETRAINED, NAMED, ImageTower, TextTower,  # noqa: E402
-                               live_preprocess_defaults, openclip_state_dict)
+import finetune_openclip.backbone  # noqa: E402
+import finetune_openclip.specs  # noqa: E402
+import finetune_openclip.weights  # noqa: E402
+from finetune_openclip.backbone import ImageTower, TextTower  # noqa: E402
+from finetune_openclip.config import KNOWN_PRETRAINED, live_preprocess_defaults  # noqa: E402
+from finetune_openclip.specs import KNOWN_PREPROCESS, NAMED  # noqa: E402
+from finetune_openclip.weights import openclip_state_dict  # noqa: E402
 
 TINY = 'finetune-test-tiny-clip'
 TINY_CFG = {
@@ -114,10 +118,10 @@ def test_unknown_openclip_names_suggest_the_closest():
 def test_openai_tags_build_with_quick_gelu(monkeypatch):
     seen = {}
     monkeypatch.setattr(open_clip, 'create_model', lambda name, **kw: seen.update(name=name, **kw))
-    finetune_openclip.create_openclip('ViT-B-32', 'openai', 224, base_weights=False)
+    finetune_openclip.backbone.create_openclip('ViT-B-32', 'openai', 224, base_weights=False)
     assert seen['name'] == 'ViT-B-32' and seen['force_quick_gelu'] is True and seen['force_custom_text'] is True
     assert seen['pretrained'] is None and 'force_image_size' not in seen
-    finetune_openclip.create_openclip('ViT-B-32', 'laion2b_s34b_b79k', 256, base_weights=False)
+    finetune_openclip.backbone.create_openclip('ViT-B-32', 'laion2b_s34b_b79k', 256, base_weights=False)
     assert seen['force_quick_gelu'] is False and seen['force_image_size'] == 256
 
 
@@ -339,7 +343,7 @@ def test_pretrained_true_finds_the_file_in_either_cache(monkeypatch, tmp_path):
     monkeypatch.setenv('FINETUNE_OFFLINE', '1')
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    find = finetune_openclip.pretrained_weights_path
+    find = finetune_openclip.weights.pretrained_weights_path
     folder = tmp_path / 'home' / '.cache' / 'clip'  # open_clip's (and OpenAI clip's) URL download folder
     folder.mkdir(parents=True)
     (folder / 'ViT-B-32.pt').write_bytes(b'placeholder')
@@ -367,7 +371,7 @@ def test_download_falls_back_to_the_url_when_only_it_answers(monkeypatch, tmp_pa
         return str(tmp_path / 'downloaded.pt')
     monkeypatch.setattr(open_clip, 'download_pretrained_from_url', fake_download)
     url = KNOWN_PRETRAINED[('ViT-B-32', 'openai')]['url']
-    assert finetune_openclip.pretrained_weights_path('ViT-B-32', 'openai', 'clip-base-en') == \
+    assert finetune_openclip.weights.pretrained_weights_path('ViT-B-32', 'openai', 'clip-base-en') == \
         str(tmp_path / 'downloaded.pt')
     assert fetched == [(url, str(tmp_path / 'home' / '.cache' / 'clip'))]
 
@@ -427,9 +431,9 @@ def test_a_model_built_from_a_weights_file_saves_without_the_files_path(tiny, ti
     assert config['model_options']['quick_gelu'] is False  # the architecture it was built with, recorded
     weights.unlink()
     # as ViT-B-32, whose first tag is OpenAI's: the bare name now means QuickGELU, the saved model did not use it
-    monkeypatch.setattr(finetune_openclip, 'pretrained_tags', lambda model: ['openai'])
-    monkeypatch.setattr(finetune_openclip, 'tag_quick_gelu', lambda model, tag: tag == 'openai')
-    monkeypatch.setattr(finetune_openclip, 'live_preprocess_defaults',
+    monkeypatch.setattr(finetune_openclip.specs, 'pretrained_tags', lambda model: ['openai'])
+    monkeypatch.setattr(finetune_openclip.backbone, 'tag_quick_gelu', lambda model, tag: tag == 'openai')
+    monkeypatch.setattr(finetune_openclip.specs, 'live_preprocess_defaults',
                         lambda model, tag: live_preprocess_defaults(model, None))
     loaded = finetune.load(saved)
     np.testing.assert_array_equal(loaded.encode(TEXTS), from_file.encode(TEXTS))

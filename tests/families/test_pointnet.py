@@ -14,7 +14,7 @@ import finetune
 from finetune import build_model
 from finetune.data import load_data
 from finetune.errors import InputError, OptionError, WeightsNotFoundError
-from finetune_pointnet import PointNetBackbone
+from finetune_pointnet.backbone import PointNetBackbone
 from finetune_pointnet.network import ball_query, farthest_point_sample, square_distance
 from finetune_pointnet.points import (PointPreprocessor, augment_points, mesh_views, read_off, read_shape,
                                       rotation_matrix, to_unit_sphere)

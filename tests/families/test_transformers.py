@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import json
 import re
 import time
 
@@ -14,8 +13,6 @@ from rich.console import Console
 
 import finetune
 from finetune.errors import InputError, OptionError, UnknownModelError, WeightsNotFoundError
-
-from conftest import WORDS
 
 
 def tiny(tiny_bert_dir, **options):

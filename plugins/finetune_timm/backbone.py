@@ -1,0 +1,98 @@
+"""The timm backbone, its dimensions (known or probed on the meta device) and building it."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from finetune.backbone import MAP, TOKENS, Backbone, Features
+from finetune.meta import build_on_meta
+from finetune.preprocessing import ImagePreprocessor, check_image_batch
+
+from .config import _timm, preprocess_defaults
+from .weights import load_weights, pretrained_state_path
+
+
+class TimmBackbone(Backbone):
+    """A timm model created with ``num_classes=0``: ``forward_features`` gives the unpooled features and
+    ``forward_head(pre_logits=True)`` the model's own pooling (and pre-logits layers)."""
+    packages = ('timm',)
+
+    modality = 'image'
+
+    def __init__(self, name: str, model: nn.Module, preprocess: dict, own_dim: int = 0, pooled_dim: int = 0,
+                 layout: str = MAP):
+        super().__init__()
+        self.model_name = name
+        self.model = model
+        self.nhwc = getattr(model, 'output_fmt', 'NCHW') == 'NHWC'
+        self.layout = layout
+        self.fixed_size = bool(getattr(model, 'pretrained_cfg', {}).get('fixed_input_size', False))
+        self.image_size = preprocess['image_size']
+        self.preprocessor = ImagePreprocessor(**preprocess)
+        self.own_dim, self.pooled_dim = own_dim, pooled_dim
+
+    def forward(self, batch: torch.Tensor) -> Features:
+        x = self.model.forward_features(batch)
+        if x.dim() == 4 and self.nhwc:
+            x = x.permute(0, 3, 1, 2)
+        return Features(x)
+
+    def pool_own(self, features: Features) -> torch.Tensor:
+        x = features.tensor
+        if x.dim() == 4 and self.nhwc:
+            x = x.permute(0, 2, 3, 1)
+        return self.model.forward_head(x, pre_logits=True)
+
+    def preprocess(self, items):
+        return self.preprocessor(items)
+
+    def check_batch(self, batch) -> None:
+        check_image_batch(batch, self.model_name, self.image_size if self.fixed_size else None)
+
+
+def _create(name: str):
+    return _timm().create_model(name, pretrained=False, num_classes=0)
+
+
+#: probed once and checked by tests/test_timm.py, so that listing the named models builds nothing
+KNOWN = {'tf_efficientnet_lite0': (1280, 1280, MAP)}
+
+
+def probe(name: str) -> tuple[int, int, str]:
+    """``(own_dim, pooled_dim, layout)`` of timm model `name`: known, or probed on the meta device."""
+    return KNOWN.get(name) or probe_on_meta(name)
+
+
+@functools.lru_cache(maxsize=None)
+def probe_on_meta(name: str) -> tuple[int, int, str]:
+    """``(own_dim, pooled_dim, layout)`` of timm model `name`, by a forward pass on the meta device."""
+    size = preprocess_defaults(name)['image_size']
+    backbone = build_on_meta(lambda: TimmBackbone(name, _create(name), preprocess_defaults(name)))
+    backbone.eval()  # a BatchNorm1d in a head refuses a training batch of one
+    with torch.no_grad():
+        feats = backbone(torch.empty(2, 3, size, size, device='meta'))
+        own = backbone.pool_own(feats)
+    t = feats.tensor
+    if t.dim() == 4:
+        return int(own.shape[-1]), int(t.shape[1]), MAP
+    return int(own.shape[-1]), int(t.shape[-1]), TOKENS
+
+
+def dims(name: str) -> tuple[int, int]:
+    """``(own_dim, pooled_dim)`` of timm model `name` (probed once on the meta device)."""
+    return probe(name)[:2]
+
+
+def build(name: str, options: dict[str, Any]) -> TimmBackbone:
+    """Build timm model `name` as a backbone with validated `options`."""
+    pretrained = options['pretrained']
+    own_dim, pooled_dim, layout = probe(name)
+    if pretrained is False:
+        return TimmBackbone(name, _create(name), options['preprocess_options'], own_dim, pooled_dim, layout)
+    path, by_position = (pretrained, False) if isinstance(pretrained, str) else pretrained_state_path(name)
+    model = _create(name)
+    load_weights(model, path, name, by_position)
+    return TimmBackbone(name, model, options['preprocess_options'], own_dim, pooled_dim, layout)

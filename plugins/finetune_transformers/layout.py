@@ -1,0 +1,69 @@
+"""Reading a model folder's JSON files: ``config.json`` (local or in the hub cache) and the layout of a
+sentence-transformers directory (its transformer, pooling, normalization and max_seq_length)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from finetune_hfhub import cached_file
+
+from finetune.errors import FinetuneError
+
+ST_POOLING_MODES = {'pooling_mode_cls_token': 'cls', 'pooling_mode_mean_tokens': 'mean',
+                    'pooling_mode_max_tokens': 'max'}
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _config_json(source: str) -> dict | None:
+    if os.path.isdir(source):
+        return _read_json(os.path.join(source, 'config.json'))
+    path = cached_file(source, 'config.json')
+    return _read_json(path) if path else None
+
+
+# ---------------------------------------------------------------- sentence-transformers directories
+def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
+    """For a sentence-transformers directory: where its transformer lives, its pooling, normalization
+    and max_seq_length; None for a plain transformers directory. Raises FinetuneError for modules
+    finetune cannot reproduce (Dense layers, several pooling modes at once)."""
+    modules = _read_json(os.path.join(directory, 'modules.json'))
+    if not modules:
+        return None
+    layout: dict[str, Any] = {'transformer': directory, 'pooler': 'mean', 'normalize': False, 'max_length': None}
+    for module in modules:
+        kind = module.get('type', '').rsplit('.', 1)[-1]
+        path = os.path.realpath(os.path.join(directory, str(module.get('path', ''))))
+        root = os.path.realpath(directory)
+        if path != root and not path.startswith(root + os.sep):
+            raise FinetuneError(f'{directory}: modules.json puts module {module.get("name", "?")!r} at {path}, '
+                                f'outside the model folder; refusing to read it.')
+        if kind == 'Transformer':
+            layout['transformer'] = path
+            config = _read_json(os.path.join(path, 'sentence_bert_config.json')) or {}
+            layout['max_length'] = config.get('max_seq_length')
+            if config.get('do_lower_case'):
+                raise FinetuneError(f'{directory}: do_lower_case=True in sentence_bert_config.json is not '
+                                    f'supported yet; lower-case your texts and load the transformer alone.')
+        elif kind == 'Pooling':
+            config = _read_json(os.path.join(path, 'config.json')) or {}
+            modes = [mode for key, mode in ST_POOLING_MODES.items() if config.get(key)]
+            unsupported = [k for k, v in config.items() if k.startswith('pooling_mode') and v
+                           and k not in ST_POOLING_MODES]
+            if len(modes) != 1 or unsupported:
+                raise FinetuneError(f'{directory}: pooling {config} combines modes finetune does not '
+                                    f'reproduce; supported: exactly one of {", ".join(ST_POOLING_MODES)}.')
+            layout['pooler'] = modes[0]
+        elif kind == 'Normalize':
+            layout['normalize'] = True
+        else:
+            raise FinetuneError(f'{directory}: sentence-transformers module {module.get("type")!r} is not '
+                                f'supported (finetune loads Transformer, Pooling and Normalize).')
+    return layout
