@@ -29,26 +29,3 @@ def _register_fake_plugin() -> None:
 
 
 _register_fake_plugin()
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-def _register_fake_plugin() -> None:
-    """A dist-info declaring ``fake = fake_plugin:plugin`` in the entry-point group, on this process's path and
-    on the path of the processes the tests start."""
-    root = tempfile.mkdtemp(prefix='finetune-fake-plugin-')
-    info = os.path.join(root, 'finetune_fake_plugin-0.1.dist-info')
-    os.makedirs(info)
-    with open(os.path.join(info, 'METADATA'), 'w') as f:
-        f.write('Metadata-Version: 2.1\nName: finetune-fake-plugin\nVersion: 0.1\n')
-    with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
-        f.write('[finetune.backbones]\nfake = fake_plugin:plugin\n')
-    for path in (TESTS, root):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, (TESTS, root, os.environ.get('PYTHONPATH'))))
-    from finetune.registry import REGISTRY
-    REGISTRY.reload()
-
-
-_register_fake_plugin()

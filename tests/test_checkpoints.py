@@ -189,3 +189,11 @@ def test_a_checkpoint_of_the_first_format_resumes_at_its_epoch(uninterrupted, tm
     run = finetune.fit(None, text_pairs(), epochs=2, resume_from=str(tmp_path / 'out'), **EXACT)
     assert [h['step'] for h in run.history] == [4, 5, 6]
     assert all(np.isfinite(h['loss']) for h in run.history)
+
+
+def test_a_checkpoint_replaced_when_the_writer_was_killed_between_renames_still_resumes(uninterrupted, tmp_path):
+    out, _, final = uninterrupted
+    shutil.copytree(out / 'checkpoint-4', tmp_path / 'best.old')  # all a killed replacement of 'best' leaves
+    run = finetune.fit(None, text_pairs(), resume_from=str(tmp_path / 'best'), output_dir=str(tmp_path / 'o'),
+                       log=lambda m: None)
+    _assert_same_weights(_weights(run.model), final)

@@ -56,6 +56,9 @@ def find_checkpoint(path: str) -> str:
     path = os.fspath(path)
     if is_checkpoint(path):
         return path
+    from ..artifacts import _complete
+    if is_checkpoint(_complete(path)):  # a replacement of it was killed between its two renames
+        return _complete(path)
     found = list_checkpoints(path)
     if found:
         return found[-1][1]

@@ -58,45 +58,13 @@ def test_describe_models_image_to_image_table():
     assert names == sorted(names)
 
 
-def test_describe_models_only_prints_the_asked_task():
-    console, buffer = _console()
-    finetune.describe_models(task='image-to-image', console=console)
-    text = buffer.getvalue()
-    assert 'finetune backbones: image-to-image' in text
-    for other in ('text-to-text', 'text-to-image', 'mesh-to-mesh'):
-        assert f'finetune backbones: {other}' not in text
-
-
-def test_describe_models_unknown_task_names_valid_tasks():
-    console, buffer = _console()
-    with pytest.raises(UnknownModelError) as info:
-        finetune.describe_models(task='image-to-imag', console=console)
-    message = str(info.value)
-    assert "'image-to-imag'" in message
-    for task in finetune.TASKS:
-        assert task in message
-    assert "Did you mean 'image-to-image'" in message
-    assert buffer.getvalue() == ''
-
-
 # ---------------------------------------------------------------- list_model_options
 
-def test_list_model_options_resnet50_returns_defaults():
+def test_list_model_options_resnet50_shows_torchvisions_defaults():
     console, buffer = _console()
     defaults = finetune.list_model_options('resnet50', console=console)
-    assert isinstance(defaults, dict)
-    assert defaults['pooler_options.p'] == 3.0
-    assert defaults['pooler_options.eps'] == 1e-6
-    assert defaults['pooler_options.learnable'] is True
-    assert defaults['pretrained'] is True
-    assert defaults['pooler'] is None
-    assert defaults['normalize'] is True
-    assert defaults['head_options.scale'] == 16.0
-    assert defaults['preprocess_options.image_size'] == 224
-    text = buffer.getvalue()
-    assert 'model_options of resnet50' in text
-    assert _row(text, 'pooler_options.p')[1:3] == ['float > 0', '3.0']
-    assert _row(text, 'pretrained')[2] == 'True'
+    assert defaults['pretrained'] is True and defaults['preprocess_options.image_size'] == 224
+    assert _row(buffer.getvalue(), 'pretrained')[2] == 'True'
 
 
 def test_list_model_options_vgg16_pooler_row_explains_the_replacement():
