@@ -38,6 +38,14 @@ def load(directory: str, trust_remote_code: bool = False):
     return _load(directory, trust_remote_code=trust_remote_code)
 
 
+def merge(base, tuned, alpha: float):
+    """WiSE-FT: a copy of `tuned` whose weights are ``(1 - alpha) * base + alpha * tuned`` (weights the base
+    lacks, such as a head added for fine-tuning, come from `tuned`). `base` and `tuned` are models or saved model
+    folders. See :mod:`finetune.merging`."""
+    from .merging import merge as _merge
+    return _merge(base, tuned, alpha)
+
+
 def save_model(model, directory: str) -> str:
     """Save `model` (weights as safetensors + JSON config) so that :func:`load` rebuilds it."""
     from .artifacts import save_model as _save
@@ -58,7 +66,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 __all__ = [
-    'fit', 'evaluate', 'load', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
+    'fit', 'evaluate', 'load', 'merge', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'ArtifactError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

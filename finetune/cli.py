@@ -140,10 +140,21 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
 @click.option('--resume-from', default=None,
               help='A checkpoint folder, or an --output folder for its latest checkpoint: go on from there (options '
                    'left out take the checkpoint\'s values).')
+@click.option('--guard-data', default=None,
+              help='General-domain data whose quality should not be lost: evaluated before and after, and a model '
+                   'chosen only if its guard metric stays within --guard-tolerance of the base\'s.')
+@click.option('--select-best/--keep-last', default=True, show_default=True,
+              help='With --eval-data: hand back the best evaluated model, the base included (or the last one).')
+@click.option('--metric-for-best', default=None, help='The metric model selection maximizes (default per data '
+                                                      'kind: map@10 labeled, ndcg@10 pairs, spearman scored).')
+@click.option('--wise-ft', default=None, help="WiSE-FT: interpolate the base's and the fine-tuned weights, a number "
+                                              "in [0, 1] or 'auto' (chosen on --eval-data).")
+@click.option('--guard-tolerance', default=0.01, show_default=True, type=float,
+              help='How much of the guard metric a chosen model may lose.')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 @click.pass_context
 def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model_option, metrics_log, resume_from,
-                trust_remote_code, **settings) -> None:
+                trust_remote_code, guard_data, **settings) -> None:
     """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
     from .callbacks import MetricsLogger
     from .evaluation import format_metrics_table
@@ -153,6 +164,8 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
         given = {key: value for key, value in settings.items()
                  if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+        if 'wise_ft' in given:
+            given['wise_ft'] = _alpha_or_auto(given['wise_ft'], '--wise-ft')
         options = parse_key_values(loss_option, '--loss-option')
         if options:
             given['loss_options'] = options
@@ -161,9 +174,10 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         output = given.pop('output', None)
         model, data = _model_for_fit(model_name, train_data, trust_remote_code, model_option, resume_from)
         run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
-                  resume_from=resume_from if resume_from else Default(None), **given)
+                  resume_from=resume_from if resume_from else Default(None), guard_data=guard_data, **given)
         if run.metrics.get('after'):
-            Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after']))
+            Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after'],
+                                                 guard=run.metrics.get('guard')))
         if run.save_error:
             _fail(run.save_error)
         if run.config.get('output_dir'):
@@ -187,6 +201,46 @@ def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option
     model_name = REGISTRY.default_model(task)
     click.echo(f'model: {model_name} (the default for {task} data; choose another with --model)', err=True)
     return _load_model(model_name, trust_remote_code, model_options), data
+
+
+def _alpha_or_auto(value: str, option: str):
+    from .errors import OptionError
+    if value == 'auto':
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise OptionError(f"{option}: expected a number in [0, 1] or 'auto', got {value!r}.") from None
+
+
+@main.command('merge')
+@click.argument('base')
+@click.argument('tuned')
+@click.option('--alpha', default='auto', show_default=True,
+              help="0: the base's weights, 1: the fine-tuned ones, or 'auto': the best of 0, 0.25, 0.5, 0.75, 1 on "
+                   '--eval-data (and --guard-data).')
+@click.option('--output', required=True, help='Folder for the merged model.')
+@click.option('--eval-data', default=None, help="Data that chooses alpha when --alpha is 'auto'.")
+@click.option('--guard-data', default=None, help='General-domain data a chosen alpha must not lose (see fit).')
+@click.option('--guard-tolerance', default=0.01, show_default=True, type=float)
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_tolerance, trust_remote_code) -> None:
+    """WiSE-FT: merge a base model (a saved folder or a backbone name) and its fine-tuned version (a saved
+    folder) into one whose weights lie between them."""
+    from .merging import choose_alpha, merge
+
+    def job():
+        base_model = _load_model(base, trust_remote_code)
+        tuned_model = _load_model(tuned, trust_remote_code)
+        a = _alpha_or_auto(alpha, '--alpha')
+        if a == 'auto':
+            a, table = choose_alpha(base_model, tuned_model, eval_data, guard_data, guard_tolerance)
+            Console().print(table)
+        merged = merge(base_model, tuned_model, a)
+        from .artifacts import save_model
+        save_model(merged, output, extra={'wise_ft': {'alpha': a}})
+        click.echo(f'merged with alpha {a:g}, saved to {output} (load it with finetune.load)')
+    _run(job)
 
 
 @main.command('evaluate')

@@ -63,6 +63,8 @@ class DataKind:
     sides: int = 2
     #: the metrics shown in the one-line before / after summary, when present
     summary_metrics: tuple[str, ...] = ('ndcg@10', 'mrr@10', 'hit@1')
+    #: the metric model selection maximizes by default ('{k}': the largest of the ks evaluated)
+    best_metric: str = 'ndcg@{k}'
 
     # -------------------------------------------------------------- rows and batches
     def read_rows(self, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, source: str,
@@ -153,6 +155,7 @@ class LabeledKind(DataKind):
     name = 'labeled'
     columns = ('item', 'label')
     default_loss = 'TripletMarginLoss'
+    best_metric = 'map@{k}'
     sides = 1
     summary_metrics = ('ndcg@10', 'mrr@10', 'hit@1')
 
@@ -221,6 +224,7 @@ class ScoredKind(DataKind):
     columns = ('a', 'b', 'score')
     default_loss = 'CoSENTLoss'
     summary_metrics = ('spearman',)
+    best_metric = 'spearman'
 
     def row(self, data, i):
         return data.a[i], data.b[i], data.scores[i]

@@ -13,12 +13,14 @@ from .metrics import COUNT_KEYS
 
 
 def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, Any],
-                         title: str = 'retrieval metrics') -> Table:
+                         title: str = 'retrieval metrics', guard: Mapping[str, Any] | None = None) -> Table:
     """A rich table of metrics: metric | before | after | change (after - before, signed).
 
     Numbers are shown with 4 decimals; the count keys (``num_queries``, ``num_skipped``) are not
     rows but go into the caption as 'N queries'. With `before` None the table has only metric |
-    after. A metric missing on one side shows '-'. Returns the :class:`rich.table.Table`.
+    after. A metric missing on one side shows '-'. `guard` (``{'before': ..., 'after': ...}``, the guard
+    data's metrics) adds a section of rows named 'guard <metric>', so that what fine-tuning cost elsewhere
+    shows beside what it gained. Returns the :class:`rich.table.Table`.
     Raises InputError when `after` (or a non-None `before`) is not a dict of numbers.
     """
     after = _check_metric_dict('after', after)
@@ -40,8 +42,20 @@ def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, A
             continue
         old = before.get(name)
         table.add_row(Text(str(name)), _number(old), _number(new), _change(old, new))
+    if guard and guard.get('after') is not None:
+        _guard_rows(table, guard, before is not None)
     table.caption = _caption(before, after)
     return table
+
+
+def _guard_rows(table: Table, guard: Mapping[str, Any], with_before: bool) -> None:
+    g_after = _check_metric_dict('guard after', guard['after'])
+    g_before = _check_metric_dict('guard before', guard.get('before') or {})
+    table.add_section()
+    for name in (k for k in g_after if k not in COUNT_KEYS):
+        old, new = g_before.get(name), g_after.get(name)
+        cells = [_number(old), _number(new), _change(old, new)] if with_before else [_number(new)]
+        table.add_row(Text(f'guard {name}'), *cells)
 
 
 def _check_metric_dict(name: str, metrics: Any) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         output_dir: str | None = Default(None), save_steps: int | None = Default(None),
         save_total_limit: int = Default(2), resume_from: str | None = Default(None),
         progress: bool | None = Default(None), ks: Sequence[int] = Default((1, 5, 10)),
-        log: Callable[[str], None] | None = None) -> Run:
+        log: Callable[[str], None] | None = None, guard_data=None, select_best: bool = Default(True),
+        metric_for_best: str | None = Default(None), wise_ft: float | str | None = Default(None),
+        guard_tolerance: float = Default(0.01)) -> Run:
     """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
 
     Batches are tokenized / decoded in `num_workers` DataLoader processes (default: half the CPU cores,
@@ -37,8 +39,17 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     With `output_dir`, a checkpoint is written every `save_steps` optimizer steps and at each epoch end
     (``output_dir/checkpoint-<step>``, the last `save_total_limit` kept) and the final model to
     ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint
-    exactly where it stopped (arguments left out take the checkpoint's values). Messages go to the
-    ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data that cannot be read
+    exactly where it stopped (arguments left out take the checkpoint's values).
+
+    Never worse than the base: with `eval_data`, the base model and the model at each epoch end (or every
+    `eval_every` steps) are candidates, and the one with the best `metric_for_best` (default per data kind:
+    map@10 for labeled data, ndcg@10 for pairs, spearman for scored pairs) is handed back and saved, the base
+    included; ``select_best=False`` keeps the last. `guard_data` (general-domain data whose quality should
+    not be lost) is evaluated before and after, and a candidate qualifies only if its guard metric is at most
+    `guard_tolerance` below the base's. `wise_ft` (a number in [0, 1], or 'auto' for the best of 0, 0.25, 0.5,
+    0.75, 1 by the same rule) interpolates the base's and the chosen model's weights. ``run.metrics`` holds
+    'before', 'after' (the model handed back), 'last', 'selection' (the choice and the curve), 'guard'
+    and 'wise_ft'. Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data that cannot be read
     or does not fit the model, OptionError for bad settings, TrainingError when a step turns NaN (the last
     good model is kept).
     """
@@ -49,8 +60,10 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         gradient_accumulation_steps=gradient_accumulation_steps, device=device, precision=precision,
         num_workers=num_workers, seed=seed, num_items_per_class=num_items_per_class, eval_every=eval_every,
         data_kind=data_kind, output_dir=output_dir, save_steps=save_steps, save_total_limit=save_total_limit,
-        resume_from=resume_from, progress=progress, ks=ks)
-    trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log)
+        resume_from=resume_from, progress=progress, ks=ks, select_best=select_best, metric_for_best=metric_for_best,
+        wise_ft=wise_ft, guard_tolerance=guard_tolerance)
+    trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log,
+                      guard_data=guard_data)
     return trainer.train()
 
 

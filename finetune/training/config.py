@@ -38,7 +38,8 @@ KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate
                   'optimizer', 'optimizer_options', 'scheduler', 'warmup_ratio', 'max_grad_norm',
                   'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind')
 #: settings a resumed run takes from its checkpoint when left out, and may change freely
-INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers')
+INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers', 'select_best',
+                       'metric_for_best', 'wise_ft', 'guard_tolerance')
 
 
 def _number(value: Any) -> bool:
@@ -93,6 +94,10 @@ class TrainingConfig:
     resume_from: str | None = None
     progress: bool | None = None
     ks: Sequence[int] = (1, 5, 10)
+    select_best: bool = True
+    metric_for_best: str | None = None
+    wise_ft: float | str | None = None
+    guard_tolerance: float = 0.01
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
@@ -136,6 +141,19 @@ class TrainingConfig:
                 raise OptionError(f'{name}: expected a dict such as {{"weight_decay": 0.01}}, got '
                                   f'{type(value).__name__}.')
         _optional_str('loss', self.loss, 'a loss name such as "InfoNCE"')
+        _optional_str('metric_for_best', self.metric_for_best, 'a metric name such as "ndcg@10"')
+        if not isinstance(self.select_best, bool):
+            raise OptionError(f'select_best: expected True or False, got {self.select_best!r}.')
+        if self.wise_ft is not None and self.wise_ft != 'auto':
+            from ..merging import check_alpha
+            try:
+                check_alpha(self.wise_ft)
+            except OptionError:
+                raise OptionError(f"wise_ft: expected None, 'auto' or a number in [0, 1] (0: the base model, 1: "
+                                  f"the fine-tuned one), got {self.wise_ft!r}.") from None
+        if not _number(self.guard_tolerance) or self.guard_tolerance < 0:
+            raise OptionError(f'guard_tolerance: expected a number >= 0 (how much of the guard metric a chosen '
+                              f'model may lose), got {self.guard_tolerance!r}.')
         _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
         for name in ('output_dir', 'resume_from'):
             _optional_str(name, getattr(self, name), 'a folder path')

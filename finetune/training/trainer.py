@@ -34,6 +34,7 @@ from ..losses import Loss, build_loss
 from ..model import EmbeddingModel, MultiTowerModel, build_model
 from ..samplers import ShardedBatches, SkipBatches
 from . import checkpoint as ckpt
+from .choose import Chooser
 from .config import TrainingConfig
 from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
@@ -50,9 +51,9 @@ class Trainer:
 
     def __init__(self, model, train_data, eval_data=None, config: TrainingConfig | None = None, *,
                  model_options: dict | None = None, callbacks: Sequence[Callback] | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, guard_data=None):
         self.config = config or TrainingConfig()
-        self.model_arg, self.train_arg, self.eval_arg = model, train_data, eval_data
+        self.model_arg, self.train_arg, self.eval_arg, self.guard_arg = model, train_data, eval_data, guard_data
         self.model_options = model_options
         self.callbacks = _check_callbacks(callbacks)
         self.say = log_function(log)
@@ -69,7 +70,7 @@ class Trainer:
         self.precision = resolve_precision(self.config.precision, self.device)
         seed_everything(self.config.seed)
         self.model = self.build_model()
-        self.train_data, self.eval_data = self.load_data()
+        self.train_data, self.eval_data, self.guard_data = self.load_data()
         self.side_a, self.side_b = side_models(self.model, self.train_data)
         self.check_data()
         self.apply_family_defaults()
@@ -85,6 +86,7 @@ class Trainer:
                                         int(self.config.warmup_ratio * self.total_steps))
         if self.config.output_dir is not None:
             ckpt.check_output_dir(self.config.output_dir, ckpt.checkpoint_bytes(self.module))
+        self.chooser = Chooser(self)
         self.state = self.make_state()
         if self.resume_state is not None:
             self.restore(self.resume_state)
@@ -117,10 +119,15 @@ class Trainer:
         kind = self.config.data_kind
         train = load_data(self.train_arg, 'train_data', kind=kind)
         evaluation = load_data(self.eval_arg, 'eval_data', kind=kind) if self.eval_arg is not None else None
-        self.say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else ''))
+        guard = load_data(self.guard_arg, 'guard_data') if self.guard_arg is not None else None
+        if guard is not None and evaluation is None:
+            raise OptionError('guard_data needs eval_data: the guard shows what a model chosen on eval_data costs '
+                              'elsewhere.')
+        self.say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else '')
+                 + (f'; guard data: {guard.describe()}' if guard else ''))
         if self.resume_state is not None:
             self.check_resume_fits(train)
-        return train, evaluation
+        return train, evaluation, guard
 
     def check_resume_fits(self, train) -> None:
         """OptionError listing every setting (and the data size) that differs from the checkpoint's."""
@@ -138,9 +145,10 @@ class Trainer:
         """Before any work: every file the data names is checked, evaluation data must be measurable, and a
         batch must fit in the training data."""
         check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
-        if self.eval_data is not None:
-            self.eval_data.data_kind.check_measurable(self.eval_data)
-            check_data_files(self.model, self.eval_data, 'eval_data', self.config.progress)
+        for data, name in ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data')):
+            if data is not None:
+                data.data_kind.check_measurable(data)
+                check_data_files(self.model, data, name, self.config.progress)
         if self.config.batch_size > len(self.train_data):
             raise InputError(f'batch_size={self.config.batch_size} is larger than the training data '
                              f'({len(self.train_data)} rows); use batch_size <= {len(self.train_data)}.')
@@ -246,6 +254,8 @@ class Trainer:
         state._checkpoint = self._checkpoint_to
         if self.eval_data is not None and self.config.eval_every:
             self.callbacks.append(EvaluationCallback(every_n_steps=self.config.eval_every, each_epoch=False))
+        elif self.chooser.active and self.config.select_best:  # every epoch's model is a candidate
+            self.callbacks.append(EvaluationCallback(each_epoch=True))
         self.callbacks.append(ProgressBar(self.config.progress))
         return state
 
@@ -268,8 +278,7 @@ class Trainer:
         """Set up, evaluate, train, evaluate, save; returns the :class:`Run`. Raises TrainingError when a step
         turns non-finite (the model keeps its last good weights), InputError / OptionError for bad input."""
         self.setup()
-        if self.eval_data is not None and 'before' not in self.metrics:
-            self.metrics['before'] = self.evaluate()
+        self.chooser.start()
         if self.eval_data is not None and self.accelerator.is_main_process:
             self.say(_metric_line('before', self.metrics['before'], self.eval_data.data_kind))
         self._fire('on_train_begin')
@@ -382,14 +391,16 @@ class Trainer:
                             f'the data.')
 
     # ================================================================ evaluation and checkpoints
-    def evaluate(self) -> dict[str, Any]:
-        """Metrics on the eval data (computed by the main process, shared with the others)."""
+    def evaluate(self, data=None) -> dict[str, Any]:
+        """Metrics on the eval data, or on `data` (computed by the main process, shared with the others)."""
+        was_training = self.unwrapped.training
         self.unwrapped.eval()
         try:
-            metrics = evaluate_model(self.unwrapped, self.eval_data, ks=self.config.ks, check_files=False) \
+            data = self.eval_data if data is None else data
+            metrics = evaluate_model(self.unwrapped, data, ks=self.config.ks, check_files=False) \
                 if self.accelerator.is_main_process else {}
         finally:
-            self.unwrapped.train()
+            self.unwrapped.train(was_training)
         if self.accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree
             from accelerate.utils import broadcast_object_list
             box = [metrics]
@@ -439,10 +450,9 @@ class Trainer:
         """The evaluation after training and the final model in ``output_dir/model``. A failed final save is
         logged and kept in ``run.save_error``: the Run (and its model) is returned either way."""
         self.unwrapped.eval()
-        if self.eval_data is not None:
-            self.metrics['after'] = self.evaluate()
-            if self.accelerator.is_main_process:
-                self.say(_metric_line('after', self.metrics['after'], self.eval_data.data_kind))
+        self.chooser.finish()
+        if self.eval_data is not None and self.accelerator.is_main_process:
+            self.say(_metric_line('after', self.metrics['after'], self.eval_data.data_kind))
         run = Run(self.unwrapped, self.metrics, self.state.history, self.train_data.describe(), self.run_config())
         if self.config.output_dir is not None and self.accelerator.is_main_process:
             target = os.path.join(self.config.output_dir, 'model')
@@ -465,7 +475,7 @@ class Trainer:
         self.state._eval_requested = False
         if self.eval_data is None:
             return
-        metrics = self.evaluate()
+        metrics = self.chooser.candidate()
         self.state.history.append({'epoch': self.state.epoch, 'step': self.state.step, 'eval': metrics})
         self._fire('on_evaluate', metrics)
 

@@ -1,0 +1,112 @@
+"""WiSE-FT (Wortsman et al. 2022): a model whose weights lie between a base model and its fine-tuned version.
+
+``merge(base, tuned, alpha)`` takes every weight of `tuned` that `base` also has (same name, same shape) as
+``(1 - alpha) * base + alpha * tuned``; weights the base does not have (a classifier or projection head added
+for fine-tuning) and non-float buffers (counters) come from `tuned`. The sum is computed in float64 and
+rounded once to the weights' own type, so ``alpha=0`` and ``alpha=1`` reproduce the two models bit for bit. ``alpha=0`` gives the base's weights,
+``alpha=1`` the tuned ones. Fine-tuning tends to trade what the base did well elsewhere for the new data; a
+point in between often keeps most of the gain and loses less.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+import torch
+
+from .errors import InputError, OptionError
+
+
+def _state(model: Any, what: str) -> dict[str, torch.Tensor]:
+    if isinstance(model, Mapping):
+        return dict(model)
+    if isinstance(model, str):
+        from .artifacts import load
+        model = load(model)
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f'{what}: expected a finetune model, a saved model folder or a state dict, got '
+                         f'{type(model).__name__}.')
+    return model.state_dict()
+
+
+def check_alpha(alpha: Any) -> float:
+    """`alpha` as a float in [0, 1]; OptionError otherwise."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+            or not 0 <= alpha <= 1:
+        raise OptionError(f'alpha: expected a number in [0, 1] (0: the base model, 1: the fine-tuned one), got '
+                          f'{alpha!r}.')
+    return float(alpha)
+
+
+def merged_state(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
+                 alpha: float) -> dict[str, torch.Tensor]:
+    """The WiSE-FT state of two state dicts (see the module docstring). Raises InputError when a weight both
+    have differs in shape, or when they share no weight at all (not the same model)."""
+    alpha = check_alpha(alpha)
+    out, shared = {}, 0
+    for name, value in tuned.items():
+        other = base.get(name)
+        if other is None or not value.is_floating_point():
+            out[name] = value.detach().clone()
+            continue
+        if other.shape != value.shape:
+            raise InputError(f'merge: {name!r} is {tuple(other.shape)} in the base model and {tuple(value.shape)} in '
+                             f'the fine-tuned one; WiSE-FT needs the same architecture.')
+        shared += 1
+        mixed = (1 - alpha) * other.detach().to(value.device, torch.float64) + alpha * value.detach().double()
+        out[name] = mixed.to(value.dtype)
+    if not shared:
+        raise InputError('merge: the two models share no weight; WiSE-FT interpolates a model with a fine-tuned '
+                         'version of itself.')
+    return out
+
+
+def merge(base: Any, tuned: Any, alpha: float) -> torch.nn.Module:
+    """A new model: `tuned` (a model or a saved model folder) with its weights moved towards `base`'s
+    (a model, a folder or a state dict) as WiSE-FT does: ``(1 - alpha) * base + alpha * tuned``.
+
+    Raises OptionError for an alpha outside [0, 1], InputError for models of different architectures."""
+    if isinstance(tuned, str):
+        from .artifacts import load
+        tuned = load(tuned)
+    if not isinstance(tuned, torch.nn.Module):
+        raise InputError(f'tuned: expected a finetune model or a saved model folder, got {type(tuned).__name__}.')
+    result = copy.deepcopy(tuned)
+    result.load_state_dict(merged_state(_state(base, 'base'), tuned.state_dict(), alpha))
+    return result
+
+
+def choose_alpha(base: Any, tuned: torch.nn.Module, eval_data: Any, guard_data: Any = None,
+                 tolerance: float = 0.01, ks=(1, 5, 10)):
+    """WiSE-FT's alpha chosen on `eval_data` over (0, 0.25, 0.5, 0.75, 1) by the rule of model selection
+    (:mod:`finetune.training.selection`): the best eval metric among the alphas whose guard metric is at most
+    `tolerance` below the base's. Returns ``(alpha, rich table of the grid)``. Raises OptionError without
+    eval data."""
+    from rich.table import Table
+
+    from .data import load_data
+    from .evaluation import evaluate
+    from .training.selection import WISE_FT_GRID, Candidate, Selection
+    if eval_data is None:
+        raise OptionError("alpha='auto' is chosen on evaluation data: give eval_data (--eval-data), or a number.")
+    evaluation = load_data(eval_data, 'eval_data')
+    guard = load_data(guard_data, 'guard_data') if guard_data is not None else None
+    k = max(ks)
+    metric = evaluation.data_kind.best_metric.format(k=k)
+    guard_metric = guard.data_kind.best_metric.format(k=k) if guard is not None else None
+    selection = Selection(metric, guard_metric, tolerance)
+    base_state, tuned_state = _state(base, 'base'), tuned.state_dict()
+    model = copy.deepcopy(tuned)
+    table = Table(title='WiSE-FT: alpha (0: the base, 1: the fine-tuned model)')
+    for column in ('alpha', metric) + ((f'guard {guard_metric}',) if guard_metric else ()):
+        table.add_column(column, justify='right')
+    for alpha in WISE_FT_GRID:
+        model.load_state_dict(merged_state(base_state, tuned_state, alpha))
+        metrics = evaluate(model, evaluation, ks=ks)
+        guard_metrics = evaluate(model, guard, ks=ks) if guard is not None else None
+        selection.offer(Candidate('base' if alpha == 0 else f'alpha {alpha:g}', 0, metrics, guard_metrics),
+                        lambda a=alpha: {'alpha': a})
+        table.add_row(f'{alpha:g}', f'{metrics[metric]:.4f}',
+                      *((f'{guard_metrics[guard_metric]:.4f}',) if guard_metrics else ()))
+    return selection.best.state['alpha'], table

@@ -1,0 +1,187 @@
+"""The Trainer's choice of what it hands back: model selection over the evaluated candidates (the base
+included), the guard data's before / after, and WiSE-FT (see :mod:`finetune.training.selection`)."""
+from __future__ import annotations
+
+import os
+
+from ..errors import OptionError, did_you_mean
+from ..merging import merged_state
+from .selection import WISE_FT_GRID, Candidate, Selection, cpu_state
+
+
+class Chooser:
+    """Evaluates candidates on the eval (and guard) data, keeps the best, applies WiSE-FT at the end."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        c = trainer.config
+        self.active = trainer.eval_data is not None and (c.select_best or c.wise_ft is not None)
+        self.selection: Selection | None = None
+        self.base_state: dict | None = None
+        self.last_eval_step: int | None = None
+        self.last_metrics: dict | None = None
+        self.last_guard: dict | None = None
+
+    # -------------------------------------------------------------- metrics
+    def metric(self) -> str:
+        t = self.trainer
+        k = max(t.config.ks)
+        return t.config.metric_for_best or t.eval_data.data_kind.best_metric.format(k=k)
+
+    def guard_metric(self) -> str | None:
+        t = self.trainer
+        return None if t.guard_data is None else t.guard_data.data_kind.best_metric.format(k=max(t.config.ks))
+
+    def evaluate(self) -> tuple[dict, dict | None]:
+        """The eval data's metrics, and the guard data's (None without guard data), of the model as it is."""
+        t = self.trainer
+        metrics = t.evaluate()
+        guard = t.evaluate(t.guard_data) if t.guard_data is not None else None
+        self.last_eval_step, self.last_metrics, self.last_guard = t.state.step, metrics, guard
+        return metrics, guard
+
+    # -------------------------------------------------------------- the run
+    def start(self) -> None:
+        """The base model's metrics (and weights, when they may be chosen or interpolated)."""
+        t = self.trainer
+        if t.eval_data is None:
+            return
+        resumed = 'before' in t.metrics
+        if not resumed:
+            t.metrics['before'], guard = self.evaluate()
+            if guard is not None:
+                t.metrics['guard'] = {'before': guard}
+        metric = self.metric()
+        if metric not in t.metrics['before']:
+            raise OptionError(f'metric_for_best={metric!r} is not among the evaluation metrics.'
+                              f'{did_you_mean(metric, t.metrics["before"])} Metrics: '
+                              f'{", ".join(sorted(t.metrics["before"]))}.')
+        if not self.active:
+            return
+        self.selection = Selection(metric, self.guard_metric(), t.config.guard_tolerance) \
+            if t.config.select_best else None
+        if resumed:
+            self._resume()
+            return
+        state = cpu_state(t.unwrapped)
+        if t.config.wise_ft is not None:
+            self.base_state = state
+            self._keep(t.config.output_dir, 'base', state)
+        if self.selection is not None:
+            base = Candidate('base', 0, t.metrics['before'], (t.metrics.get('guard') or {}).get('before'))
+            self._offer(base, lambda: state)
+
+    def candidate(self) -> dict:
+        """Evaluate the model as it is now (a step or an epoch end); returns the eval metrics."""
+        t = self.trainer
+        metrics, guard = self.evaluate()
+        if self.selection is not None:
+            self._offer(Candidate(f'step {t.state.step}', t.state.step, metrics, guard),
+                        lambda: cpu_state(t.unwrapped))
+        return metrics
+
+    def finish(self) -> None:
+        """The last model's metrics; the chosen model put in place; WiSE-FT; ``trainer.metrics`` filled."""
+        t = self.trainer
+        if t.eval_data is None:
+            return
+        if self.last_eval_step != t.state.step or self.last_metrics is None:
+            self.candidate() if self.selection is not None else self.evaluate()
+        t.metrics['last'], guard_last = self.last_metrics, self.last_guard
+        chosen_metrics, chosen_guard = self.last_metrics, guard_last
+        if self.selection is not None and self.selection.best is not None:
+            best = self.selection.best
+            if best.step != t.state.step or best.label == 'base':
+                t.unwrapped.load_state_dict(best.state)
+                chosen_metrics, chosen_guard = best.metrics, best.guard_metrics
+                t.say(self._kept_message(best))
+            t.metrics['selection'] = self.selection.report()
+        if t.config.wise_ft is not None:
+            chosen_metrics, chosen_guard = self._wise_ft(chosen_metrics, chosen_guard)
+        t.metrics['after'] = chosen_metrics
+        if chosen_guard is not None:
+            t.metrics.setdefault('guard', {})['after'] = chosen_guard
+
+    # -------------------------------------------------------------- WiSE-FT
+    def _wise_ft(self, metrics: dict, guard: dict | None) -> tuple[dict, dict | None]:
+        t = self.trainer
+        if self.base_state is None:
+            t.say('WiSE-FT skipped: the base model\'s weights are not available after this resume (give the run an '
+                  'output_dir from the start to keep them)')
+            return metrics, guard
+        tuned = cpu_state(t.unwrapped)
+        alphas = WISE_FT_GRID if t.config.wise_ft == 'auto' else (float(t.config.wise_ft),)
+        trial = Selection(self.metric(), self.guard_metric(), t.config.guard_tolerance)
+        if (t.metrics.get('guard') or {}).get('before') is not None:
+            trial.base_guard = float(t.metrics['guard']['before'][trial.guard_metric])
+        grid = []
+        for alpha in alphas:
+            t.unwrapped.load_state_dict(merged_state(self.base_state, tuned, alpha))
+            if alpha == 1.0:
+                m, g = metrics, guard
+            elif alpha == 0.0:
+                m, g = t.metrics['before'], (t.metrics.get('guard') or {}).get('before')
+            else:
+                m, g = self.evaluate()
+            candidate = Candidate(f'alpha {alpha:g}', t.state.step, m, g)
+            trial.offer(candidate, lambda a=alpha: {'alpha': a})
+            grid.append(dict(candidate.summary(trial.metric, trial.guard_metric), alpha=alpha))
+        chosen = trial.best or Candidate('alpha 0', 0, t.metrics['before'])
+        alpha = chosen.state['alpha'] if chosen.state else 0.0
+        t.unwrapped.load_state_dict(merged_state(self.base_state, tuned, alpha))
+        t.metrics['wise_ft'] = {'alpha': alpha, 'grid': grid}
+        t.say(f'WiSE-FT: alpha {alpha:g} (0: the base, 1: the fine-tuned model), {trial.metric} '
+              f'{chosen.value(trial.metric):.4f}')
+        return chosen.metrics, chosen.guard_metrics
+
+    # -------------------------------------------------------------- helpers
+    def _offer(self, candidate: Candidate, state) -> None:
+        t = self.trainer
+        if self.selection.offer(candidate, state):
+            self._keep(t.config.output_dir, 'best', candidate.state, candidate)
+
+    def _keep(self, output_dir: str | None, folder: str, state: dict, candidate: Candidate | None = None) -> None:
+        """With an output_dir, the best candidate (and, for WiSE-FT, the base) is also written there, so that
+        a resumed run can still choose it."""
+        t = self.trainer
+        if output_dir is None or not t.accelerator.is_main_process:
+            return
+        from ..artifacts import save_model
+        current = cpu_state(t.unwrapped)
+        try:
+            t.unwrapped.load_state_dict(state)
+            extra = {'candidate': {'label': candidate.label, 'step': candidate.step, 'metrics': candidate.metrics,
+                                   'guard_metrics': candidate.guard_metrics}} if candidate else {}
+            save_model(t.unwrapped, os.path.join(output_dir, folder), extra=extra)
+        except Exception as exc:  # noqa: BLE001 - the choice is kept in memory either way
+            t.say(f'warning: could not write {os.path.join(output_dir, folder)} ({type(exc).__name__}: {exc})')
+        finally:
+            t.unwrapped.load_state_dict(current)
+
+    def _resume(self) -> None:
+        """After a resume: the best candidate and the base written by the interrupted run, if there are any."""
+        from ..artifacts import read_config
+        from safetensors.torch import load_file
+        t = self.trainer
+        output_dir = t.config.output_dir
+        for folder in ('best', 'base'):
+            path = os.path.join(output_dir, folder) if output_dir else None
+            if path is None or not os.path.isdir(path):
+                continue
+            state = load_file(os.path.join(path, 'model.safetensors'))
+            if folder == 'base':
+                self.base_state = state
+                continue
+            saved = read_config(path).get('candidate', {})
+            if self.selection is not None and saved:
+                self.selection.offer(Candidate(saved['label'], saved['step'], saved['metrics'],
+                                               saved.get('guard_metrics')), lambda: state)
+
+    def _kept_message(self, best: Candidate) -> str:
+        metric = self.selection.metric
+        last = self.last_metrics[metric]
+        if best.label == 'base':
+            return (f'kept the base model: no trained model beat it on eval_data ({metric} {best.value(metric):.4f}, '
+                    f'the last trained model {last:.4f})')
+        return (f'kept the model of {best.label} ({metric} {best.value(metric):.4f}); the last, step '
+                f'{self.trainer.state.step}, had {last:.4f}')
