@@ -81,7 +81,7 @@ def test_guard_rows_and_the_guard_rule():
     guard = [(f'the {c}', f'{c} sky') for c in ('red', 'blue', 'green', 'old', 'new', 'big', 'small', 'happy')]
     run = finetune.fit('fake-text', text_pairs(), text_pairs(), guard_data=guard, epochs=2, learning_rate=1e-2,
                        **QUIET)
-    assert set(run.metrics['guard']) == {'before', 'after'}
+    assert set(run.metrics['guard']) == {'before', 'last', 'after'}
     curve = run.metrics['selection']['curve']
     assert all('guard ndcg@10' in c for c in curve)
     table = format_metrics_table(run.metrics['before'], run.metrics['after'], guard=run.metrics['guard'])
@@ -115,8 +115,13 @@ def test_wise_ft_in_fit_is_the_merge_of_the_base_and_the_chosen_model():
     auto = finetune.fit(_fresh(), text_pairs(), text_pairs(), epochs=2, learning_rate=1e-2, wise_ft='auto', **QUIET)
     grid = auto.metrics['wise_ft']['grid']
     assert [g['alpha'] for g in grid] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    best = max(grid, key=lambda g: g['ndcg@10'])
-    assert auto.metrics['wise_ft']['alpha'] == best['alpha'] and auto.metrics['after']['ndcg@10'] == best['ndcg@10']
+    assert auto.metrics['wise_ft']['of'] == max(auto.metrics['selection']['curve'][1:3],
+                                                key=lambda c: c['ndcg@10'])['model']  # the best trained model
+    # the interpolations are candidates too: the chosen model is the best of the epochs' and the grid's
+    everything = auto.metrics['selection']['curve']
+    assert [c['model'] for c in everything][-5:] == [f'WiSE-FT alpha {a:g}' for a in (0, 0.25, 0.5, 0.75, 1)]
+    assert auto.metrics['after']['ndcg@10'] == max(c['ndcg@10'] for c in everything)
+    assert auto.metrics['selection']['chosen'] == max(everything, key=lambda c: c['ndcg@10'])
     with pytest.raises(OptionError, match="wise_ft: expected None, 'auto' or a number in"):
         finetune.fit('fake-text', text_pairs(), text_pairs(), wise_ft=1.5, **QUIET)
 

@@ -1,11 +1,13 @@
-"""How wordnet_train.csv and wordnet_eval.csv were made (kept for provenance; the CSVs are shipped).
+"""How wordnet_train.csv, wordnet_eval.csv and wordnet_verbs_guard.csv were made (kept for provenance; the
+CSVs are shipped).
 
-Source: WordNet 3.0 noun synsets, from Debian's `wordnet-base` package (`apt-get download wordnet-base`
-and `dpkg -x` it; the data file is usr/share/wordnet/data.noun). Each row pairs a synset's definition
-(query) with its words (doc), e.g. "a domesticated carnivorous mammal ..." -> "dog, domestic dog".
-Synsets are shuffled with a fixed seed and split so that no synset is in both files.
+Source: WordNet 3.0, from Debian's `wordnet-base` package (`apt-get download wordnet-base` and `dpkg -x` it;
+the data files are usr/share/wordnet/data.noun and data.verb). Each row pairs a synset's definition (query)
+with its words (doc), e.g. "a domesticated carnivorous mammal ..." -> "dog, domestic dog". Noun synsets are
+shuffled with a fixed seed and split so that no synset is in both the train and the eval file; 600 verb
+synsets are the guard set (another part of speech, which fine-tuning on nouns should not make worse).
 
-    python examples/data/make_wordnet_pairs.py /path/to/data.noun
+    python examples/data/make_wordnet_pairs.py /path/to/data.noun /path/to/data.verb
 """
 from __future__ import annotations
 
@@ -30,12 +32,16 @@ def synsets(path: str):
                 yield definition, ', '.join(dict.fromkeys(words))
 
 
-def main(path: str, train_size: int = 3000, eval_size: int = 600, seed: int = 0) -> None:
+def main(path: str, verbs: str | None = None, train_size: int = 3000, eval_size: int = 600, seed: int = 0) -> None:
     rows = list(synsets(path))
     random.Random(seed).shuffle(rows)
     here = os.path.dirname(os.path.abspath(__file__))
-    for name, part in (('wordnet_train.csv', rows[:train_size]),
-                       ('wordnet_eval.csv', rows[train_size:train_size + eval_size])):
+    parts = [('wordnet_train.csv', rows[:train_size]), ('wordnet_eval.csv', rows[train_size:train_size + eval_size])]
+    if verbs:
+        verb_rows = list(synsets(verbs))
+        random.Random(seed).shuffle(verb_rows)
+        parts.append(('wordnet_verbs_guard.csv', verb_rows[:eval_size]))
+    for name, part in parts:
         with open(os.path.join(here, name), 'w', newline='', encoding='utf-8') as f:
             writer = csv.writer(f)
             writer.writerow(['query', 'doc'])
@@ -44,4 +50,4 @@ def main(path: str, train_size: int = 3000, eval_size: int = 600, seed: int = 0)
 
 
 if __name__ == '__main__':
-    main(sys.argv[1] if len(sys.argv) > 1 else '/usr/share/wordnet/data.noun')
+    main(sys.argv[1] if len(sys.argv) > 1 else '/usr/share/wordnet/data.noun', sys.argv[2] if len(sys.argv) > 2 else None)

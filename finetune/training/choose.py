@@ -81,58 +81,63 @@ class Chooser:
         return metrics
 
     def finish(self) -> None:
-        """The last model's metrics; the chosen model put in place; WiSE-FT; ``trainer.metrics`` filled."""
+        """The last model's metrics; WiSE-FT's candidates; the chosen model put in place; ``trainer.metrics``."""
         t = self.trainer
         if t.eval_data is None:
             return
         if self.last_eval_step != t.state.step or self.last_metrics is None:
             self.candidate() if self.selection is not None else self.evaluate()
-        t.metrics['last'], guard_last = self.last_metrics, self.last_guard
-        chosen_metrics, chosen_guard = self.last_metrics, guard_last
-        if self.selection is not None and self.selection.best is not None:
-            best = self.selection.best
-            if best.step != t.state.step or best.label == 'base':
-                t.unwrapped.load_state_dict(best.state)
-                chosen_metrics, chosen_guard = best.metrics, best.guard_metrics
-                t.say(self._kept_message(best))
-            t.metrics['selection'] = self.selection.report()
+        t.metrics['last'] = self.last_metrics
+        if self.last_guard is not None:
+            t.metrics.setdefault('guard', {})['last'] = self.last_guard
+        chosen = Candidate('last', t.state.step, self.last_metrics, self.last_guard)
         if t.config.wise_ft is not None:
-            chosen_metrics, chosen_guard = self._wise_ft(chosen_metrics, chosen_guard)
-        t.metrics['after'] = chosen_metrics
-        if chosen_guard is not None:
-            t.metrics.setdefault('guard', {})['after'] = chosen_guard
+            chosen = self._wise_ft() or chosen
+        if self.selection is not None and self.selection.best is not None:
+            chosen = self.selection.best
+            t.metrics['selection'] = self.selection.report()
+            if chosen.state is not None and (chosen.step != t.state.step or chosen.label != f'step {t.state.step}'):
+                t.say(self._kept_message(chosen))
+        if chosen.state is not None:
+            t.unwrapped.load_state_dict(chosen.state)
+        t.metrics['after'] = chosen.metrics
+        if chosen.guard_metrics is not None:
+            t.metrics.setdefault('guard', {})['after'] = chosen.guard_metrics
 
     # -------------------------------------------------------------- WiSE-FT
-    def _wise_ft(self, metrics: dict, guard: dict | None) -> tuple[dict, dict | None]:
+    def _wise_ft(self) -> Candidate | None:
+        """Interpolations between the base and the fine-tuned model (the trained candidate with the best eval
+        metric, or the last), evaluated and, when selecting, offered as candidates under the same rule; without
+        selection, the best of them by that rule. None when the base's weights are gone (a resume)."""
         t = self.trainer
         if self.base_state is None:
             t.say('WiSE-FT skipped: the base model\'s weights are not available after this resume (give the run an '
                   'output_dir from the start to keep them)')
-            return metrics, guard
-        tuned = cpu_state(t.unwrapped)
+            return None
+        tuned = self.selection.best_trained if self.selection is not None else None
+        tuned_state = tuned.state if tuned is not None and tuned.state is not None else cpu_state(t.unwrapped)
         alphas = WISE_FT_GRID if t.config.wise_ft == 'auto' else (float(t.config.wise_ft),)
-        trial = Selection(self.metric(), self.guard_metric(), t.config.guard_tolerance)
-        if (t.metrics.get('guard') or {}).get('before') is not None:
+        trial = self.selection or Selection(self.metric(), self.guard_metric(), t.config.guard_tolerance)
+        if trial.base_guard is None and (t.metrics.get('guard') or {}).get('before') is not None:
             trial.base_guard = float(t.metrics['guard']['before'][trial.guard_metric])
-        grid = []
+        grid, only = [], None
         for alpha in alphas:
-            t.unwrapped.load_state_dict(merged_state(self.base_state, tuned, alpha))
-            if alpha == 1.0:
-                m, g = metrics, guard
-            elif alpha == 0.0:
-                m, g = t.metrics['before'], (t.metrics.get('guard') or {}).get('before')
-            else:
-                m, g = self.evaluate()
-            candidate = Candidate(f'alpha {alpha:g}', t.state.step, m, g)
-            trial.offer(candidate, lambda a=alpha: {'alpha': a})
+            state = merged_state(self.base_state, tuned_state, alpha)
+            t.unwrapped.load_state_dict(state)
+            metrics, guard = self.evaluate()
+            candidate = Candidate(f'WiSE-FT alpha {alpha:g}', t.state.step, metrics, guard)
+            trial.offer(candidate, lambda s=state: s, trained=False)
             grid.append(dict(candidate.summary(trial.metric, trial.guard_metric), alpha=alpha))
-        chosen = trial.best or Candidate('alpha 0', 0, t.metrics['before'])
-        alpha = chosen.state['alpha'] if chosen.state else 0.0
-        t.unwrapped.load_state_dict(merged_state(self.base_state, tuned, alpha))
-        t.metrics['wise_ft'] = {'alpha': alpha, 'grid': grid}
-        t.say(f'WiSE-FT: alpha {alpha:g} (0: the base, 1: the fine-tuned model), {trial.metric} '
-              f'{chosen.value(trial.metric):.4f}')
-        return chosen.metrics, chosen.guard_metrics
+            only = candidate if len(alphas) == 1 else only
+        t.metrics['wise_ft'] = {'of': tuned.label if tuned is not None else 'last', 'grid': grid}
+        if only is not None and self.selection is None:  # a fixed alpha, no selection: that model
+            only.state = merged_state(self.base_state, tuned_state, alphas[0])
+            t.metrics['wise_ft']['alpha'] = alphas[0]
+            return only
+        best = trial.best
+        if best is not None and best.label.startswith('WiSE-FT alpha '):
+            t.metrics['wise_ft']['alpha'] = float(best.label.rsplit(' ', 1)[1])
+        return best
 
     # -------------------------------------------------------------- helpers
     def _offer(self, candidate: Candidate, state) -> None:
@@ -180,6 +185,9 @@ class Chooser:
     def _kept_message(self, best: Candidate) -> str:
         metric = self.selection.metric
         last = self.last_metrics[metric]
+        if best.label.startswith('WiSE-FT'):
+            return (f'kept {best.label} (between the base and the fine-tuned model): {metric} '
+                    f'{best.value(metric):.4f}; the last model had {last:.4f}')
         if best.label == 'base':
             return (f'kept the base model: no trained model beat it on eval_data ({metric} {best.value(metric):.4f}, '
                     f'the last trained model {last:.4f})')

@@ -52,6 +52,8 @@ class Selection:
         self.metric, self.guard_metric, self.tolerance = metric, guard_metric, tolerance
         self.curve: list[Candidate] = []
         self.best: Candidate | None = None
+        #: the trained candidate with the best eval metric, guard or not: WiSE-FT's fine-tuned end
+        self.best_trained: Candidate | None = None
         self.base_guard: float | None = None
 
     def qualifies(self, candidate: Candidate) -> bool:
@@ -59,20 +61,37 @@ class Selection:
             return True
         return self.base_guard - float(candidate.guard_metrics[self.guard_metric]) <= self.tolerance
 
-    def offer(self, candidate: Candidate, state: Callable[[], dict[str, torch.Tensor]]) -> bool:
-        """Record `candidate`; keep its weights (``state()``) when it is the best so far. True when it is."""
+    def offer(self, candidate: Candidate, state: Callable[[], dict[str, torch.Tensor]],
+              trained: bool | None = None) -> bool:
+        """Record `candidate`; keep its weights (``state()``) when it is the best so far, or the best `trained`
+        one (default: any but the base). True when it is the best."""
         if candidate.label == 'base' and candidate.guard_metrics is not None and self.guard_metric is not None:
             self.base_guard = float(candidate.guard_metrics[self.guard_metric])
         self.curve.append(candidate)
+        trained = candidate.label != 'base' if trained is None else trained
+        if trained and (self.best_trained is None or
+                        candidate.value(self.metric) > self.best_trained.value(self.metric)):
+            self._keep(candidate, state)
+            old, self.best_trained = self.best_trained, candidate
+            self._release(old)
         if not self.qualifies(candidate):
             return False
         if self.best is None or candidate.value(self.metric) > self.best.value(self.metric):
-            candidate.state = state()
-            if self.best is not None:
-                self.best.state = None
-            self.best = candidate
+            self._keep(candidate, state)
+            old, self.best = self.best, candidate
+            self._release(old)
             return True
         return False
+
+    @staticmethod
+    def _keep(candidate: Candidate, state) -> None:
+        if candidate.state is None:
+            candidate.state = state()
+
+    def _release(self, old: Candidate | None) -> None:
+        """Free the weights of `old` unless it is still the best or the best trained candidate."""
+        if old is not None and old is not self.best and old is not self.best_trained:
+            old.state = None
 
     def report(self) -> dict[str, Any]:
         """What was chosen, by which rule, and every candidate's figures."""

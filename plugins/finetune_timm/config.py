@@ -18,6 +18,11 @@ KNOWN_PREPROCESS = {'tf_efficientnet_lite0': {'image_size': 224, 'resize_size': 
                                               'std': (0.5, 0.5, 0.5), 'interpolation': 'bicubic'}}
 
 
+def architecture_of(name: str) -> str:
+    """'transformer' or 'cnn', from the model's name."""
+    return 'transformer' if any(k in name for k in ('vit', 'swin', 'deit', 'beit', 'eva', 'former')) else 'cnn'
+
+
 def preprocess_defaults(name: str) -> dict[str, Any]:
     """The preprocessing timm's default pretrained config of `name` expects."""
     return KNOWN_PREPROCESS.get(name) or timm_preprocess_defaults(name)

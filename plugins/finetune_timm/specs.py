@@ -9,7 +9,7 @@ from finetune.preprocessing import image_preprocess_options
 from finetune.registry import BackboneSpec
 
 from .backbone import build, dims
-from .config import PREFIX, _timm, preprocess_defaults
+from .config import PREFIX, _timm, architecture_of, preprocess_defaults
 
 
 def _check_name(name: str) -> str:
@@ -23,8 +23,7 @@ def _check_name(name: str) -> str:
 def _spec(name: str, public_name: str | None = None, description: str | None = None,
           default_for: tuple[str, ...] = ()) -> BackboneSpec:
     own, pooled = dims(name)
-    architecture = 'transformer' if any(k in name for k in ('vit', 'swin', 'deit', 'beit', 'eva', 'former')) \
-        else 'cnn'
+    architecture = architecture_of(name)
     return BackboneSpec(
         name=public_name or f'{PREFIX}:{name}',
         tasks=('image-to-image',),

@@ -164,3 +164,20 @@ def test_a_random_efficientnet_on_a_small_image_embeds_at_unit_length():
                                                      'preprocess_options': {'image_size': 32, 'resize_size': 32}})
     emb = model(torch.randn(3, 3, 32, 32))
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+
+
+def test_the_measured_default_recipes():
+    """Labeled data: image backbones train with NormalizedSoftmaxLoss, CNNs at 3e-4 (benchmarks/bench_recipes.py);
+    text keeps batch-hard triplets and 3e-5, PointNet++ its cosine classifier at 1e-3."""
+    logs = []
+    rows = [(np.full((8, 8, 3), 60 * k, dtype=np.uint8), f'c{k}') for k in range(4) for _ in range(2)]
+    run = finetune.fit('resnet18', rows, model_options={'pretrained': False, 'preprocess_options':
+                       {'image_size': 32, 'resize_size': 32}}, batch_size=4, num_workers=0, log=logs.append)
+    assert run.config['loss'] == 'NormalizedSoftmaxLoss' and run.config['learning_rate'] == 3e-4
+    assert any("loss NormalizedSoftmaxLoss: the default of 'resnet18' for labeled data" in line for line in logs)
+    assert finetune.build_model('vit_b_16', {'pretrained': False}).backbone.default_learning_rate is None
+    assert finetune.build_model('timm:resnet18', {'pretrained': False}).backbone.default_learning_rate == 3e-4
+    text = finetune.build_model('all-minilm-l6-v2').backbone
+    assert text.default_losses == {} and text.default_learning_rate == 3e-5
+    mesh = finetune.build_model('pointnet-small').backbone
+    assert mesh.default_losses == {'labeled': 'NormalizedSoftmaxLoss'} and mesh.default_learning_rate == 1e-3
