@@ -85,19 +85,6 @@ def test_list_model_options_resnet_pooler_row_has_no_dimension_change():
     assert '->' not in description
 
 
-def test_list_model_options_alias_title():
-    console, buffer = _console()
-    finetune.list_model_options('resnet-base', console=console)
-    assert 'alias of resnet50' in buffer.getvalue()
-
-
-def test_list_model_options_unknown_model():
-    console, _ = _console()
-    with pytest.raises(UnknownModelError) as info:
-        finetune.list_model_options('resnet5O', console=console)
-    assert "Did you mean 'resnet50'" in str(info.value)
-
-
 def test_plugins_table_lists_the_builtin_plugins():
     console, buffer = _console()
     rows = plugins_table(console=console)

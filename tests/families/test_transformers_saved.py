@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import finetune
 from finetune.errors import ArtifactError, FinetuneError
+from test_artifacts import _edit_config
 from test_training import text_pairs
 
 TEXTS = ['the red dog', 'a happy cat', 'the big house']
@@ -38,18 +39,6 @@ def artifact(tiny_bert_dir, tmp_path):
     path = tmp_path / 'artifact'
     finetune.save_model(model, str(path))
     return path, model
-
-
-def _edit_config(path, **changes) -> dict:
-    config_path = path / 'finetune_config.json'
-    config = json.loads(config_path.read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    config_path.write_text(json.dumps(config))
-    return config
 
 
 def _plant_code(path, marker) -> None:
