@@ -16,18 +16,22 @@ LOGGER_NAME = 'finetune'
 logger = logging.getLogger(LOGGER_NAME)
 
 
+def _handler() -> logging.Handler:
+    """Rich's handler on a terminal, plain lines elsewhere; both on the current stderr, message only."""
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+        handler: logging.Handler = RichHandler(show_time=False, show_path=False, show_level=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    return handler
+
+
 def ensure_handler() -> None:
     """Give the ``finetune`` logger a handler, unless the application has configured logging itself."""
     if logger.handlers or logging.getLogger().handlers:
         return
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-        handler: logging.Handler = RichHandler(show_time=False, show_path=False, show_level=False, markup=False,
-                                               rich_tracebacks=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(message)s'))
-    logger.addHandler(handler)
+    logger.addHandler(_handler())
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -37,14 +41,8 @@ def ensure_handler() -> None:
 def to_stderr() -> Iterator[None]:
     """For the command line: the ``finetune`` logger writes INFO lines to the current stderr (rich's handler on
     a terminal) while the block runs, whatever the process's logging is."""
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-        handler: logging.Handler = RichHandler(show_time=False, show_path=False, show_level=False, markup=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(message)s'))
     saved = logger.handlers[:], logger.level, logger.propagate
-    logger.handlers[:] = [handler]
+    logger.handlers[:] = [_handler()]
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .registry import REGISTRY
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 
 
@@ -48,26 +50,32 @@ IMAGE = Modality('image', IMAGE_EXTENSIONS, _is_image_object, _image_one_item,
                  'image files (' + ' '.join(IMAGE_EXTENSIONS) + '), PIL images or (H, W[, C]) arrays')
 
 
-_cache: tuple[int, list[Modality]] = (-1, [])
+#: (registry generation, the plugins' modalities, every modality, every file extension): derived once per set
+#: of plugins, since item_modality runs for every cell of a data file
+_cache: tuple[int, list[Modality], list[Modality], tuple[str, ...]] = (-1, [], [], ())
+
+
+def _derived() -> tuple[int, list[Modality], list[Modality], tuple[str, ...]]:
+    global _cache
+    generation = REGISTRY.current_generation()
+    if _cache[0] != generation:
+        found: dict[str, Modality] = {}
+        for plugin in REGISTRY.plugins.values():
+            for modality in plugin.modalities:
+                found.setdefault(modality.name, modality)
+        every = [TEXT, IMAGE, *found.values()]
+        _cache = (generation, list(found.values()), every, tuple(e for m in every for e in m.extensions))
+    return _cache
 
 
 def plugin_modalities() -> list[Modality]:
-    """The modalities the installed plugins declare (read again only when the plugins change)."""
-    global _cache
-    from .registry import REGISTRY
-    plugins = REGISTRY.plugins
-    if _cache[0] != REGISTRY.generation:
-        found: dict[str, Modality] = {}
-        for plugin in plugins.values():
-            for modality in plugin.modalities:
-                found.setdefault(modality.name, modality)
-        _cache = (REGISTRY.generation, list(found.values()))
-    return _cache[1]
+    """The modalities the installed plugins declare."""
+    return _derived()[1]
 
 
 def modalities() -> list[Modality]:
     """Every modality: the core's text and image, then the plugins'."""
-    return [TEXT, IMAGE, *plugin_modalities()]
+    return _derived()[2]
 
 
 def get_modality(name: str) -> Modality | None:
@@ -77,7 +85,7 @@ def get_modality(name: str) -> Modality | None:
 
 def file_extensions() -> tuple[str, ...]:
     """The file extensions of every file-based modality (images and the plugins')."""
-    return tuple(ext for m in modalities() for ext in m.extensions)
+    return _derived()[3]
 
 
 def item_modality(item: Any) -> str:

@@ -211,6 +211,11 @@ class Registry:
             self.generation += 1
 
     # ------------------------------------------------------------------ queries
+    def current_generation(self) -> int:
+        """The plugins loaded, the :attr:`generation` of the set of them (a cache key for derived data)."""
+        self._ensure_loaded()
+        return self.generation
+
     @property
     def plugins(self) -> dict[str, BackbonePlugin]:
         self._ensure_loaded()

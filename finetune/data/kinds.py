@@ -174,12 +174,12 @@ class LabeledKind(DataKind):
     def loss_inputs(self, embed, batch, loss, logit_scale=None):
         """Embeddings and labels; a classifier loss also gets the head's logits, and an in-batch contrastive
         loss (which takes anchor / positive rows) gets items of one class paired up."""
-        from ..losses import CLIPLoss, InfoNCELoss, LossInputs
+        from ..losses import LossInputs
         labels = batch['groups']
         needs_logits = getattr(loss, 'needs_classifier_head', False)
         out = embed('a', batch['a'], logits=needs_logits)
         embeddings, logits = out if needs_logits else (out, None)
-        if isinstance(loss, (InfoNCELoss, CLIPLoss)):
+        if getattr(loss, 'takes_pairs', False):
             i, j = pairs_within(labels)
             return LossInputs(anchors=embeddings[i], positives=embeddings[j], labels=labels[i],
                               logit_scale=logit_scale)

@@ -66,7 +66,7 @@ class Chooser:
         state = cpu_state(t.unwrapped)
         if t.config.wise_ft is not None:
             self.base_state = state
-            self._keep(t.config.output_dir, 'base', state)
+            self._keep('base')
         if self.selection is not None:
             base = Candidate('base', 0, t.metrics['before'], (t.metrics.get('guard') or {}).get('before'))
             self._offer(base, lambda: state)
@@ -120,18 +120,22 @@ class Chooser:
         trial = self.selection or Selection(self.metric(), self.guard_metric(), t.config.guard_tolerance)
         if trial.base_guard is None and (t.metrics.get('guard') or {}).get('before') is not None:
             trial.base_guard = float(t.metrics['guard']['before'][trial.guard_metric])
+        known = {0.0: (t.metrics['before'], (t.metrics.get('guard') or {}).get('before')),
+                 1.0: (tuned.metrics, tuned.guard_metrics) if tuned is not None else (self.last_metrics,
+                                                                                      self.last_guard)}
         grid, only = [], None
         for alpha in alphas:
             state = merged_state(self.base_state, tuned_state, alpha)
             t.unwrapped.load_state_dict(state)
-            metrics, guard = self.evaluate()
+            # alpha 0 and 1 are the base's and the tuned weights bit for bit: their figures are known
+            metrics, guard = known[alpha] if alpha in known else self.evaluate()
             candidate = Candidate(f'WiSE-FT alpha {alpha:g}', t.state.step, metrics, guard)
             trial.offer(candidate, lambda s=state: s, trained=False)
             grid.append(dict(candidate.summary(trial.metric, trial.guard_metric), alpha=alpha))
-            only = candidate if len(alphas) == 1 else only
+            if len(alphas) == 1:
+                only, only.state = candidate, state
         t.metrics['wise_ft'] = {'of': tuned.label if tuned is not None else 'last', 'grid': grid}
         if only is not None and self.selection is None:  # a fixed alpha, no selection: that model
-            only.state = merged_state(self.base_state, tuned_state, alphas[0])
             t.metrics['wise_ft']['alpha'] = alphas[0]
             return only
         best = trial.best
@@ -141,27 +145,23 @@ class Chooser:
 
     # -------------------------------------------------------------- helpers
     def _offer(self, candidate: Candidate, state) -> None:
-        t = self.trainer
         if self.selection.offer(candidate, state):
-            self._keep(t.config.output_dir, 'best', candidate.state, candidate)
+            self._keep('best', candidate)
 
-    def _keep(self, output_dir: str | None, folder: str, state: dict, candidate: Candidate | None = None) -> None:
-        """With an output_dir, the best candidate (and, for WiSE-FT, the base) is also written there, so that
-        a resumed run can still choose it."""
+    def _keep(self, folder: str, candidate: Candidate | None = None) -> None:
+        """With an output_dir, the model as it is now (the best candidate, or for WiSE-FT the base) is also
+        written to ``output_dir/<folder>``, so that a resumed run can still choose it."""
         t = self.trainer
-        if output_dir is None or not t.accelerator.is_main_process:
+        if t.config.output_dir is None or not t.accelerator.is_main_process:
             return
         from ..artifacts import save_model
-        current = cpu_state(t.unwrapped)
+        path = os.path.join(t.config.output_dir, folder)
+        extra = {'candidate': {'label': candidate.label, 'step': candidate.step, 'metrics': candidate.metrics,
+                               'guard_metrics': candidate.guard_metrics}} if candidate else {}
         try:
-            t.unwrapped.load_state_dict(state)
-            extra = {'candidate': {'label': candidate.label, 'step': candidate.step, 'metrics': candidate.metrics,
-                                   'guard_metrics': candidate.guard_metrics}} if candidate else {}
-            save_model(t.unwrapped, os.path.join(output_dir, folder), extra=extra)
+            save_model(t.unwrapped, path, extra=extra)
         except Exception as exc:  # noqa: BLE001 - the choice is kept in memory either way
-            t.say(f'warning: could not write {os.path.join(output_dir, folder)} ({type(exc).__name__}: {exc})')
-        finally:
-            t.unwrapped.load_state_dict(current)
+            t.say(f'warning: could not write {path} ({type(exc).__name__}: {exc})')
 
     def _resume(self) -> None:
         """After a resume: the best candidate and the base written by the interrupted run, if there are any."""

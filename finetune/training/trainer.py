@@ -417,12 +417,16 @@ class Trainer:
                 'metrics_before': dict(self.metrics.get('before', {}))}
 
     def run_config(self) -> dict[str, Any]:
-        """The settings this run trains with, as resolved (loss, learning rate, precision, kind)."""
+        """The settings this run trains with, as resolved (loss, learning rate, precision, kind); fixed once set
+        up, so computed once (describing the data reads every row)."""
+        if getattr(self, '_run_config', None) is not None:
+            return dict(self._run_config)
         out = self.config.to_dict()
         out.update(loss=self.loss.name, learning_rate=self.learning_rate, precision=self.precision,
                    data_kind=self.train_data.kind, steps_per_epoch=self.steps_per_epoch,
                    data=self.train_data.describe())
-        return out
+        self._run_config = out
+        return dict(out)
 
     def save_checkpoint(self) -> str | None:
         """A step checkpoint in ``output_dir/checkpoint-<step>`` (the oldest beyond ``save_total_limit``
