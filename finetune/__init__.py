@@ -57,16 +57,30 @@ def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy'):
     return model.encode(items, batch_size=batch_size, convert_to=convert_to)
 
 
+def synthesize(query_data, corpus_data, models=None, num_relations: int = 3, output=None, **kwargs):
+    """Training rows (query, positive, hard negative, teacher margin) from unlabeled queries and a corpus, mined by
+    an embedding model and scored by a cross-encoder (`models`, default ``finetune.data.DATA_SYNTHESIS_EN``); see
+    :func:`finetune.synthesis.synthesize` for every argument. ``fit`` trains on the result."""
+    from .synthesis import DATA_SYNTHESIS_EN
+    from .synthesis import synthesize as _synthesize
+    return _synthesize(query_data, corpus_data, models if models is not None else DATA_SYNTHESIS_EN, num_relations,
+                       output, **kwargs)
+
+
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Names of the registered backbones, sorted; `pattern` is a wildcard (``'resnet*'``, ``'timm:vit_*'``).
 
-    Raises UnknownModelError for an unknown `task`.
+    Cross-encoders are listed by their task, ``list_models(task='cross-encoding')``. Raises UnknownModelError
+    for an unknown `task`.
     """
+    if task is not None:
+        from .registry import registry_for_task
+        return registry_for_task(task).names(pattern, task)
     return REGISTRY.names(pattern, task)
 
 
 __all__ = [
-    'fit', 'evaluate', 'load', 'merge', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
+    'fit', 'synthesize', 'evaluate', 'load', 'merge', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'ArtifactError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

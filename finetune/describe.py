@@ -12,7 +12,7 @@ from .heads import CLASSIFIER_OPTIONS, COSINE_CLASSIFIER, PROJECTION, PROJECTION
 from .model import option_schema
 from .options import Option, format_default
 from .poolers import pooler_class
-from .registry import REGISTRY, BackboneSpec, check_task
+from .registry import CROSS_ENCODERS, REGISTRIES, REGISTRY, BackboneSpec, all_tasks, check_task, registry_for_task
 
 
 def _console(console: Console | None) -> Console:
@@ -25,8 +25,8 @@ def _cells(*values: Any) -> list[Text]:
     return [Text(str(v)) for v in values]
 
 
-def backbones_table(task: str, specs: list[BackboneSpec]) -> Table:
-    table = Table(title=f'finetune backbones: {task}')
+def backbones_table(task: str, specs: list[BackboneSpec], kind: str = 'backbone') -> Table:
+    table = Table(title=f'finetune {kind}s: {task}')
     for column in ('name', 'task', 'output_dim', 'architecture', 'description'):
         table.add_column(column, justify='right' if column == 'output_dim' else 'left',
                          overflow='fold', no_wrap=column == 'name')
@@ -44,19 +44,20 @@ def describe_models(task: str | None = None, console: Console | None = None) -> 
     the tables. Returns the specs shown. Raises UnknownModelError for an unknown task.
     """
     console = _console(console)
-    tasks = [check_task(task)] if task is not None else list(REGISTRY.tasks())
+    tasks = [check_task(task)] if task is not None else list(all_tasks())
     shown: list[BackboneSpec] = []
     for t in tasks:
-        specs = REGISTRY.specs(t)
+        registry = registry_for_task(t)
+        specs = registry.specs(t)
         if specs:
-            console.print(backbones_table(t, specs))
+            console.print(backbones_table(t, specs, registry.kind))
             shown += specs
         elif task is not None:
-            console.print(Text(f'No backbone for task {t!r} is installed.'))
-    for plugin in REGISTRY.plugins.values():
+            console.print(Text(f'No {registry.kind} for task {t!r} is installed.'))
+    for plugin in (p for registry in REGISTRIES for p in registry.plugins.values()):
         if plugin.note and (task is None or task in plugin.note):
             console.print(Text.assemble((plugin.name, 'bold'), f': {plugin.note}'))
-    for failure in REGISTRY.failures:
+    for failure in (f for registry in REGISTRIES for f in registry.failures):
         console.print(Text.assemble((f'plugin {failure.name!r} ({failure.target}) failed to load:', 'red'),
                                    f' {failure.error}'))
     return shown
@@ -87,9 +88,14 @@ def list_model_options(name: str, console: Console | None = None) -> dict[str, A
 
     Returns ``{option: default}`` (nested options as ``'pooler_options.p'``). Raises UnknownModelError.
     """
-    spec = REGISTRY.get(name)
-    rows = option_rows(spec)
-    table = Table(title=f'model_options of {spec.name}' + (f' (alias of {spec.alias_of})' if spec.alias_of else ''))
+    if CROSS_ENCODERS.is_named(name) and not REGISTRY.is_named(name):
+        from .cross_encoders import COMMON_OPTIONS
+        spec = CROSS_ENCODERS.get(name)
+        rows, what = [(o.name, o) for o in (*spec.options, *COMMON_OPTIONS)], 'cross-encoder options'
+    else:
+        spec = REGISTRY.get(name)
+        rows, what = option_rows(spec), 'model_options'
+    table = Table(title=f'{what} of {spec.name}' + (f' (alias of {spec.alias_of})' if spec.alias_of else ''))
     table.add_column('option', no_wrap=True)
     table.add_column('type', no_wrap=True)
     table.add_column('default', overflow='fold')
@@ -100,19 +106,28 @@ def list_model_options(name: str, console: Console | None = None) -> dict[str, A
     return {dotted: option.default for dotted, option in rows}
 
 
+def _plugin_rows(registry) -> list[dict[str, str]]:
+    """One row per plugin of `registry` (those of other model types than backbones say which)."""
+    suffix = '' if registry is REGISTRY else f' ({registry.kind}s)'
+    counts: dict[str, int] = {}
+    for spec in registry.specs():
+        counts[spec.plugin] = counts.get(spec.plugin, 0) + 1
+    rows = []
+    for name, plugin in registry.plugins.items():
+        prefixes = ', '.join(f'{p}:<name>' for p in plugin.prefixes)
+        rows.append({'plugin': name + suffix, 'status': 'loaded', 'models': str(counts.get(name, 0)),
+                     'detail': ' '.join(x for x in (prefixes, plugin.note) if x)})
+    for failure in registry.failures:
+        rows.append({'plugin': failure.name + suffix, 'status': 'failed', 'models': '0',
+                     'detail': f'{failure.target}: {failure.error}'})
+    return rows
+
+
 def plugins_table(console: Console | None = None) -> list[dict[str, str]]:
     """Print every installed backbone plugin with its status; returns the rows."""
     rows = []
-    counts: dict[str, int] = {}
-    for spec in REGISTRY.specs():
-        counts[spec.plugin] = counts.get(spec.plugin, 0) + 1
-    for name, plugin in REGISTRY.plugins.items():
-        prefixes = ', '.join(f'{p}:<name>' for p in plugin.prefixes)
-        rows.append({'plugin': name, 'status': 'loaded', 'models': str(counts.get(name, 0)),
-                     'detail': ' '.join(x for x in (prefixes, plugin.note) if x)})
-    for failure in REGISTRY.failures:
-        rows.append({'plugin': failure.name, 'status': 'failed', 'models': '0',
-                     'detail': f'{failure.target}: {failure.error}'})
+    for registry in REGISTRIES:
+        rows += _plugin_rows(registry)
     table = Table(title='finetune backbone plugins')
     for column in ('plugin', 'status', 'models', 'detail'):
         table.add_column(column, overflow='fold')

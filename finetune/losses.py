@@ -43,6 +43,8 @@ from .heads import COSINE_CLASSIFIER
 from .options import Option, boolean, fraction, one_of, positive_float, validate_mapping
 
 LABELED, PAIRS, SCORED, TEXT_IMAGE = 'labeled', 'pairs', 'scored', 'text-image'
+#: (query, positive, negative, teacher margin) rows, as finetune.synthesize makes them
+MARGIN_TRIPLETS = 'margin-triplets'
 #: the built-in data kinds; every registered kind (finetune.data.kinds) is accepted
 DATA_KINDS = (LABELED, PAIRS, SCORED, TEXT_IMAGE)
 
@@ -70,6 +72,8 @@ class LossInputs:
     logits: Tensor | None = None
     #: scalar log-temperature owned by a CLIP model (logit scale = exp(logit_scale))
     logit_scale: Tensor | None = None
+    #: (N, D) a hard negative for each anchor (margin triplets; ``scores`` then holds the teacher's margins)
+    negatives: Tensor | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -249,7 +253,7 @@ class InfoNCELoss(Loss):
     the training code pairs items of the same class as anchor / positive and passes the class labels.
     """
 
-    data_kinds = (PAIRS, TEXT_IMAGE, LABELED)
+    data_kinds = (PAIRS, TEXT_IMAGE, LABELED, MARGIN_TRIPLETS)
     takes_pairs = True
     options = (
         Option('temperature', 'float > 0', 0.05, 'logits = cosine / temperature (0.05 = scale 20, as MNRL)',
@@ -275,6 +279,9 @@ class InfoNCELoss(Loss):
 
     def forward(self, inputs: LossInputs) -> Tensor:
         anchors, positives = _pair(self, inputs)
+        if inputs.negatives is not None:  # hard negatives: more candidates for every anchor
+            return hard_negatives_contrastive(anchors, positives, _negatives(self, inputs, anchors), self.scale,
+                                              _groups(self, inputs, anchors.shape[0]), self.symmetric)
         return in_batch_contrastive(anchors, positives, self.scale, _groups(self, inputs, anchors.shape[0]),
                                     self.symmetric)
 
@@ -557,6 +564,70 @@ class CosineSimilarityLoss(Loss):
         return F.mse_loss(cos, scores.to(cos.dtype))
 
 
+# ---------------------------------------------------------------- hard negatives and teacher margins
+
+def _negatives(loss: Loss, inputs: LossInputs, anchors: Tensor) -> Tensor:
+    negatives = _matrix(loss, 'negatives', inputs.negatives)
+    if negatives.shape != anchors.shape:
+        raise InputError(f'{loss.name}: negatives {tuple(negatives.shape)} and anchors {tuple(anchors.shape)} must '
+                         f'have the same shape (row i of each is one triplet).')
+    return negatives
+
+
+def hard_negatives_contrastive(anchors: Tensor, positives: Tensor, negatives: Tensor, scale: Tensor | float,
+                               groups: Tensor | None = None, symmetric: bool = True) -> Tensor:
+    """InfoNCE with hard negatives: anchor i picks its positive among every positive and every hard negative of
+    the batch, ``logits[i] = scale * cos(anchor_i, [positives; negatives])``, target i.
+
+    With `groups`, the positives of other rows of the same group are removed (false negatives); negatives stay
+    negatives for every anchor. `symmetric` adds the positive->anchor cross-entropy (over the anchors alone)
+    and averages the two."""
+    n = anchors.shape[0]
+    logits = cosine_matrix(anchors, torch.cat([positives, negatives])) * scale
+    if groups is not None:
+        same = groups[:, None] == groups[None, :]
+        same.fill_diagonal_(False)
+        logits = torch.cat([logits[:, :n].masked_fill(same, float('-inf')), logits[:, n:]], dim=1)
+    targets = torch.arange(n, device=logits.device)
+    loss = F.cross_entropy(logits, targets)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits[:, :n].t(), targets)) / 2
+    return loss
+
+
+class MarginMSELoss(Loss):
+    """Margin-MSE (Hofstätter et al. 2020): the student's margin ``scale * (cos(q, p) - cos(q, n))`` is
+    regressed onto the teacher's margin (``scores``: the cross-encoder's score of (q, p) minus its score of
+    (q, n)) by mean squared error.
+
+    The student learns how much better the positive is, not only that it is: a negative the teacher finds
+    nearly as relevant (a false negative) is asked for a small margin, not pushed away. With
+    :func:`finetune.synthesize`'s default cross-encoder scores in [0, 1], margins are in [0, 1], the range of
+    cosine margins, so ``scale=1`` fits; for raw logits (``activation='none'``) raise `scale`.
+    """
+
+    data_kinds = (MARGIN_TRIPLETS,)
+    options = (
+        Option('scale', 'float > 0', 1.0, "multiplies the student's cosine margin before it is compared with the "
+               "teacher's", positive_float),
+    )
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, inputs: LossInputs) -> Tensor:
+        anchors, positives = _pair(self, inputs)
+        negatives = _negatives(self, inputs, anchors)
+        _require(self, inputs, ('scores',), "the teacher's margin of each triplet")
+        margins = _vector(self, 'scores', inputs.scores, anchors.shape[0])
+        student = self.scale * (rowwise_cosine(anchors, positives) - rowwise_cosine(anchors, negatives))
+        return F.mse_loss(student, margins.to(student.dtype))
+
+    def extra_repr(self) -> str:
+        return f'scale={self.scale}'
+
+
 # ---------------------------------------------------------------- registry
 
 _LOSSES: dict[str, type[Loss]] = {}  # lower-cased name or alias -> class
@@ -598,6 +669,7 @@ register_loss('ArcFaceLoss', ArcFaceLoss, aliases=('ArcFace',))
 register_loss('CosFaceLoss', CosFaceLoss, aliases=('CosFace',))
 register_loss('CoSENTLoss', CoSENTLoss, aliases=('CoSENT',))
 register_loss('CosineSimilarityLoss', CosineSimilarityLoss)
+register_loss('MarginMSELoss', MarginMSELoss, aliases=('MarginMSE',))
 
 
 def loss_names(include_aliases: bool = False) -> list[str]:
@@ -761,7 +833,7 @@ def _pml_loss_class(loss_name: str) -> type[Loss]:
 
 __all__ = [
     'LossInputs', 'Loss', 'InfoNCELoss', 'CLIPLoss', 'TripletMarginLoss', 'NormalizedSoftmaxLoss', 'ArcFaceLoss',
-    'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'DATA_KINDS', 'LABELED', 'PAIRS', 'SCORED', 'TEXT_IMAGE',
+    'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss', 'hard_negatives_contrastive', 'DATA_KINDS', 'LABELED', 'PAIRS', 'SCORED', 'TEXT_IMAGE',
     'MAX_LOGIT_SCALE', 'register_loss', 'loss_names', 'loss_class', 'losses_for', 'default_loss', 'build_loss',
     'required_model_options', 'in_batch_contrastive', 'cosine_matrix', 'rowwise_cosine', 'distance_matrix',
 ]

@@ -22,6 +22,9 @@ from .errors import DuplicateNameError, PluginError, UnknownModelError, did_you_
 from .options import Option
 
 ENTRY_POINT_GROUP = 'finetune.backbones'
+#: the entry-point group of cross-encoders: models that score a (query, document) pair, listed under their own task
+CROSS_ENCODER_GROUP = 'finetune.cross_encoders'
+CROSS_ENCODER_TASK = 'cross-encoding'
 #: the tasks of the core's own modalities; plugins add theirs (``BackbonePlugin.tasks``)
 CORE_TASKS = ('text-to-text', 'image-to-image', 'text-to-image')
 STRICT_ENV = 'FINETUNE_STRICT_PLUGINS'
@@ -105,10 +108,17 @@ class PluginFailure:
 
 
 class Registry:
-    """Name -> :class:`BackboneSpec`, filled from entry points on first use."""
+    """Name -> :class:`BackboneSpec`, filled from entry points on first use.
 
-    def __init__(self, group: str = ENTRY_POINT_GROUP):
+    One registry per model type: the backbones (``finetune.backbones``) and the cross-encoders
+    (``finetune.cross_encoders``) share this machinery; `kind` names the type in messages ('backbone'),
+    `core_tasks` are the tasks it has before plugins add theirs."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP, kind: str = 'backbone',
+                 core_tasks: tuple[str, ...] = CORE_TASKS):
         self.group = group
+        self.kind = kind
+        self.core_tasks = tuple(core_tasks)
         self._lock = threading.RLock()
         self._loaded = False  # set once every entry point has been tried
         self._loading = False  # set while the loading thread runs the entry points
@@ -240,7 +250,7 @@ class Registry:
         """Every task: the core's, then the ones plugins declare, in order."""
         self._ensure_loaded()
         extra = [t for plugin in self._plugins.values() for t in plugin.tasks]
-        return tuple(dict.fromkeys((*CORE_TASKS, *extra)))
+        return tuple(dict.fromkeys((*self.core_tasks, *extra)))
 
     def default_model(self, task: str) -> str:
         """The name of the model a plugin declares as the default for `task`; UnknownModelError when none does."""
@@ -275,7 +285,7 @@ class Registry:
         lowered = {n.lower(): n for n in self._specs}
         if name.lower() in lowered:
             return self._specs[lowered[name.lower()]]
-        hint = did_you_mean(name, self._specs)
+        hint = _other_type(self, name) or did_you_mean(name, self._specs)
         prefixes = ', '.join(f'{p}:<name>' for p in sorted(self._prefixes))
         more = f' Other families are reached by prefix: {prefixes}.' if prefixes else ''
         failed = ''
@@ -341,9 +351,28 @@ def _with_plugin(spec: BackboneSpec, plugin: str) -> BackboneSpec:
     return spec if spec.plugin == plugin else replace(spec, plugin=plugin)
 
 
+def _other_type(registry: Registry, name: str) -> str:
+    """' It is a cross-encoder, not a backbone.' when another registry lists `name`, else ''."""
+    for other in REGISTRIES:
+        if other is not registry and other.is_named(name):
+            return f' {name!r} is a {other.kind}, not a {registry.kind}.'
+    return ''
+
+
+def all_tasks() -> tuple[str, ...]:
+    """The tasks of every model registry: the backbones', then the cross-encoders'."""
+    return tuple(dict.fromkeys(t for registry in REGISTRIES for t in registry.tasks()))
+
+
+def registry_for_task(task: str) -> Registry:
+    """The registry whose models serve `task` (checked: UnknownModelError naming the valid tasks)."""
+    check_task(task)
+    return next(r for r in REGISTRIES if task in r.tasks())
+
+
 def check_task(task: str) -> str:
-    """Return `task` if it is a task of the registry; raise UnknownModelError naming the valid tasks."""
-    tasks = REGISTRY.tasks()
+    """Return `task` if it is a task of a registry; raise UnknownModelError naming the valid tasks."""
+    tasks = all_tasks()
     if task not in tasks:
         raise UnknownModelError(f'unknown task {task!r}.{did_you_mean(str(task), tasks)} '
                                 f'Tasks: {", ".join(tasks)}.')
@@ -352,6 +381,10 @@ def check_task(task: str) -> str:
 
 #: the process-wide registry behind :func:`finetune.list_models` and friends
 REGISTRY = Registry()
+#: the cross-encoders (:mod:`finetune.cross_encoders`), filled by plugins exactly as the backbones are
+CROSS_ENCODERS = Registry(CROSS_ENCODER_GROUP, kind='cross-encoder', core_tasks=(CROSS_ENCODER_TASK,))
+#: every registry of models, in the order tables list them
+REGISTRIES = (REGISTRY, CROSS_ENCODERS)
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -19,13 +19,15 @@ def _register_fake_plugin() -> None:
     with open(os.path.join(info, 'METADATA'), 'w') as f:
         f.write('Metadata-Version: 2.1\nName: finetune-fake-plugin\nVersion: 0.1\n')
     with open(os.path.join(info, 'entry_points.txt'), 'w') as f:
-        f.write('[finetune.backbones]\nfake = fake_plugin:plugin\n')
+        f.write('[finetune.backbones]\nfake = fake_plugin:plugin\n'
+                '[finetune.cross_encoders]\nfake = fake_plugin:cross_encoder_plugin\n')
     for path in (TESTS, root):
         if path not in sys.path:
             sys.path.insert(0, path)
     os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, (TESTS, root, os.environ.get('PYTHONPATH'))))
-    from finetune.registry import REGISTRY
-    REGISTRY.reload()
+    from finetune.registry import REGISTRIES
+    for registry in REGISTRIES:
+        registry.reload()
 
 
 _register_fake_plugin()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from finetune.backbone import MAP, TOKENS, Backbone, Features, Towers
+from finetune.cross_encoders import CrossEncoder
 from finetune.errors import InputError, UnknownModelError
 from finetune.options import Option, positive_int
 from finetune.preprocessing import ImagePreprocessor, check_image_batch, image_preprocess_options
@@ -184,3 +185,32 @@ def specs() -> list[BackboneSpec]:
 
 plugin = BackbonePlugin(name='fake', specs=specs, prefixes=('fakefile',), resolve=resolve,
                         note='the fake family of the tests')
+
+
+# ---------------------------------------------------------------- a fake cross-encoder
+class FakeCrossEncoder(CrossEncoder):
+    """Scores a pair by the share of the query's words found in the document (exactly, so tests can predict every
+    score); `bias` is a parameter so the model has a device."""
+
+    def __init__(self, name: str = 'fake-cross'):
+        super().__init__()
+        self.name = name
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.calls = 0
+
+    def score_batch(self, queries, documents):
+        self.calls += 1
+        out = []
+        for q, d in zip(queries, documents):
+            words, seen = set(re.findall(r'\w+', q.lower())), set(re.findall(r'\w+', d.lower()))
+            out.append(len(words & seen) / max(1, len(words)))
+        return torch.tensor(out) + self.bias
+
+
+def cross_encoder_specs() -> list[BackboneSpec]:
+    return [BackboneSpec(name='fake-cross', tasks=('cross-encoding',), modality='text', architecture='word overlap',
+                         output_dim=1, description='a fake cross-encoder of the tests',
+                         build=lambda options: FakeCrossEncoder())]
+
+
+cross_encoder_plugin = BackbonePlugin(name='fake', specs=cross_encoder_specs, note='the fake cross-encoder of the tests')

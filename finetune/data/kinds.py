@@ -11,7 +11,9 @@ Built-in kinds (Jina Finetuner's layouts):
 * ``labeled``: ``item, label``; items of one label are positives of each other;
 * ``pairs``: ``query, doc``; rows sharing a query share a group;
 * ``scored``: ``a, b, score`` with the score in [0, 1];
-* ``text-image``: a text beside an image; pairs across two modalities, each side embedded by its tower.
+* ``text-image``: a text beside an image; pairs across two modalities, each side embedded by its tower;
+* ``margin-triplets``: ``query, positive, negative, margin`` (what :func:`finetune.synthesize` makes), the margin
+  a teacher's score of the positive minus its score of the negative.
 """
 from __future__ import annotations
 
@@ -257,6 +259,100 @@ class ScoredKind(DataKind):
                 f'{max(data.scores):.2f})')
 
 
+class MarginTripletsKind(DataKind):
+    """``(query, positive, negative, margin)`` rows: a hard negative per row and the teacher's margin (its score of
+    the positive minus its score of the negative). Rows sharing a query share a group. Trains with
+    ``MarginMSELoss`` by default, or with ``InfoNCE`` using the negatives as hard negatives."""
+
+    name = 'margin-triplets'
+    columns = ('query', 'positive', 'negative', 'margin')
+    default_loss = 'MarginMSELoss'
+
+    def read_rows(self, rows, header, source, lines):
+        """Rows of 4 cells in the order of :attr:`columns`, or, with a `header`, cells picked by column name
+        (other columns, such as the teacher's scores, are ignored)."""
+        from .loading import TrainingData, _hashable
+        names = [str(h).strip().lower() for h in header] if header else list(self.columns)
+        missing = [c for c in self.columns if c not in names]
+        if missing:
+            raise InputError(f'{source}: {self.name} data needs the columns {", ".join(self.columns)}; missing '
+                             f'{", ".join(missing)} (columns: {", ".join(names)}).')
+        at = [names.index(c) for c in self.columns]
+        cells = {c: [] for c in self.columns}
+        for i, row in enumerate(rows):
+            where = f'{source}, line {lines[i]}' if lines else f'{source}, row {i}'
+            if len(row) != len(names):
+                raise InputError(f'{where}: {len(row)} columns, expected {len(names)} ({", ".join(names)}).')
+            query, positive, negative, margin = (row[j] for j in at)
+            for column, value in (('query', query), ('positive', positive), ('negative', negative)):
+                if not isinstance(value, str) or not value.strip():
+                    raise InputError(f'{where}: {column} {value!r} is not a non-empty text.')
+            cells['query'].append(query), cells['positive'].append(positive), cells['negative'].append(negative)
+            cells['margin'].append(_margin(margin, where))
+        names_of: dict = {}
+        groups = [names_of.setdefault(_hashable(q), len(names_of)) for q in cells['query']]
+        return TrainingData(self.name, cells['query'], cells['positive'], groups, cells['margin'], list(names_of),
+                            source, lines, {'negative': cells['negative']})
+
+    def row(self, data, i):
+        return data.a[i], data.b[i], data.extra['negative'][i], data.scores[i], data.groups[i]
+
+    def collate(self, rows, preprocess_a, preprocess_b):
+        a, b, c, margins, groups = zip(*rows)
+        return {'a': preprocess_a(list(a)), 'b': preprocess_b(list(b)), 'c': preprocess_b(list(c)),
+                'scores': torch.tensor(margins, dtype=torch.float32), 'groups': torch.tensor(groups, dtype=torch.long)}
+
+    def batch_sampler(self, data, batch_size, seed, items_per_class):
+        """Batches in which no query and no document (positive or negative) appears twice, so that no in-batch
+        candidate of InfoNCE is a copy of an anchor's positive."""
+        from ..samplers import NoDuplicatesBatchSampler
+        keys = [(('a', _key(q)), ('b', _key(p)), ('b', _key(n)))
+                for q, p, n in zip(data.a, data.b, data.extra['negative'])]
+        return NoDuplicatesBatchSampler(keys, batch_size, seed=seed)
+
+    def loss_inputs(self, embed, batch, loss, logit_scale=None):
+        from ..losses import LossInputs
+        return LossInputs(anchors=embed('a', batch['a']), positives=embed('b', batch['b']),
+                          negatives=embed('b', batch['c']), scores=batch['scores'], labels=batch['groups'],
+                          logit_scale=logit_scale)
+
+    def _documents(self, data):
+        return unique_items(list(data.b) + list(data.extra['negative']))
+
+    def check_measurable(self, data):
+        if len(self._documents(data)[0]) < 2:
+            raise InputError(f'{data.source}: evaluation data with one distinct document: the metrics would be 1.0 '
+                             f'whatever the model.')
+
+    def evaluate(self, side_a, side_b, data, batch_size, ks):
+        """Each distinct query ranks every distinct positive and negative; its positive is relevant."""
+        from ..evaluation.metrics import retrieval_metrics
+        queries, query_of = unique_items(data.a)
+        docs, doc_of = self._documents(data)
+        relevant: list[set[int]] = [set() for _ in queries]
+        for q, d in zip(query_of, doc_of[:len(data.b)]):
+            relevant[q].add(d)
+        return retrieval_metrics(side_a.encode(queries, batch_size=batch_size),
+                                 side_b.encode(docs, batch_size=batch_size), relevant, ks=ks)
+
+    def describe(self, data):
+        margins = data.scores
+        return (f'{data.source}: {len(data):,} margin triplets (query, positive, hard negative) of '
+                f'{len(set(data.groups)):,} queries, teacher margins {min(margins):.3f}..{max(margins):.3f}')
+
+
+def _margin(value: Any, where: str) -> float:
+    import math
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        margin = math.nan
+    if isinstance(value, bool) or not math.isfinite(margin):
+        raise InputError(f'{where}: margin {value!r} is not a finite number (the teacher\'s score of the positive '
+                         f'minus its score of the negative).')
+    return margin
+
+
 # ---------------------------------------------------------------- the registry
 _KINDS: dict[str, DataKind] = {}
 
@@ -290,5 +386,5 @@ def get_kind(name: str | DataKind) -> DataKind:
                      f'{", ".join(_KINDS)}.')
 
 
-for _kind in (LabeledKind(), PairsKind(), ScoredKind(), TextImageKind()):
+for _kind in (LabeledKind(), PairsKind(), ScoredKind(), TextImageKind(), MarginTripletsKind()):
     register_kind(_kind)

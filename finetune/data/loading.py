@@ -118,6 +118,8 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
         raise InputError(f'{source}: unknown data kind {kind!r}; expected one of {", ".join(kind_names())}.')
     if not rows:
         raise InputError(f'{source} is empty: expected rows such as (item, label), (query, doc) or (a, b, score).')
+    if kind is None and header:
+        kind = _kind_of_header(header)
     if kind is not None:
         from .kinds import get_kind
         own = get_kind(kind).read_rows(rows, header, source, _row_lines(len(rows), line_offset))
@@ -168,6 +170,44 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
             a, b = b, a  # text first, image second
     groups, labels = _group_ids(a)
     return TrainingData(kind, a, b, groups, None, labels, source, lines)
+
+
+def _kind_of_header(header: Sequence[str]) -> str | None:
+    """The registered kind with a layout of its own (its ``read_rows``) whose columns the header names, or None."""
+    from .kinds import DataKind, get_kind
+    names = {str(h).strip().lower() for h in header}
+    for name in kind_names():
+        kind = get_kind(name)
+        if type(kind).read_rows is not DataKind.read_rows and set(kind.columns) <= names:
+            return name
+    return None
+
+
+def read_jsonl(path: str, kind: str | None = None) -> TrainingData:
+    """A JSON-lines file, one object per line, read as data only: the first object's keys are the columns (a
+    header). Raises InputError naming the line of anything else."""
+    import json
+    rows, lines, header = [], [], None
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise InputError(f'{os.path.basename(path)}, line {number}: not JSON ({exc}).') from None
+                if not isinstance(record, dict):
+                    raise InputError(f'{os.path.basename(path)}, line {number}: expected a JSON object, got '
+                                     f'{type(record).__name__}.')
+                header = header or list(record)
+                rows.append([record.get(k) for k in header])
+                lines.append(number)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f'cannot read {path!r}: {exc}') from exc
+    if not rows:
+        raise InputError(f'{path} is empty: expected one JSON object per line.')
+    return from_rows(rows, source=os.path.basename(path), header=header, kind=kind, line_offset=lines)
 
 
 def _row_lines(n: int, line_offset: int | Sequence[int]) -> list[int] | None:
@@ -372,8 +412,11 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
             return read_image_folder(path)
         if not os.path.isfile(path):
             raise InputError(f'{name}: {path!r} does not exist (expected a CSV file or a folder of class folders).')
+        if path.lower().endswith('.jsonl'):
+            return read_jsonl(path, kind=kind)
         if not path.lower().endswith(('.csv', '.tsv', '.txt')):
-            raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv) or a folder.')
+            raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv), a JSON-lines file (.jsonl) or a '
+                             f'folder.')
         return read_csv(path, delimiter=_delimiter(path, delimiter), kind=kind)
     if hasattr(data, 'column_names') and hasattr(data, 'features'):
         return from_hf_dataset(data, kind=kind)

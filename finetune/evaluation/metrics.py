@@ -554,6 +554,37 @@ def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int,
         yield ids, indices.cpu().numpy(), torch.isfinite(values).cpu().numpy()
 
 
+def top_k(queries: Embeddings, docs: Embeddings, k: int, *, docs_normalized: bool = False,
+          doc_chunk_size: int | None = None, device: str | torch.device | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` documents of highest cosine similarity for each query, exactly, in bounded memory.
+
+    `queries` (Q, D) are scored against chunks of `doc_chunk_size` documents of `docs` (M, D) at a time (None: as
+    many as keep one block under :data:`BLOCK_ELEMENTS` scores) and the best k kept per query, so no Q x M
+    matrix is made. With `docs_normalized` the documents are used as they are (no normalized copy of a large
+    corpus is made; they must have unit length). Returns ``(cosines, indices)``, each (Q, min(k, M)), best first,
+    ties going to the lower document index. Raises InputError for bad embeddings or k."""
+    k = _check_positive_int('k', k)
+    doc_chunk_size = _check_positive_int('doc_chunk_size', doc_chunk_size, allow_none=True)
+    queries = _as_embeddings(queries, 'queries')
+    docs = _as_embeddings(docs, 'docs') if not docs_normalized else torch.as_tensor(docs)
+    _check_same_width(queries, 'queries', docs, 'docs')
+    device = _pick_device(device, queries, docs)
+    k = min(k, docs.shape[0])
+    dtype = torch.float64 if torch.float64 in (queries.dtype, docs.dtype) else torch.float32
+    q = l2_normalize(queries.to(device=device, dtype=dtype), dim=1)
+    if not docs_normalized:
+        docs = l2_normalize(docs.to(dtype=dtype), dim=1)
+    doc_chunk = min(doc_chunk_size or max(1, BLOCK_ELEMENTS // max(1, q.shape[0])), docs.shape[0])
+    best = None
+    for d0 in range(0, docs.shape[0], doc_chunk):
+        block = _scores(q, docs[d0:d0 + doc_chunk].to(device=device, dtype=dtype))
+        values, indices = _top_block(block, min(k, block.shape[1]))
+        best = _merge(best, (values, indices + d0), k)
+        del block
+    return best[0].cpu().numpy(), best[1].cpu().numpy()
+
+
 # ---------------------------------------------------------------- metrics
 
 def _metric_names(ks: tuple[int, ...]) -> list[str]:

@@ -8,12 +8,13 @@ from typing import Any
 from finetune.backbone import TOKENS
 from finetune.errors import UnknownModelError
 from finetune.options import Option, boolean, one_of, positive_int
-from finetune.registry import BackboneSpec
+from finetune.registry import CROSS_ENCODER_TASK, BackboneSpec
 
 from .build import build
 from .layout import _config_json, sentence_transformers_layout
 
 PREFIX = 'hf'
+SYNTHESIS_DEFAULTS = {'sbert-base-en': (CROSS_ENCODER_TASK,)}
 
 NAMED = {
     'bert-base-en': ('bert-base-cased', 768,
@@ -139,7 +140,10 @@ def packaged_minilm() -> str | None:
 
 
 def specs() -> list[BackboneSpec]:
-    out = [_spec(public, hub_id, dim, text) for public, (hub_id, dim, text) in NAMED.items()]
+    # sbert-base-en (MS MARCO) is the relation miner paired with the MS MARCO cross-encoder: the default of
+    # finetune.synthesize (DATA_SYNTHESIS_EN), as in Jina Finetuner
+    out = [_spec(public, hub_id, dim, text, default_for=SYNTHESIS_DEFAULTS.get(public, ()))
+           for public, (hub_id, dim, text) in NAMED.items()]
     minilm = packaged_minilm()
     out.append(_spec('all-minilm-l6-v2', minilm or 'sentence-transformers/all-MiniLM-L6-v2', 384,
                      'sentence-transformers/all-MiniLM-L6-v2, 22.7M params' +

@@ -27,17 +27,18 @@ def _local_only(source: str) -> tuple[bool, str | None]:
 
 
 def _load_model(name: str, model_dir: str, local_only: bool, trust: bool, reason: str | None,
-                pretrained: bool | str):
-    """The ``AutoModel`` at `model_dir`: with its pretrained weights when `pretrained` is True, else
-    initialized from its config alone."""
+                pretrained: bool | str, auto_class=None):
+    """The ``AutoModel`` (or `auto_class`, e.g. ``AutoModelForSequenceClassification``) at `model_dir`: with
+    its pretrained weights when `pretrained` is True, else initialized from its config alone."""
     from transformers import AutoConfig, AutoModel
+    auto_class = auto_class or AutoModel
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:
             if pretrained is True:
-                return AutoModel.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust)
+                return auto_class.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust)
             config = AutoConfig.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust)
-            return AutoModel.from_config(config, trust_remote_code=trust)
+            return auto_class.from_config(config, trust_remote_code=trust)
         except (OSError, ValueError) as exc:
             if os.path.isdir(model_dir):
                 raise WeightsNotFoundError(

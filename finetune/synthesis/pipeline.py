@@ -1,0 +1,118 @@
+"""The steps of one :func:`finetune.synthesize` run, in order: read and check everything, resume, build the models,
+encode the corpus, then mine, score and write a chunk of queries at a time."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from ..logs import log_function
+from .inputs import read_texts
+from .output import RowWriter, check_output, read_rows
+from .relations import relation_rows
+from .run import Bars, SynthesizedData, build_models, check_settings, encode_corpus, timed
+
+
+class Pipeline:
+    """One synthesis run; :meth:`run` returns its :class:`~finetune.synthesis.run.SynthesizedData`."""
+
+    def __init__(self, query_data, corpus_data, models, num_relations, output, resume, overwrite, num_candidates,
+                 duplicate_threshold, negatives, seed, batch_sizes, device, progress, log):
+        from ..training.hardware import resolve_device
+        self.say = log_function(log)
+        self.output, self.resume = check_output(output, resume, overwrite), resume
+        self.queries = read_texts(query_data, 'query_data')
+        self.corpus = read_texts(corpus_data, 'corpus_data')
+        self.settings = check_settings(len(self.corpus), num_relations, num_candidates, duplicate_threshold,
+                                       negatives, seed, batch_sizes)
+        self.models, self.device, self.bars = models, resolve_device(device), Bars(progress)
+        self.stats: dict[str, Any] = {'queries': len(self.queries), 'corpus': len(self.corpus)}
+
+    def run(self) -> SynthesizedData:
+        done = read_rows(self.output, set(self.queries)) if self.output else []
+        finished = {row['query'] for row in done}
+        todo = [q for q in self.queries if q not in finished]
+        self.stats.update(resumed_queries=len(finished), resumed_rows=len(done))
+        if finished:
+            self.say(f'synthesize: {len(finished):,} queries already in {self.output} ({len(done):,} rows) are '
+                     f'skipped; {len(todo):,} to go')
+        rows = self.make_rows(todo) if todo else []
+        by_query: dict[str, list[dict]] = {}
+        for row in done + rows:
+            by_query.setdefault(row['query'], []).append(row)
+        ordered = [row for q in self.queries for row in by_query.get(q, ())]
+        if not ordered:
+            raise InputError(f'synthesize made no training rows: for every query, each candidate was a near-duplicate '
+                             f'of its positive (duplicate_threshold={self.settings.duplicate_threshold}). Raise '
+                             f'num_candidates or duplicate_threshold.')
+        return self.data(ordered)
+
+    def make_rows(self, todo: list[str]) -> list[dict]:
+        """Build the models, encode the corpus, then mine, score and write `todo` a chunk at a time."""
+        s, stats = self.settings, self.stats
+        with timed(stats, 'build_seconds'):
+            self.miner, self.cross = build_models(self.models, self.device)
+        writer = RowWriter(self.output, append=self.resume)
+        rows: list[dict] = []
+        try:
+            with self.bars.running() as bars:
+                bars.add('encoding corpus', len(self.corpus))
+                bars.add('mining', len(todo))
+                bars.add('scoring', len(todo) * s.num_candidates)
+                with timed(stats, 'encode_seconds'):
+                    self.corpus_embeddings = encode_corpus(self.miner, self.corpus, s.miner_batch_size, bars)
+                for start in range(0, len(todo), s.query_chunk_size):
+                    rows += self.chunk(todo[start:start + s.query_chunk_size], writer)
+        finally:
+            writer.close()
+        return rows
+
+    def chunk(self, queries: list[str], writer: RowWriter) -> list[dict]:
+        """Mine, score and write the rows of `queries`."""
+        from ..evaluation.metrics import top_k
+        s, stats = self.settings, self.stats
+        with timed(stats, 'mine_seconds'):
+            embeddings = self.miner.encode(queries, batch_size=s.miner_batch_size)
+            _, candidates = top_k(embeddings, self.corpus_embeddings, s.num_candidates, docs_normalized=True)
+        self.bars.advance('mining', len(queries))
+        pairs = [(q, self.corpus[int(d)]) for q, row in zip(queries, candidates) for d in row]
+        with timed(stats, 'score_seconds'):
+            scores = self.cross.score(pairs, batch_size=s.scorer_batch_size,
+                                      on_batch=lambda n: self.bars.advance('scoring', n))
+        scores = scores.reshape(len(queries), -1)
+        rows = []
+        for query, row, row_scores in zip(queries, candidates, scores):
+            made = relation_rows(query, row, row_scores, self.corpus, self.corpus_embeddings, s.num_relations,
+                                 s.duplicate_threshold, s.negatives, s.seed)
+            writer.write(made)
+            rows += made
+        stats['mined_queries'] = stats.get('mined_queries', 0) + len(queries)
+        stats['scored_pairs'] = stats.get('scored_pairs', 0) + len(pairs)
+        return rows
+
+    def data(self, rows: list[dict]) -> SynthesizedData:
+        """The rows as margin-triplets training data, with the run's figures."""
+        from ..data.kinds import get_kind
+        columns = ('query', 'positive', 'negative', 'margin')
+        base = get_kind('margin-triplets').read_rows([[r[c] for c in columns] for r in rows], list(columns),
+                                                     self.output or 'synthesized', None)
+        base.extra.update(positive_score=[r['positive_score'] for r in rows],
+                          negative_score=[r['negative_score'] for r in rows])
+        stats = self.stats
+        stats['rows'] = len(rows)
+        for stage, count, seconds in (('encode', 'corpus', 'encode_seconds'), ('mine', 'mined_queries', 'mine_seconds'),
+                                      ('score', 'scored_pairs', 'score_seconds')):
+            if stats.get(seconds):
+                stats[f'{stage}_per_second'] = stats.get(count, 0) / stats[seconds]
+        self.say(_summary(stats))
+        return SynthesizedData(**vars(base), stats=dict(stats))
+
+
+def _summary(stats: dict) -> str:
+    parts = [f'synthesize: {stats["rows"]:,} rows for {stats["queries"]:,} queries from {stats["corpus"]:,} documents']
+    if stats.get('encode_per_second'):
+        parts.append(f'corpus {stats["encode_per_second"]:,.0f} texts/s, mining {stats["mine_per_second"]:,.1f} '
+                     f'queries/s, scoring {stats["score_per_second"]:,.1f} pairs/s')
+    return '; '.join(parts)
+
+
+__all__ = ['Pipeline']

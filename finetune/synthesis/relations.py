@@ -1,0 +1,48 @@
+"""From one query's scored candidates to its training rows: the positive, the hard negatives, the margins."""
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+#: how negatives are chosen among the candidates left after the positive and its near-duplicates
+NEGATIVE_CHOICES = ('hardest', 'random')
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r'\s+', ' ', text).strip().casefold()
+
+
+def query_rng(seed: int, query: str) -> np.random.Generator:
+    """A generator of its own for each query, from the seed and the query's text: a query gets the same rows
+    whatever the order, chunking or resumption of the run."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(query.encode('utf-8'))])
+
+
+def relation_rows(query: str, candidates: Sequence[int], scores: np.ndarray, corpus: Sequence[str],
+                  corpus_embeddings: np.ndarray, num_relations: int, duplicate_threshold: float, negatives: str,
+                  seed: int) -> list[dict]:
+    """The training rows of `query`: the candidate the cross-encoder scores highest is the positive (ties: the
+    relation miner's order); of the others, those that are near-duplicates of the positive are dropped (the same
+    text up to case and spacing, or a relation-miner cosine with it of at least `duplicate_threshold`), and
+    ``num_relations - 1`` of the rest are its negatives: the highest scored (``'hardest'``) or drawn at random
+    (``'random'``, seeded per query). One row per negative; none when every candidate is a duplicate."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind='stable')
+    best = int(candidates[order[0]])
+    best_text = _normalized(corpus[best])
+    similarity = corpus_embeddings[[int(candidates[i]) for i in order[1:]]] @ corpus_embeddings[best]
+    kept = [i for i, cos in zip(order[1:], similarity)
+            if cos < duplicate_threshold and _normalized(corpus[int(candidates[i])]) != best_text]
+    wanted = num_relations - 1
+    if negatives == 'random' and len(kept) > wanted:
+        picked = np.sort(query_rng(seed, query).choice(len(kept), size=wanted, replace=False))
+        kept = [kept[i] for i in picked]
+    kept = kept[:wanted]
+    positive_score = float(scores[order[0]])
+    return [{'query': query, 'positive': corpus[best], 'negative': corpus[int(candidates[i])],
+             'margin': positive_score - float(scores[i]), 'positive_score': positive_score,
+             'negative_score': float(scores[i]), 'negative_rank': rank, 'negatives': len(kept)}
+            for rank, i in enumerate(kept, 1)]
