@@ -280,5 +280,45 @@ def encode_command(model_name: str, input_path: str, output: str, batch_size: in
     _run(job)
 
 
+@main.command('synthesize')
+@click.option('--queries', required=True, help='Unlabeled queries: a text file (one per line) or a CSV file (its text '
+                                               'column).')
+@click.option('--corpus', required=True, help='The documents: a text file (one per line) or a CSV file.')
+@click.option('--output', required=True, help='The JSON-lines file the rows are written to as they are made.')
+@click.option('--relation-miner', default=None, help='Embedding model that retrieves candidates (a name, a prefixed '
+                                                     'name or a saved model folder). Default: the registry\'s for synthesis.')
+@click.option('--cross-encoder', default=None, help='Cross-encoder that scores the pairs (see `finetune models --task '
+                                                    'cross-encoding`). Default: the registry\'s.')
+@click.option('--num-relations', default=3, show_default=True, type=int,
+              help='Documents kept per query: one positive and NUM-1 hard negatives.')
+@click.option('--num-candidates', default=None, type=int, help='Documents retrieved and scored per query (default: '
+                                                               'twice --num-relations).')
+@click.option('--duplicate-threshold', default=0.95, show_default=True, type=float,
+              help='A candidate whose relation-miner cosine with the positive reaches this is a near-duplicate, '
+                   'never a negative.')
+@click.option('--negatives', default='hardest', show_default=True, type=click.Choice(['hardest', 'random']))
+@click.option('--seed', default=42, show_default=True, type=int)
+@click.option('--miner-batch-size', default=64, show_default=True, type=int)
+@click.option('--scorer-batch-size', default=32, show_default=True, type=int)
+@click.option('--device', default='auto', show_default=True)
+@click.option('--resume', is_flag=True, help='Skip the queries --output already holds and append the others.')
+@click.option('--overwrite', is_flag=True, help='Start --output again if it exists.')
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, trust_remote_code, **settings) -> None:
+    """Make training data from unlabeled queries and a corpus: a relation miner retrieves candidates, a
+    cross-encoder scores them; rows (query, positive, negative, margin) go to --output for `finetune fit`."""
+    from .synthesis import SynthesisModels, synthesize
+
+    def job():
+        miner = _load_model(relation_miner, trust_remote_code) if relation_miner and _is_artifact(relation_miner) \
+            else relation_miner
+        options = {'trust_remote_code': True} if trust_remote_code else {}
+        models = SynthesisModels(relation_miner=miner, cross_encoder=cross_encoder, cross_encoder_options=options)
+        data = synthesize(queries, corpus, models, output=output, **settings)
+        click.echo(f'{len(data):,} rows for {len(set(data.a)):,} queries written to {output} (train on them with '
+                   f'finetune fit --train-data {output})')
+    _run(job)
+
+
 if __name__ == '__main__':  # pragma: no cover
     main()

@@ -171,7 +171,7 @@ def test_describe_one_liners_have_the_counts():
     assert text_image.describe() == 'train_data: 2 text-image rows (text/image), 2 distinct queries'
     many = load_data([(f'item {i}', i % 3) for i in range(1234)])
     assert '1,234 labeled' in many.describe() and '3 classes' in many.describe()
-    assert set(KINDS) == {'labeled', 'pairs', 'scored', 'text-image'}
+    assert set(KINDS) == {'labeled', 'pairs', 'scored', 'text-image', 'margin-triplets'}
 
 
 def test_rows_feed_the_training_collator():

@@ -377,7 +377,7 @@ def test_cosine_similarity_loss_is_mse():
 
 def test_names_aliases_and_defaults():
     assert loss_names() == ['InfoNCE', 'CLIPLoss', 'TripletMarginLoss', 'NormalizedSoftmaxLoss', 'ArcFaceLoss',
-                            'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss']
+                            'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss']
     assert 'MNRL' in loss_names(include_aliases=True)
     for alias in ('infonce', 'MultipleNegativesRankingLoss', 'mnrl'):
         assert loss_class(alias) is InfoNCELoss

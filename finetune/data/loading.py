@@ -415,8 +415,8 @@ def load_data(data: Any, name: str = 'train_data', kind: str | None = None, deli
         if path.lower().endswith('.jsonl'):
             return read_jsonl(path, kind=kind)
         if not path.lower().endswith(('.csv', '.tsv', '.txt')):
-            raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv), a JSON-lines file (.jsonl) or a '
-                             f'folder.')
+            raise InputError(f'{name}: {path!r} is not a CSV file (.csv/.tsv) or a folder (JSON lines, .jsonl, are '
+                             f'read too).')
         return read_csv(path, delimiter=_delimiter(path, delimiter), kind=kind)
     if hasattr(data, 'column_names') and hasattr(data, 'features'):
         return from_hf_dataset(data, kind=kind)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..errors import InputError
 from ..logs import log_function
 from .inputs import read_texts
@@ -49,7 +51,8 @@ class Pipeline:
     def make_rows(self, todo: list[str]) -> list[dict]:
         """Build the models, encode the corpus, then mine, score and write `todo` a chunk at a time."""
         s, stats = self.settings, self.stats
-        with timed(stats, 'build_seconds'):
+        with timed(stats, 'build_seconds'), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed)  # models with random weights (tests) are the same in every run of a seed
             self.miner, self.cross = build_models(self.models, self.device)
         writer = RowWriter(self.output, append=self.resume)
         rows: list[dict] = []
