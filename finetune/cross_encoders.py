@@ -119,3 +119,24 @@ def build_cross_encoder(name: str | CrossEncoder, options: Mapping[str, Any] | N
         raise OptionError(f'plugin {spec.plugin!r} built a {type(model).__name__} for {spec.name!r}; expected a '
                           f'finetune.cross_encoders.CrossEncoder.')
     return model
+
+
+class EmbeddingScorer(CrossEncoder):
+    """A stand-in teacher: an embedding model scoring a pair by the cosine of its two embeddings.
+
+    Not a cross-encoder (the texts never see each other), so it is only as good a judge as that bi-encoder;
+    useful where no cross-encoder weights are on the machine but a stronger (or differently trained) embedding
+    model is. `model` is a finetune model (or a registry name, built)."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        if isinstance(model, str):
+            from .model import build_model
+            model = build_model(model)
+        self.embedder = model
+        self.name = f'embedding scorer ({getattr(model, "name", type(model).__name__)})'
+
+    def score_batch(self, queries: Sequence[str], documents: Sequence[str]) -> torch.Tensor:
+        a = self.embedder.encode(list(queries), batch_size=len(queries), convert_to='torch')
+        b = self.embedder.encode(list(documents), batch_size=len(documents), convert_to='torch')
+        return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1)

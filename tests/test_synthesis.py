@@ -217,3 +217,13 @@ def test_the_command_line(tmp_path):
     assert CliRunner().invoke(main, args + ['--resume']).exit_code == 0
     missing = CliRunner().invoke(main, args[:2] + ['nope.txt'] + args[3:] + ['--overwrite'])
     assert missing.exit_code == 2 and "error: query_data: 'nope.txt' is no file" in missing.output
+
+
+def test_an_embedding_model_as_a_stand_in_teacher():
+    from finetune.cross_encoders import EmbeddingScorer
+    teacher = EmbeddingScorer(finetune.build_model('fake-text'))
+    data = run(models=SynthesisModels('fake-text', teacher), num_candidates=6)
+    q, p, n, margin = rows(data)[0]
+    a, b, c = teacher.embedder.encode([q, p, n])
+    cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
+    assert margin == pytest.approx(cos(a, b) - cos(a, c), abs=1e-5)
