@@ -31,15 +31,10 @@ def wordnet_glosses(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     folder = realdata.fetch('wordnet')
     definitions, lemmas = {}, {}
     for part in ('noun', 'verb', 'adj', 'adv'):
-        with open(os.path.join(folder, f'data.{part}'), encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('  '):
-                    continue
-                head, _, gloss = line.partition(' | ')
-                definition = gloss.split(';')[0].strip()
-                if 10 <= len(definition) <= 160:
-                    definitions.setdefault(definition, None)
-                    lemmas.setdefault(head.split()[4].replace('_', ' '), None)
+        for fields, definition in realdata.wordnet_synsets(os.path.join(folder, f'data.{part}')):
+            if 10 <= len(definition) <= 160:
+                definitions.setdefault(definition, None)
+                lemmas.setdefault(fields[4].replace('_', ' '), None)
     texts, words = list(definitions), list(lemmas)
     random.Random(seed).shuffle(texts)
     random.Random(seed).shuffle(words)

@@ -47,17 +47,21 @@ def wordnet_lexname_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
              'noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive '
              'noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process noun.quantity '
              'noun.relation noun.shape noun.state noun.substance noun.time').split()
-    rows = []
+    rows = [(definition, names[int(fields[1]) - 3]) for fields, definition in wordnet_synsets(path)
+            if 25 <= len(definition) <= 160]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def wordnet_synsets(path: str):
+    """(the fields before the gloss, the first sentence of the gloss) of each synset of a WordNet data file: fields[1]
+    is the lexicographer file number, fields[4] the first lemma."""
     with open(path, encoding='utf-8') as f:
         for line in f:
             if line.startswith('  '):
-                continue
+                continue  # the licence header
             head, _, gloss = line.partition(' | ')
-            definition = gloss.split(';')[0].strip()
-            if 25 <= len(definition) <= 160:
-                rows.append((definition, names[int(head.split()[1]) - 3]))
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
+            yield head.split(), gloss.split(';')[0].strip()
 
 
 def _idx(path: str) -> np.ndarray:
