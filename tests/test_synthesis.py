@@ -227,3 +227,14 @@ def test_an_embedding_model_as_a_stand_in_teacher():
     a, b, c = teacher.embedder.encode([q, p, n])
     cos = lambda x, y: float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))  # noqa: E731
     assert margin == pytest.approx(cos(a, b) - cos(a, c), abs=1e-5)
+
+
+def test_margin_triplets_from_a_csv_header(tmp_path):
+    path = tmp_path / 'rows.csv'
+    path.write_text('query,positive,negative,margin\nthe red dog,a red dog,a blue sea,0.5\na cat,cat food,old house,0.25\n')
+    data = load_data(str(path))
+    assert data.kind == 'margin-triplets' and data.extra['negative'] == ['a blue sea', 'old house']
+    assert data.scores == [0.5, 0.25] and data.groups == [0, 1]
+    path.write_text('query,positive,negative,margin\nthe red dog,a red dog,a blue sea,lots\n')
+    with pytest.raises(InputError, match="rows.csv, line 2: margin 'lots' is not a finite number"):
+        load_data(str(path))

@@ -278,7 +278,7 @@ class MarginTripletsKind(DataKind):
             raise InputError(f'{source}: {self.name} data needs the columns {", ".join(self.columns)}; missing '
                              f'{", ".join(missing)} (columns: {", ".join(names)}).')
         at = [names.index(c) for c in self.columns]
-        cells = {c: [] for c in self.columns}
+        queries, positives, negatives, margins = [], [], [], []
         for i, row in enumerate(rows):
             where = f'{source}, line {lines[i]}' if lines else f'{source}, row {i}'
             if len(row) != len(names):
@@ -287,12 +287,14 @@ class MarginTripletsKind(DataKind):
             for column, value in (('query', query), ('positive', positive), ('negative', negative)):
                 if not isinstance(value, str) or not value.strip():
                     raise InputError(f'{where}: {column} {value!r} is not a non-empty text.')
-            cells['query'].append(query), cells['positive'].append(positive), cells['negative'].append(negative)
-            cells['margin'].append(_margin(margin, where))
+            queries.append(query)
+            positives.append(positive)
+            negatives.append(negative)
+            margins.append(_margin(margin, where))
         names_of: dict = {}
-        groups = [names_of.setdefault(_hashable(q), len(names_of)) for q in cells['query']]
-        return TrainingData(self.name, cells['query'], cells['positive'], groups, cells['margin'], list(names_of),
-                            source, lines, {'negative': cells['negative']})
+        groups = [names_of.setdefault(_hashable(q), len(names_of)) for q in queries]
+        return TrainingData(self.name, queries, positives, groups, margins, list(names_of), source, lines,
+                            {'negative': negatives})
 
     def row(self, data, i):
         return data.a[i], data.b[i], data.extra['negative'][i], data.scores[i], data.groups[i]

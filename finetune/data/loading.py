@@ -172,6 +172,11 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
     return TrainingData(kind, a, b, groups, None, labels, source, lines)
 
 
+def _kind_columns(name: str) -> tuple[str, ...]:
+    from .kinds import get_kind
+    return get_kind(name).columns
+
+
 def _kind_of_header(header: Sequence[str]) -> str | None:
     """The registered kind with a layout of its own (its ``read_rows``) whose columns the header names, or None."""
     from .kinds import DataKind, get_kind
@@ -288,7 +293,8 @@ def read_csv(path: str, delimiter: str = ',', header: bool | str = 'auto', kind:
     if not rows:
         raise InputError(f'{path} is empty: expected rows such as item,label or query,doc or a,b,score.')
     first = [c.strip().lower() for c in rows[0]]
-    has_header = header is True or (header == 'auto' and all(c in KNOWN_HEADERS for c in first))
+    known = KNOWN_HEADERS | {c for name in kind_names() for c in _kind_columns(name)}  # and the kinds' own columns
+    has_header = header is True or (header == 'auto' and all(c in known for c in first))
     names = first if has_header else None
     body = rows[1:] if has_header else rows
     if not body:
