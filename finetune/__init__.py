@@ -5,6 +5,8 @@ Public API (each call hands on to one module):
 * :func:`describe_models`, :func:`list_models`, :func:`list_model_options` — what can be built;
 * :func:`build_model` — an :class:`EmbeddingModel` (backbone -> pooler -> head -> L2 normalize);
 * :func:`get_spec` — the registry entry of a name.
+* :func:`synthesize` — training rows from unlabeled queries and a corpus (a relation miner and a cross-encoder);
+* :func:`fit`, :func:`evaluate`, :func:`load`, :func:`merge` — training, metrics, saved models.
 """
 from __future__ import annotations
 
