@@ -298,6 +298,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             (keys[0] if len(keys) == 1 else max(keys, key=frequency.__getitem__) if keys else len(ids) + i
              for i, keys in enumerate(row_keys)), dtype=np.int64, count=len(rows))
         self._plan: tuple[int, list[list[int]]] | None = None
+        self._lengths: np.ndarray | None = None
+        self.pool = 0
 
         full_batches = len(rows) // self.batch_size
         if len(ids) and counts.max() > full_batches:
@@ -312,6 +314,17 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle of `epoch` (each epoch's batches differ; the same epoch gives the same batches)."""
         self.epoch = int(epoch)
+
+    def group_by_length(self, lengths: Sequence[float], pool: int = 16) -> None:
+        """Batches of rows of similar length (less padding for texts): each epoch's shuffled order is cut into
+        pools of `pool` batches, each pool sorted by length before the rows are packed (no key twice in a
+        batch, as always), and the epoch's batches are then shuffled. ``pool=0`` turns it off."""
+        pool = _positive_int('pool', pool, minimum=0)
+        if pool and len(lengths) != self.num_rows:
+            raise InputError(f'NoDuplicatesBatchSampler.group_by_length: {len(lengths)} lengths for '
+                             f'{self.num_rows} rows.')
+        self._lengths = np.asarray(lengths, dtype=np.float64) if pool else None
+        self.pool, self._plan = pool, None
 
     def __len__(self) -> int:
         return len(self._batches(self.epoch))
@@ -381,7 +394,12 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
                 if blocked is not None:
                     wait(row, blocked)
 
-        for row in self._order(rng).tolist():
+        order = self._order(rng)
+        if self._lengths is not None:  # within each pool of rows, by length (ties in the shuffled order)
+            window = self.pool * size
+            order = np.concatenate([part[np.argsort(self._lengths[part], kind='stable')]
+                                    for part in np.split(order, range(window, len(order), window))])
+        for row in order.tolist():
             blocked = place(row)
             if blocked is not None:
                 wait(row, blocked)
@@ -407,6 +425,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         if not batches:
             raise InputError(f'NoDuplicatesBatchSampler: no batch of {size} rows without a repeated key can be formed '
                              f'(too few distinct keys); lower batch_size or pass drop_last=False.')
+        if self._lengths is not None:  # the pools sorted short to long: the batches in a random order again
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
 
