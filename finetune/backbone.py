@@ -77,6 +77,12 @@ class Backbone(nn.Module):
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
 
+    def slice_batch(self, batch: Any, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of a batch of this backbone (GradCache embeds a batch in such chunks). Default:
+        every tensor cut along its first dimension; a family with padded sequences may also drop the columns
+        that are padding in every row of the chunk."""
+        return slice_batch(batch, start, stop)
+
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
 
@@ -125,6 +131,30 @@ class Towers:
 
     backbones: dict[str, Backbone]
     logit_scale: float | None = None
+
+
+def slice_batch(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a model input: a tensor, or a dict / list / tuple of them (token ids and masks,
+    images, point clouds); what is not a tensor with rows is passed as it is."""
+    if isinstance(x, torch.Tensor):
+        return x[start:stop] if x.dim() > 0 else x
+    if isinstance(x, dict):
+        return {k: slice_batch(v, start, stop) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(slice_batch(v, start, stop) for v in x)
+    return x
+
+
+def rows_of(x: Any) -> int:
+    """How many rows a model input holds (the first dimension of its first tensor)."""
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+    for value in values:
+        n = rows_of(value)
+        if n:
+            return n
+    return 0
 
 
 def batch_to(batch: Any, device: torch.device | str) -> Any:

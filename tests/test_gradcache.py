@@ -16,7 +16,8 @@ import finetune
 from finetune.data.kinds import get_kind
 from finetune.errors import OptionError
 from finetune.losses import build_loss
-from finetune.training.gradcache import CachedStep, rows_of, slice_batch
+from finetune.backbone import rows_of, slice_batch
+from finetune.training.gradcache import CachedStep
 from finetune.training.module import TrainingModule
 
 from test_training import coloured_squares, text_pairs
@@ -78,7 +79,7 @@ def _chunked_reference(module: TrainingModule, batch, size: int):
     with dropout or BatchNorm (both passes see chunks)."""
     def embed(side, x, logits=False):
         n = rows_of(x)
-        return torch.cat([module.embed(side, slice_batch(x, i, i + size)) for i in range(0, n, size)])
+        return torch.cat([module.embed(side, module.slice(side, x, i, i + size)) for i in range(0, n, size)])
     value = module.loss(module.kind.loss_inputs(embed, batch, module.loss,
                                                 getattr(module.model, 'logit_scale', None)))
     value.backward()

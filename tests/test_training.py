@@ -477,3 +477,14 @@ def test_a_subclass_of_the_trainer_overrides_one_step():
     assert doubled.history[0]['loss'] == pytest.approx(2 * plain.history[0]['loss'], rel=1e-5)
     with pytest.raises(OptionError, match='batch_size: expected an integer >= 2, got 1'):
         TrainingConfig.from_arguments(batch_size=1)
+
+
+def test_adam_steps_with_the_fused_kernel_unless_told_otherwise():
+    from finetune.training.optim import make_optimizer
+    params = [torch.nn.Parameter(torch.randn(3, 3))]
+    assert make_optimizer('AdamW', [{'params': params, 'lr': 0.1}], None).defaults['fused'] is True
+    chosen = make_optimizer('AdamW', [{'params': params, 'lr': 0.1}], {'foreach': True}).defaults
+    assert chosen['foreach'] is True and not chosen['fused']
+    assert not make_optimizer('adam', [{'params': params, 'lr': 0.1}], {'fused': False}).defaults['fused']
+    assert make_optimizer('sgd', [{'params': params, 'lr': 0.1}], None).defaults['fused'] is True
+    assert not make_optimizer('rmsprop', [{'params': params, 'lr': 0.1}], None).defaults.get('fused')

@@ -27,32 +27,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..backbone import rows_of
 from ..errors import OptionError
 from .module import TrainingModule
-
-
-def slice_batch(x: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a model input: a tensor, or a dict / list / tuple of them (token ids and masks,
-    images, point clouds); what is not a tensor with rows is passed as it is."""
-    if isinstance(x, torch.Tensor):
-        return x[start:stop] if x.dim() > 0 else x
-    if isinstance(x, dict):
-        return {k: slice_batch(v, start, stop) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(slice_batch(v, start, stop) for v in x)
-    return x
-
-
-def rows_of(x: Any) -> int:
-    """How many rows a model input holds (the first dimension of its first tensor)."""
-    if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
-    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
-    for value in values:
-        n = rows_of(value)
-        if n:
-            return n
-    return 0
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -105,7 +82,7 @@ class CachedStep:
                                   f"a classifier head's logits, which GradCache does not cache; leave "
                                   f"mini_batch_size out.")
             n = rows_of(x)
-            chunks = [slice_batch(x, i, min(n, i + self.size)) for i in range(0, n, self.size)]
+            chunks = [self.module.slice(side, x, i, min(n, i + self.size)) for i in range(0, n, self.size)]
             states, parts = [], []
             for chunk in chunks:
                 states.append(_rng_state(device))

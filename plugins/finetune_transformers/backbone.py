@@ -72,6 +72,17 @@ class HFTextBackbone(Backbone):
                              f"the model with collate_options={{'truncation': True}} to cut long texts.")
         return batch
 
+    def slice_batch(self, batch: Mapping[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Rows ``start:stop``, without the token columns that are padding in all of them (a chunk of short
+        texts in a batch with a long one is as short as its own longest text)."""
+        part = super().slice_batch(batch, start, stop)
+        mask = part.get('attention_mask') if isinstance(part, Mapping) else None
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.any(0).all()):
+            return part
+        keep = mask.any(0)  # padding on one side: the kept columns are contiguous
+        return {k: v[:, keep] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == mask.shape else v
+                for k, v in part.items()}
+
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
             what = f'a tensor of shape {tuple(batch.shape)}' if isinstance(batch, torch.Tensor) \
