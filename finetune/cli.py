@@ -151,6 +151,8 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
                                               "in [0, 1] or 'auto' (chosen on --eval-data).")
 @click.option('--guard-tolerance', default=0.01, show_default=True, type=float,
               help='How much of the guard metric a chosen model may lose.')
+@click.option('--group-by-length', default='auto', show_default=True, type=click.Choice(['auto', 'on', 'off']),
+              help='Batch texts of similar length together (less padding); auto: on for text rows.')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 @click.pass_context
 def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model_option, metrics_log, resume_from,
@@ -164,6 +166,8 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
         given = {key: value for key, value in settings.items()
                  if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+        if 'group_by_length' in given:
+            given['group_by_length'] = {'on': True, 'off': False}.get(given['group_by_length'], 'auto')
         if 'wise_ft' in given:
             given['wise_ft'] = _alpha_or_auto(given['wise_ft'], '--wise-ft')
         options = parse_key_values(loss_option, '--loss-option')

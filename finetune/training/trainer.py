@@ -517,12 +517,12 @@ class Trainer:
         self._fire('on_evaluate', metrics)
 
 
-def text_lengths(data) -> list[int] | None:
-    """The length in characters of each row's texts (all its text sides together); None when no side is text."""
+def text_lengths(data) -> list[tuple[int, ...]] | None:
+    """The length in characters of each text side of each row; None when no side is text."""
     sides = [side for side, modality in zip((data.a, data.b), data.modalities) if modality == 'text']
     if not sides:
         return None
-    return [sum(len(side[i]) for side in sides) for i in range(len(data))]
+    return list(zip(*([len(item) for item in side] for side in sides)))
 
 
 def _check_callbacks(callbacks: Any) -> list[Callback]:
