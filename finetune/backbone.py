@@ -74,6 +74,13 @@ class Backbone(nn.Module):
         in training (``fit`` calls this in its DataLoader workers). Default: :meth:`preprocess`."""
         return self.preprocess(items)
 
+    def augments_in_training(self) -> bool:
+        """True when :meth:`preprocess_train` may give one item a different view on every call (random
+        augmentation, freshly sampled points), so that its features cannot be computed once and reused (see
+        :mod:`finetune.training.features`). Default: whether the family overrides :meth:`preprocess_train`;
+        a family whose override is deterministic, or whose augmentation an option turned off, may say False."""
+        return type(self).preprocess_train is not Backbone.preprocess_train
+
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
 
@@ -131,6 +138,8 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors inside a dict / list / tuple, to `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, Features):
+        return Features(batch_to(batch.tensor, device), batch_to(batch.mask, device))
     if isinstance(batch, dict):
         return {k: batch_to(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -39,7 +39,7 @@ KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate
                   'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind')
 #: settings a resumed run takes from its checkpoint when left out, and may change freely
 INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers', 'select_best',
-                       'metric_for_best', 'wise_ft', 'guard_tolerance')
+                       'metric_for_best', 'wise_ft', 'guard_tolerance', 'feature_cache')
 
 
 def _number(value: Any) -> bool:
@@ -98,6 +98,7 @@ class TrainingConfig:
     metric_for_best: str | None = None
     wise_ft: float | str | None = None
     guard_tolerance: float = 0.01
+    feature_cache: bool | str | dict = 'auto'
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
@@ -154,6 +155,8 @@ class TrainingConfig:
         if not _number(self.guard_tolerance) or self.guard_tolerance < 0:
             raise OptionError(f'guard_tolerance: expected a number >= 0 (how much of the guard metric a chosen '
                               f'model may lose), got {self.guard_tolerance!r}.')
+        from .features import check_feature_cache
+        check_feature_cache(self.feature_cache)
         _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
         for name in ('output_dir', 'resume_from'):
             _optional_str(name, getattr(self, name), 'a folder path')
