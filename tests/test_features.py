@@ -46,8 +46,9 @@ def test_text_with_a_frozen_backbone_trains_the_same_on_cached_features():
     """Token sequences of different lengths, a head with dropout (the random stream is the uncached run's) and
     a backbone with dropout (off when frozen whole, cached or not)."""
     data = text_pairs()
-    cached, said = _fit('fake-text', data, model_options=FROZEN_TEXT)
-    uncached, said_off = _fit('fake-text', data, model_options=FROZEN_TEXT, feature_cache=False)
+    cached, said = _fit('fake-text', data, model_options=FROZEN_TEXT, eval_data=data, progress=True)
+    uncached, said_off = _fit('fake-text', data, model_options=FROZEN_TEXT, eval_data=data, feature_cache=False)
+    assert cached.metrics['after'] == pytest.approx(uncached.metrics['after'], rel=1e-5)
     assert len(said) == 1 and said[0].startswith('feature cache on: 48 items') and 'in memory' in said[0]
     assert said_off == []
     _assert_same_training(cached, uncached, TEXTS)
@@ -186,3 +187,23 @@ def test_the_store_pads_token_sequences_again_and_reads_the_same_from_disk(tmp_p
     maps = FeatureStore(_Budget(10 ** 6), None)
     maps.add_batch(Features(torch.randn(2, 3, 2, 2).to(torch.bfloat16)), 2)
     assert maps.batch([1, 0]).tensor.dtype == torch.bfloat16 and maps.batch([1]).mask is None
+
+
+def test_a_nan_loss_on_cached_features_stops_and_keeps_the_last_good_model(tmp_path, monkeypatch):
+    from finetune import losses
+    from finetune.training import TrainingError
+    original = losses.InfoNCELoss.forward
+    calls = []
+
+    def nan_at_the_third_step(self, inputs):
+        calls.append(1)
+        value = original(self, inputs)
+        return value * float('nan') if len(calls) == 3 else value
+
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', nan_at_the_third_step)
+    with pytest.raises(TrainingError, match=r'NaN or infinite at epoch 1, step 3.*last-good'):
+        _fit('fake-text', text_pairs(), model_options=FROZEN_TEXT, output_dir=str(tmp_path),
+             feature_cache={'max_memory_mb': 0})  # on disk: its files go even when training fails
+    saved = finetune.load(str(tmp_path / 'last-good'))
+    assert np.isfinite(saved.encode(TEXTS)).all()
+    assert not (tmp_path / 'feature-cache').exists()
