@@ -50,7 +50,7 @@ def test_text_with_a_frozen_backbone_trains_the_same_on_cached_features():
     uncached, said_off = _fit('fake-text', data, model_options=FROZEN_TEXT, eval_data=data, feature_cache=False)
     assert cached.metrics['after'] == pytest.approx(uncached.metrics['after'], rel=1e-5)
     assert len(said) == 1 and said[0].startswith('feature cache on: 48 items') and 'in memory' in said[0]
-    assert said_off == []
+    assert said_off == ['feature cache off: feature_cache=False']
     _assert_same_training(cached, uncached, TEXTS)
     assert not torch.equal(cached.model.pooler.p.detach(), finetune.build_model(
         'fake-text', FROZEN_TEXT).pooler.p.detach())  # it did train

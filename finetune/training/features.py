@@ -83,6 +83,7 @@ def attach(trainer) -> FeatureCache | None:
     apply. Called at the end of :meth:`Trainer.setup <finetune.training.Trainer.setup>`."""
     setting = trainer.config.feature_cache
     if setting is False:
+        trainer.say('feature cache off: feature_cache=False')
         return None
     reason = why_not(trainer)
     if reason is None and setting is not True and trainer.config.epochs == 1:
@@ -101,6 +102,9 @@ def attach(trainer) -> FeatureCache | None:
         cache.close()
         trainer.say(f'feature cache off: {exc}; training goes on uncached')
         return None
+    except BaseException:
+        cache.close()
+        raise
     trainer.loader = cache.loader(trainer.loader)
     trainer.callbacks.append(cache)
     trainer.say(f'feature cache on: {cache.describe()}')
