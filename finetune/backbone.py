@@ -74,6 +74,13 @@ class Backbone(nn.Module):
         in training (``fit`` calls this in its DataLoader workers). Default: :meth:`preprocess`."""
         return self.preprocess(items)
 
+    def augments_in_training(self) -> bool:
+        """True when :meth:`preprocess_train` may give one item a different view on every call (random
+        augmentation, freshly sampled points), so that its features cannot be computed once and reused (see
+        :mod:`finetune.training.features`). Default: whether the family overrides :meth:`preprocess_train`;
+        a family whose override is deterministic, or whose augmentation an option turned off, may say False."""
+        return type(self).preprocess_train is not Backbone.preprocess_train
+
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
 
@@ -138,6 +145,8 @@ def slice_batch(x: Any, start: int, stop: int) -> Any:
     images, point clouds); what is not a tensor with rows is passed as it is."""
     if isinstance(x, torch.Tensor):
         return x[start:stop] if x.dim() > 0 else x
+    if isinstance(x, Features):  # a frozen backbone's cached output
+        return Features(x.tensor[start:stop], None if x.mask is None else x.mask[start:stop])
     if isinstance(x, dict):
         return {k: slice_batch(v, start, stop) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -149,6 +158,8 @@ def rows_of(x: Any) -> int:
     """How many rows a model input holds (the first dimension of its first tensor)."""
     if isinstance(x, torch.Tensor):
         return int(x.shape[0])
+    if isinstance(x, Features):
+        return int(x.tensor.shape[0])
     values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
     for value in values:
         n = rows_of(value)
@@ -161,6 +172,8 @@ def batch_to(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors inside a dict / list / tuple, to `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, Features):
+        return Features(batch_to(batch.tensor, device), batch_to(batch.mask, device))
     if isinstance(batch, dict):
         return {k: batch_to(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbone import Backbone, Towers, batch_to
+from .backbone import Backbone, Features, Towers, batch_to
 from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
 from .modalities import is_one_item  # noqa: F401 (plugins import it from here)
@@ -114,9 +114,13 @@ class EmbeddingModel(nn.Module):
 
     def train(self, mode: bool = True) -> 'EmbeddingModel':
         """Like ``nn.Module.train``, but a frozen BatchNorm layer (every parameter frozen by ``freeze``)
-        stays in eval mode: it keeps normalizing with its running statistics and does not update them."""
+        stays in eval mode: it keeps normalizing with its running statistics and does not update them. A
+        backbone frozen whole is a fixed feature extractor and stays in eval mode entirely (its dropout off
+        too), so that its features are the ones inference gives and can be cached (``fit(feature_cache=)``)."""
         super().train(mode)
-        if mode:
+        if mode and backbone_frozen(self.backbone):
+            self.backbone.eval()
+        elif mode:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     params = list(module.parameters(recurse=False))
@@ -125,8 +129,13 @@ class EmbeddingModel(nn.Module):
         return self
 
     def forward(self, batch: Any, return_logits: bool = False):
-        self.backbone.check_batch(batch)
-        features = self.backbone(batch)
+        """Embeddings of `batch` (what :meth:`preprocess` makes), or of backbone :class:`Features` already
+        computed (a frozen backbone's cached output): then the backbone is skipped."""
+        if isinstance(batch, Features):
+            features = batch
+        else:
+            self.backbone.check_batch(batch)
+            features = self.backbone(batch)
         if self.pooler is None:
             pooled = self.backbone.pool_own(features)
         else:
@@ -194,6 +203,12 @@ class EmbeddingModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f'name={self.name!r}, output_dim={self.output_dim}, normalize={self.normalize}'
+
+
+def backbone_frozen(backbone: nn.Module) -> bool:
+    """True when `backbone` has parameters and none of them trains (``freeze=True``)."""
+    params = list(backbone.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def _under(name: str, prefix: str) -> bool:

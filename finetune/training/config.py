@@ -40,7 +40,7 @@ KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate
                   'group_by_length')
 #: settings a resumed run takes from its checkpoint when left out, and may change freely
 INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers', 'select_best',
-                       'metric_for_best', 'wise_ft', 'guard_tolerance')
+                       'metric_for_best', 'wise_ft', 'guard_tolerance', 'feature_cache')
 
 
 def _number(value: Any) -> bool:
@@ -100,6 +100,7 @@ class TrainingConfig:
     wise_ft: float | str | None = None
     guard_tolerance: float = 0.01
     group_by_length: bool | str = 'auto'
+    feature_cache: bool | str | dict = 'auto'
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
@@ -159,6 +160,8 @@ class TrainingConfig:
         if not (isinstance(self.group_by_length, bool) or self.group_by_length == 'auto'):
             raise OptionError(f"group_by_length: expected 'auto' (texts of similar length batched together where "
                               f"the data is text pairs), True or False, got {self.group_by_length!r}.")
+        from .features import check_feature_cache
+        check_feature_cache(self.feature_cache)
         _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
         for name in ('output_dir', 'resume_from'):
             _optional_str(name, getattr(self, name), 'a folder path')

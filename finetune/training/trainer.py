@@ -36,6 +36,7 @@ from ..samplers import ShardedBatches, SkipBatches
 from . import checkpoint as ckpt
 from .choose import Chooser
 from .config import TrainingConfig
+from .features import attach as attach_feature_cache
 from .gradcache import CachedStep, all_reduce_gradients
 from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
@@ -89,6 +90,7 @@ class Trainer:
             ckpt.check_output_dir(self.config.output_dir, ckpt.checkpoint_bytes(self.module))
         self.chooser = Chooser(self)
         self.state = self.make_state()
+        self.feature_cache = attach_feature_cache(self)  # frozen backbone: features computed once, or None
         if self.resume_state is not None:
             self.restore(self.resume_state)
 
