@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = [
     ('bench_vs_sentence_transformers.py', ['--train-rows', '1600'], ['--train-rows', '256']),
     ('bench_gradcache.py', [], ['--large-batch', '128', '--equal-batch', '64']),
-    ('bench_feature_cache.py', [], ['--quick']),
+    ('bench_feature_cache.py', [], ['--images', '64']),
 ]
 
 
