@@ -32,7 +32,7 @@ def _check_arguments(format: Any, quantize: Any) -> Any:
         hint = did_you_mean(format, known) if isinstance(format, str) else ''
         raise ExportError(f'format: unknown export format {format!r}.{hint} Formats: {", ".join(map(repr, known))}.')
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ExportError(f'quantize: expected one of {", ".join(map(repr, QUANTIZATIONS))} or None, got '
+        raise ExportError(f'quantize: expected {" or ".join(map(repr, QUANTIZATIONS))} or None, got '
                           f'{quantize!r}.')
     if quantize is not None and format != ONNX:
         raise ExportError(f'quantize={quantize!r} applies to the {ONNX!r} format only, not {format!r}.')
