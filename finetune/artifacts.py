@@ -356,8 +356,13 @@ def rebuild(directory: str, config: dict[str, Any], name: str, trust_remote_code
     try:
         if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):
             options['trust_remote_code'] = trust_remote_code
-        with empty_weights() if empty else contextlib.nullcontext():
-            return build_model(name, options)
+        if empty:
+            try:
+                with empty_weights():
+                    return build_model(name, options)
+            except (RuntimeError, NotImplementedError):  # a builder that reads a weight back: build it for real
+                pass
+        return build_model(name, options)
     except OptionError as exc:
         raise ArtifactError(f"{config_path}, field 'model_options': the saved model cannot be rebuilt: {exc}") \
             from exc

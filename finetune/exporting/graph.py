@@ -70,7 +70,9 @@ def write_graph(model, example_items: list, path: str) -> list[str]:
     axes[OUTPUT_NAME] = {0: 'batch'}
     graph = PipelineGraph(model, names).eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # traced with gradients on: under no_grad, eval-mode attention takes torch's fused fast path
+        # (aten::_native_multi_head_attention), which has no ONNX translation
+        with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             torch.onnx.export(graph, tuple(inputs.values()), path, input_names=names, output_names=[OUTPUT_NAME],
                               dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
