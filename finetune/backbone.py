@@ -53,6 +53,9 @@ class Backbone(nn.Module):
     worker_environment: dict[str, str] = {}
     #: the distributions whose versions a saved model records, besides finetune and torch
     packages: tuple[str, ...] = ()
+    #: regular expressions over the node names of an exported graph: nodes that int8 quantization leaves in fp32
+    #: (layers whose activations have outliers that per-tensor run-time quantization cannot hold)
+    int8_fp32_nodes: tuple[str, ...] = ()
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError

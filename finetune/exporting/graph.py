@@ -83,17 +83,32 @@ def write_graph(model, example_items: list, path: str) -> list[str]:
     return names
 
 
-def quantize_int8(path: str) -> None:
-    """Replace the graph at `path` with its dynamic int8 quantization (onnxruntime's: int8 weights, activations
-    quantized at run time), which runs MatMul / Gemm / Conv in integer arithmetic on the CPU."""
+def _kept_in_fp32(path: str, patterns: tuple[str, ...]) -> list[str]:
+    """The nodes of the graph at `path` that stay in fp32: products of two activations (attention scores; their
+    run-time quantization costs accuracy and time) and the nodes whose names match the family's `patterns`."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == 'Constant'
+                                                       for o in n.output}
+    keep = [n.name for n in graph.node if n.op_type in ('MatMul', 'Gemm')
+            and not any(i in constants for i in n.input)]
+    return keep + [n.name for n in graph.node if any(re.search(p, n.name) for p in patterns)]
+
+
+def quantize_int8(path: str, keep_fp32: tuple[str, ...] = ()) -> None:
+    """Replace the graph at `path` with its dynamic int8 quantization (onnxruntime's: int8 weights per channel,
+    activations quantized at run time), which runs weight MatMul / Gemm / Conv in integer arithmetic on the CPU;
+    nodes matching `keep_fp32` (regular expressions over node names, the family's) stay in fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     quantized = path + '.int8'
+    exclude = _kept_in_fp32(path, keep_fp32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             logging.disable(logging.WARNING)  # onnxruntime's advice on its root logger, printed for every graph
             try:
-                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True)
+                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True,
+                                 nodes_to_exclude=exclude)
             finally:
                 logging.disable(logging.NOTSET)
     except Exception as exc:  # noqa: BLE001

@@ -60,8 +60,8 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
     _write_config(model, folder, name, record)
     record['parity']['fp32'] = _check(model, load(folder), items, eval_data, torch_metrics, 'fp32', say)
     if quantize is not None:
-        for file in graphs.values():
-            quantize_int8(os.path.join(folder, file))
+        for tower, file in graphs.items():
+            quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes)
         record['quantize'] = quantize
         record['parity'][quantize] = _check(model, load(folder), items, eval_data, torch_metrics, quantize, say)
     return _write_config(model, folder, name, record)
