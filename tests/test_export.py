@@ -1,5 +1,5 @@
 """Export (finetune.exporting) on the fake family: ONNX graphs that embed like the torch model, the parity gate,
-int8, atomic writes, the model card, safe loading and every refusal. The real families: families/test_export.py."""
+int8, atomic writes, the model card, safe loading and every refusal. The real families: families/test_families_export.py."""
 from __future__ import annotations
 
 import json
