@@ -2,7 +2,8 @@
 
     python examples/export_onnx.py [--output out/export-example]
 
-Each export passes the parity gate against the torch model before it is written (the figures are printed).
+Each export must pass the parity gate against the torch model before it is written (the figures are printed);
+an export that misses it (here int8: min cosine about 0.985-0.987 < 0.99) is refused and said so.
 """
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def main() -> None:
     texts = ['a man is eating food', 'someone is having a meal', 'the stock market fell sharply today']
     reference = finetune.load(artifact).encode(texts)
     for options in ({}, {'quantize': 'int8'}, {'format': 'sentence-transformers'}):
-        folder = finetune.export(artifact, log=print, **options)
+        try:
+            folder = finetune.export(artifact, log=print, **options)
+        except finetune.ExportError as exc:  # all-MiniLM-L6-v2 in int8 misses the 0.99 gate
+            print(f'not exported: {exc}\n')
+            continue
         if options.get('format') == 'sentence-transformers':
             from sentence_transformers import SentenceTransformer
             embeddings = SentenceTransformer(folder, device='cpu', local_files_only=True).encode(texts)
