@@ -8,7 +8,7 @@ The core puts a pooler, an optional head and L2 normalization on top; it never l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ class Backbone(nn.Module):
     worker_environment: dict[str, str] = {}
     #: the distributions whose versions a saved model records, besides finetune and torch
     packages: tuple[str, ...] = ()
+    #: regular expressions over the node names of an exported graph: nodes that int8 quantization leaves in fp32
+    #: (layers whose activations have outliers that per-tensor run-time quantization cannot hold)
+    int8_fp32_nodes: tuple[str, ...] = ()
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -100,6 +103,33 @@ class Backbone(nn.Module):
         if problem is None and self.modality == 'image':
             problem = image_file_problem(path)
         return problem
+
+    # ------------------------------------------------------------------ export (ONNX and other graph formats)
+    def export_inputs(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The named inputs of an exported graph, in the order the graph takes them, for a batch that
+        :meth:`preprocess` made. Default: a tensor batch is one input called ``'input'``; a mapping batch gives
+        its tensors under their keys. A family whose batch holds more (or other) things overrides this and
+        :meth:`batch_from_inputs`."""
+        if isinstance(batch, torch.Tensor):
+            return {'input': batch}
+        if isinstance(batch, Mapping):
+            return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        from .errors import ExportError
+        raise ExportError(f'{type(self).__name__}: a batch of type {type(batch).__name__} has no default graph '
+                          f'inputs; the family must define export_inputs and batch_from_inputs.')
+
+    def batch_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """The batch :meth:`forward` takes, from the graph inputs :meth:`export_inputs` named (its inverse)."""
+        if list(inputs) == ['input']:
+            return inputs['input']
+        return dict(inputs)
+
+    def export_dynamic_axes(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, dict[int, str]]:
+        """The axes of each graph input whose size varies from call to call, named. Default: axis 0 (the batch)
+        of every input, and axis 1 (the sequence) of the 2-D inputs of a mapping batch (ids and their mask)."""
+        many = list(inputs) != ['input']
+        return {name: ({0: 'batch', 1: 'sequence'} if many and t.dim() == 2 else {0: 'batch'})
+                for name, t in inputs.items()}
 
     def layer_groups(self) -> list[str]:
         """Parameter-name prefixes of the network's layers, input to output, for

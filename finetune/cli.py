@@ -284,5 +284,25 @@ def encode_command(model_name: str, input_path: str, output: str, batch_size: in
     _run(job)
 
 
+@main.command('export')
+@click.argument('model_dir')
+@click.option('--format', 'format_', default='onnx', show_default=True,
+              help='onnx, or a folder format a plugin adds; an unknown name lists the formats.')
+@click.option('--quantize', default=None, help='int8: dynamic int8 quantization of the ONNX graphs.')
+@click.option('--output', default=None, help='Folder for the export (default: beside MODEL_DIR, <MODEL_DIR>-onnx, ...).')
+@click.option('--eval-data', default=None,
+              help='Your held-out data: the parity check embeds a sample of it and compares retrieval metrics.')
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def export_command(model_dir, format_, quantize, output, eval_data, trust_remote_code) -> None:
+    """Export a saved model (MODEL_DIR, written by fit) for deployment, after a parity check against it."""
+    from .exporting import export
+
+    def job():
+        folder = export(model_dir, format=format_, output=output, quantize=quantize, eval_data=eval_data,
+                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line))
+        click.echo(f'written to {folder}')
+    _run(job)
+
+
 if __name__ == '__main__':  # pragma: no cover
     main()

@@ -26,6 +26,9 @@ class HFTextBackbone(Backbone):
     #: the tokenizers library's threads do not survive the fork into DataLoader workers
     worker_environment = {'TOKENIZERS_PARALLELISM': 'false'}
     packages = ('transformers',)
+    #: the feed-forward down-projections (after GELU, with outlier activations): quantized, all-MiniLM-L6-v2's
+    #: int8 export reached a min cosine of 0.986 with the torch model, kept in fp32 0.992 (benchmarks/bench_export.py)
+    int8_fp32_nodes = (r'layer\.\d+/output/dense/',)
 
     modality = 'text'
     layout = TOKENS
@@ -40,8 +43,11 @@ class HFTextBackbone(Backbone):
         hidden = int(model.config.hidden_size)
         self.own_dim = self.pooled_dim = hidden
 
+    #: what the encoder takes from a tokenized batch, in this order (also the inputs of an exported graph)
+    INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
-        inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
+        inputs = {k: v for k, v in batch.items() if k in self.INPUTS}
         out = self.model(**inputs)
         return Features(out.last_hidden_state, batch['attention_mask'])
 
@@ -90,6 +96,11 @@ class HFTextBackbone(Backbone):
             raise InputError(f'{self.model_name!r} is a text model: expected a tokenized batch (a dict with '
                              f'input_ids and attention_mask, as model.preprocess(texts) makes), got {what}. '
                              f'Use model.encode(texts) for strings.')
+
+    def export_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The graph's inputs: token ids, their mask and (for models that have them) token types, each
+        ``(batch, sequence)``; what else a tokenizer returns (offsets, lengths) stays out."""
+        return {k: batch[k] for k in self.INPUTS if k in batch}
 
     def export(self, directory: str) -> str:
         """Write the config and tokenizer (not the weights: the artifact holds those) so the model
