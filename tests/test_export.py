@@ -215,3 +215,33 @@ def test_cli_export(tmp_path):
     result = runner.invoke(main, ['export', str(tmp_path / 'model'), '--format', 'tflite'])
     assert result.exit_code == 2 and 'Traceback' not in result.output
     assert result.output.strip().splitlines()[-1].startswith("error: format: unknown export format 'tflite'")
+
+
+def test_int8_keeps_the_layer_with_outlier_inputs_in_fp32(tmp_path):
+    """A layer whose input has one huge channel loses the rest to run-time per-tensor quantization: the fallback
+    ranks it most damaging and keeps it (only it) in fp32, and the graph then passes the int8 gate."""
+    from finetune.exporting.quantization import TARGET_MIN_COSINE, Calibration, quantize_int8
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 8), nn.Flatten(1))
+    with torch.no_grad():  # the second layer's input gets an outlier channel, its weights compensate
+        net[0].weight[0] *= 1000.0
+        net[0].bias[0] *= 1000.0
+        net[1].weight[:, 0] /= 1000.0
+    path = str(tmp_path / 'net.onnx')
+    torch.onnx.export(net, (torch.randn(2, 5, 16),), path, input_names=['x'], output_names=['embeddings'],
+                      dynamic_axes={'x': {0: 'batch'}, 'embeddings': {0: 'batch'}}, opset_version=17, dynamo=False)
+    layers = [n.name for n in onnx.load(path).graph.node if n.op_type == 'MatMul']
+    assert len(layers) == 3
+    items = [np.random.default_rng(i).standard_normal((5, 16)).astype(np.float32) for i in range(20)]
+    with torch.no_grad():
+        reference = net(torch.from_numpy(np.stack(items))).numpy()
+    calibration = Calibration(items, lambda xs: {'x': np.stack(xs)}, reference)
+    lines = []
+    done = quantize_int8(path, calibration=calibration, log=lines.append)
+    assert done['fp32_layers'] == [layers[1]] and done['quantized_layers'] == 2
+    assert done['calibration_min_cosine'] >= TARGET_MIN_COSINE
+    assert any('1 of 3 layers kept fp32' in line for line in lines)
+    figures = {'items': len(items), 'min_cosine': done['calibration_min_cosine'], 'mean_cosine': 1.0}
+    parity.gate(figures, 'int8', 'net', lines.append)  # passes: no ExportError
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert 'MatMulInteger' in ops and 'MatMul' in ops

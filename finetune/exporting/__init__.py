@@ -70,7 +70,8 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
 
     ``'onnx'``: the whole embedding pipeline as one ONNX graph per tower (``model.onnx``; ``text.onnx`` and
     ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
-    onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs.
+    onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
+    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`).
     Other formats come from plugins (``'sentence-transformers'`` for text models of that family).
     The export is written to `output`, by default beside the artifact (``<artifact>-onnx``, ``-onnx-int8``, or
     the format's suffix), only if it passes the parity gate on `eval_data` (or built-in samples).

@@ -1,4 +1,4 @@
-"""Writing the embedding pipeline as ONNX graphs, and their dynamic int8 quantization.
+"""Writing the embedding pipeline as ONNX graphs (their int8 quantization: :mod:`finetune.exporting.quantization`).
 
 One graph per tower holds everything after the preprocessing: backbone, pooler (GeM and the masked mean
 included), projection head and L2 normalization, with a dynamic batch size (and the dynamic axes the family
@@ -7,8 +7,6 @@ backbone's ``export_inputs`` / ``batch_from_inputs`` / ``export_dynamic_axes``; 
 """
 from __future__ import annotations
 
-import logging
-import os
 import re
 import warnings
 from typing import Any
@@ -81,39 +79,3 @@ def write_graph(model, example_items: list, path: str) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; each becomes one message
         raise _unsupported(exc, model) from exc
     return names
-
-
-def _kept_in_fp32(path: str, patterns: tuple[str, ...]) -> list[str]:
-    """The nodes of the graph at `path` that stay in fp32: products of two activations (attention scores; their
-    run-time quantization costs accuracy and time) and the nodes whose names match the family's `patterns`."""
-    import onnx
-    graph = onnx.load(path, load_external_data=False).graph
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == 'Constant'
-                                                       for o in n.output}
-    keep = [n.name for n in graph.node if n.op_type in ('MatMul', 'Gemm')
-            and not any(i in constants for i in n.input)]
-    return keep + [n.name for n in graph.node if any(re.search(p, n.name) for p in patterns)]
-
-
-def quantize_int8(path: str, keep_fp32: tuple[str, ...] = ()) -> None:
-    """Replace the graph at `path` with its dynamic int8 quantization (onnxruntime's: int8 weights per channel,
-    activations quantized at run time), which runs weight MatMul / Gemm / Conv in integer arithmetic on the CPU;
-    nodes matching `keep_fp32` (regular expressions over node names, the family's) stay in fp32."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantized = path + '.int8'
-    exclude = _kept_in_fp32(path, keep_fp32)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            logging.disable(logging.WARNING)  # onnxruntime's advice on its root logger, printed for every graph
-            try:
-                quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True,
-                                 nodes_to_exclude=exclude)
-            finally:
-                logging.disable(logging.NOTSET)
-    except Exception as exc:  # noqa: BLE001
-        if os.path.exists(quantized):
-            os.remove(quantized)
-        raise ExportError(f'int8 quantization of {os.path.basename(path)} failed in onnxruntime '
-                          f'({type(exc).__name__}: {exc}).') from exc
-    os.replace(quantized, path)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from . import parity
-from .graph import quantize_int8, write_graph
+from .graph import write_graph
 
 #: the record a folder format other than ONNX gets beside its own files
 RECORD_FILE = 'finetune_export.json'
@@ -58,10 +58,18 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
     inputs = {t: write_graph(one, items[t][:2], os.path.join(folder, graphs[t])) for t, one in towers.items()}
     record = {'format': 'onnx', 'quantize': None, 'graphs': graphs, 'inputs': inputs, 'parity': {}}
     _write_config(model, folder, name, record)
-    record['parity']['fp32'] = _check(model, load(folder), items, eval_data, torch_metrics, 'fp32', say)
+    fp32 = load(folder)
+    record['parity']['fp32'] = _check(model, fp32, items, eval_data, torch_metrics, 'fp32', say)
     if quantize is not None:
+        from .quantization import Calibration, quantize_int8
+        exported = parity.towers_of(fp32)
+        record['int8'] = {}
         for tower, file in graphs.items():
-            quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes)
+            reference = towers[tower].encode(items[tower], batch_size=parity.CHECK_BATCH_SIZE)
+            calibration = Calibration(items[tower], exported[tower].graph_inputs, reference,
+                                      parity.CHECK_BATCH_SIZE)
+            record['int8'][tower] = quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes,
+                                                  calibration, say)
         record['quantize'] = quantize
         record['parity'][quantize] = _check(model, load(folder), items, eval_data, torch_metrics, quantize, say)
     return _write_config(model, folder, name, record)

@@ -26,9 +26,6 @@ class HFTextBackbone(Backbone):
     #: the tokenizers library's threads do not survive the fork into DataLoader workers
     worker_environment = {'TOKENIZERS_PARALLELISM': 'false'}
     packages = ('transformers',)
-    #: the feed-forward down-projections (after GELU, with outlier activations): quantized, all-MiniLM-L6-v2's
-    #: int8 export reached a min cosine of 0.986 with the torch model, kept in fp32 0.992 (benchmarks/bench_export.py)
-    int8_fp32_nodes = (r'layer\.\d+/output/dense/',)
 
     modality = 'text'
     layout = TOKENS
