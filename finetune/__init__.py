@@ -11,7 +11,7 @@ Public API (each call hands on to one module):
 from __future__ import annotations
 
 from .describe import describe_models, list_model_options
-from .errors import (ArtifactError, FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
+from .errors import (ArtifactError, ExportError, FinetuneError, InputError, OptionError, PluginError, UnknownModelError, WeightsLoadError,
                      WeightsNotFoundError)
 from .model import EmbeddingModel, MultiTowerModel, build_model
 from .registry import REGISTRY, BackbonePlugin, BackboneSpec, get_spec
@@ -48,6 +48,16 @@ def merge(base, tuned, alpha: float):
     return _merge(base, tuned, alpha)
 
 
+def export(model_or_path, format: str = 'onnx', output: str | None = None, quantize: str | None = None,
+           eval_data=None, trust_remote_code: bool = False, log=None) -> str:
+    """Export a model (or a saved model's folder) for deployment: ``'onnx'`` (fp32, or ``quantize='int8'``) or a
+    format a plugin declares; written beside the artifact unless `output` says where, and only if it passes the
+    parity gate. Returns the folder. See :func:`finetune.exporting.export`."""
+    from .exporting import export as _export
+    return _export(model_or_path, format=format, output=output, quantize=quantize, eval_data=eval_data,
+                   trust_remote_code=trust_remote_code, log=log)
+
+
 def save_model(model, directory: str) -> str:
     """Save `model` (weights as safetensors + JSON config) so that :func:`load` rebuilds it."""
     from .artifacts import save_model as _save
@@ -82,9 +92,9 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 __all__ = [
-    'fit', 'synthesize', 'evaluate', 'load', 'merge', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
+    'fit', 'synthesize', 'evaluate', 'load', 'merge', 'export', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
-    'PluginError', 'InputError', 'ArtifactError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
+    'PluginError', 'InputError', 'ArtifactError', 'ExportError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]
 
 

@@ -6,13 +6,14 @@ lives in files (Hugging Face models), those files under ``backbone/`` so nothing
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import ArtifactError, FinetuneError, OptionError, WeightsLoadError
 
@@ -59,15 +60,25 @@ def save_model(model, directory: str, metrics: dict | None = None, extra: dict |
     left by killed writes are removed by the next save beside them. Raises ArtifactError for a model whose
     name a saved model could not rebuild from (see :func:`load`), OSError when the disk refuses.
     """
+    with folder_written_atomically(directory) as tmp:
+        _write_model(model, tmp, metrics, extra)
+        if write_more is not None:
+            write_more(tmp)
+    return os.path.abspath(directory)
+
+
+@contextlib.contextmanager
+def folder_written_atomically(directory: str) -> Iterator[str]:
+    """A temporary folder beside `directory` to write into; when the block ends without an exception it replaces
+    `directory` (kept as ``<directory>.old`` between the two renames), else it is removed: `directory` is then
+    complete or as it was. Temporary folders of killed writes beside it are removed first."""
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_temporaries(parent)
     tmp = tempfile.mkdtemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', dir=parent)
     try:
-        _write_model(model, tmp, metrics, extra)
-        if write_more is not None:
-            write_more(tmp)
+        yield tmp
         old = directory + '.old'
         if os.path.exists(directory):
             shutil.rmtree(old, ignore_errors=True)
@@ -77,11 +88,33 @@ def save_model(model, directory: str, metrics: dict | None = None, extra: dict |
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return directory
 
 
 def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -> str:
-    """The weights, the config and the family's own files of `model` into `folder`; returns the saved name."""
+    """The weights, the config, the model card and the family's own files of `model` into `folder`; returns the
+    saved name."""
+    name = write_backbone_files(model, folder)
+    from safetensors.torch import save_file
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    seen: dict[int, str] = {}  # tensors that share memory (tied weights) must be saved once each
+    for key in list(state):
+        ptr = state[key].data_ptr()
+        if ptr in seen and state[key].numel():
+            state[key] = state[key].clone()
+        seen[ptr] = key
+    save_file(state, os.path.join(folder, WEIGHTS_FILE))
+    config = artifact_config(model, name, metrics, extra)
+    write_config(folder, config)
+    from .card import CARD_FILE, model_card
+    with open(os.path.join(folder, CARD_FILE), 'w', encoding='utf-8') as f:
+        f.write(model_card(config))
+    return name
+
+
+def write_backbone_files(model, folder: str) -> str:
+    """The family's own files of `model` (architecture, vocabulary: what rebuilds it offline) into
+    ``folder/backbone``; returns the name the saved model rebuilds from. Raises ArtifactError for a model whose
+    name a saved model could not rebuild from."""
     name = model.name
     for backbone in _backbones(model).values():
         export = getattr(backbone, 'export', None)
@@ -93,23 +126,29 @@ def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -
     if problem is not None:
         raise ArtifactError(f'cannot save {model.name!r}: {problem}; a saved model must rebuild from a '
                             f'registry name or from files inside its own folder.')
-    from safetensors.torch import save_file
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    seen: dict[int, str] = {}  # tensors that share memory (tied weights) must be saved once each
-    for key in list(state):
-        ptr = state[key].data_ptr()
-        if ptr in seen and state[key].numel():
-            state[key] = state[key].clone()
-        seen[ptr] = key
-    save_file(state, os.path.join(folder, WEIGHTS_FILE))
+    return name
+
+
+def _family(name: str) -> str:
+    from .registry import REGISTRY
+    try:
+        return REGISTRY.get(name).plugin
+    except Exception:  # noqa: BLE001 - a card without the family is better than no save
+        return ''
+
+
+def artifact_config(model, name: str, metrics: dict | None, extra: dict | None) -> dict[str, Any]:
+    """The ``finetune_config.json`` of `model` saved under `name`."""
     options = dict(model.options)
     options['pretrained'] = False  # the weights come from the artifact
-    config = {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name,
-              'model_options': _jsonable(options), 'output_dim': model.output_dim,
-              'versions': _versions(model), 'metrics': _jsonable(metrics or {}), **(extra or {})}
+    return {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name, 'family': _family(model.name),
+            'modality': model.modality, 'model_options': _jsonable(options), 'output_dim': model.output_dim,
+            'versions': _versions(model), 'metrics': _jsonable(metrics or {}), **(extra or {})}
+
+
+def write_config(folder: str, config: dict[str, Any]) -> None:
     with open(os.path.join(folder, CONFIG_FILE), 'w') as f:
         json.dump(config, f, indent=2)
-    return name
 
 
 TEMP_PREFIX = '.finetune-'
@@ -280,8 +319,6 @@ def load(directory: str, trust_remote_code: bool = False):
     """
     from safetensors.torch import load_file
 
-    from .model import build_model, option_schema
-    from .registry import REGISTRY
     if not isinstance(trust_remote_code, bool):
         raise ArtifactError(f'trust_remote_code: expected True or False, got {trust_remote_code!r}.')
     directory = _complete(directory)
@@ -289,21 +326,10 @@ def load(directory: str, trust_remote_code: bool = False):
     config_path = os.path.join(directory, CONFIG_FILE)
     _check_links(directory)
     name = _resolve_name(config['name'], directory, config_path)
-    options = dict(config.get('model_options', {}))
-    options['pretrained'] = False
-    options.pop('trust_remote_code', None)
-    try:
-        if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):
-            options['trust_remote_code'] = trust_remote_code
-        model = build_model(name, options)
-    except OptionError as exc:
-        raise ArtifactError(f"{config_path}, field 'model_options': the saved model cannot be rebuilt: {exc}") \
-            from exc
-    except FinetuneError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged artifact must not end in a library's traceback
-        raise ArtifactError(f'{directory}: the saved model cannot be rebuilt ({type(exc).__name__}: {exc}); the '
-                            f'artifact is damaged or incomplete.') from exc
+    if 'export' in config:  # an exported graph: it runs on its own runtime, with this model's preprocessing
+        from .exporting.runtime import load_export
+        return load_export(directory, config, rebuild(directory, config, name, trust_remote_code, empty=True))
+    model = rebuild(directory, config, name, trust_remote_code)
     try:
         state = load_file(os.path.join(directory, WEIGHTS_FILE))
     except Exception as exc:  # noqa: BLE001
@@ -314,3 +340,34 @@ def load(directory: str, trust_remote_code: bool = False):
                                f'(missing {missing[:5]}, unexpected {unexpected[:5]}).')
     model.artifact_config = config
     return model.eval()
+
+
+def rebuild(directory: str, config: dict[str, Any], name: str, trust_remote_code: bool, empty: bool = False):
+    """The model of the artifact in `directory` rebuilt from its registry `name` and saved options, without its
+    weights; with `empty`, every parameter and buffer on the meta device (for its preprocessing alone). Raises
+    ArtifactError for options or files that no longer rebuild it."""
+    from .meta import empty_weights
+    from .model import build_model, option_schema
+    from .registry import REGISTRY
+    config_path = os.path.join(directory, CONFIG_FILE)
+    options = dict(config.get('model_options', {}))
+    options['pretrained'] = False
+    options.pop('trust_remote_code', None)
+    try:
+        if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):
+            options['trust_remote_code'] = trust_remote_code
+        if empty:
+            try:
+                with empty_weights():
+                    return build_model(name, options)
+            except (RuntimeError, NotImplementedError):  # a builder that reads a weight back: build it for real
+                pass
+        return build_model(name, options)
+    except OptionError as exc:
+        raise ArtifactError(f"{config_path}, field 'model_options': the saved model cannot be rebuilt: {exc}") \
+            from exc
+    except FinetuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged artifact must not end in a library's traceback
+        raise ArtifactError(f'{directory}: the saved model cannot be rebuilt ({type(exc).__name__}: {exc}); the '
+                            f'artifact is damaged or incomplete.') from exc

@@ -8,7 +8,7 @@ The core puts a pooler, an optional head and L2 normalization on top; it never l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ class Backbone(nn.Module):
     worker_environment: dict[str, str] = {}
     #: the distributions whose versions a saved model records, besides finetune and torch
     packages: tuple[str, ...] = ()
+    #: regular expressions over the node names of an exported graph: nodes that int8 quantization leaves in fp32
+    #: (layers whose activations have outliers that per-tensor run-time quantization cannot hold)
+    int8_fp32_nodes: tuple[str, ...] = ()
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -74,8 +77,21 @@ class Backbone(nn.Module):
         in training (``fit`` calls this in its DataLoader workers). Default: :meth:`preprocess`."""
         return self.preprocess(items)
 
+    def augments_in_training(self) -> bool:
+        """True when :meth:`preprocess_train` may give one item a different view on every call (random
+        augmentation, freshly sampled points), so that its features cannot be computed once and reused (see
+        :mod:`finetune.training.features`). Default: whether the family overrides :meth:`preprocess_train`;
+        a family whose override is deterministic, or whose augmentation an option turned off, may say False."""
+        return type(self).preprocess_train is not Backbone.preprocess_train
+
     def check_batch(self, batch: Any) -> None:
         """Raise :class:`~finetune.errors.InputError` for a batch this backbone cannot take."""
+
+    def slice_batch(self, batch: Any, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of a batch of this backbone (GradCache embeds a batch in such chunks). Default:
+        every tensor cut along its first dimension; a family with padded sequences may also drop the columns
+        that are padding in every row of the chunk."""
+        return slice_batch(batch, start, stop)
 
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
@@ -87,6 +103,33 @@ class Backbone(nn.Module):
         if problem is None and self.modality == 'image':
             problem = image_file_problem(path)
         return problem
+
+    # ------------------------------------------------------------------ export (ONNX and other graph formats)
+    def export_inputs(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The named inputs of an exported graph, in the order the graph takes them, for a batch that
+        :meth:`preprocess` made. Default: a tensor batch is one input called ``'input'``; a mapping batch gives
+        its tensors under their keys. A family whose batch holds more (or other) things overrides this and
+        :meth:`batch_from_inputs`."""
+        if isinstance(batch, torch.Tensor):
+            return {'input': batch}
+        if isinstance(batch, Mapping):
+            return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        from .errors import ExportError
+        raise ExportError(f'{type(self).__name__}: a batch of type {type(batch).__name__} has no default graph '
+                          f'inputs; the family must define export_inputs and batch_from_inputs.')
+
+    def batch_from_inputs(self, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """The batch :meth:`forward` takes, from the graph inputs :meth:`export_inputs` named (its inverse)."""
+        if list(inputs) == ['input']:
+            return inputs['input']
+        return dict(inputs)
+
+    def export_dynamic_axes(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, dict[int, str]]:
+        """The axes of each graph input whose size varies from call to call, named. Default: axis 0 (the batch)
+        of every input, and axis 1 (the sequence) of the 2-D inputs of a mapping batch (ids and their mask)."""
+        many = list(inputs) != ['input']
+        return {name: ({0: 'batch', 1: 'sequence'} if many and t.dim() == 2 else {0: 'batch'})
+                for name, t in inputs.items()}
 
     def layer_groups(self) -> list[str]:
         """Parameter-name prefixes of the network's layers, input to output, for
@@ -127,10 +170,40 @@ class Towers:
     logit_scale: float | None = None
 
 
+def slice_batch(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a model input: a tensor, or a dict / list / tuple of them (token ids and masks,
+    images, point clouds); what is not a tensor with rows is passed as it is."""
+    if isinstance(x, torch.Tensor):
+        return x[start:stop] if x.dim() > 0 else x
+    if isinstance(x, Features):  # a frozen backbone's cached output
+        return Features(x.tensor[start:stop], None if x.mask is None else x.mask[start:stop])
+    if isinstance(x, dict):
+        return {k: slice_batch(v, start, stop) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(slice_batch(v, start, stop) for v in x)
+    return x
+
+
+def rows_of(x: Any) -> int:
+    """How many rows a model input holds (the first dimension of its first tensor)."""
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0])
+    if isinstance(x, Features):
+        return int(x.tensor.shape[0])
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+    for value in values:
+        n = rows_of(value)
+        if n:
+            return n
+    return 0
+
+
 def batch_to(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors inside a dict / list / tuple, to `device`."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, Features):
+        return Features(batch_to(batch.tensor, device), batch_to(batch.mask, device))
     if isinstance(batch, dict):
         return {k: batch_to(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):

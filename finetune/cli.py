@@ -151,6 +151,8 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
                                               "in [0, 1] or 'auto' (chosen on --eval-data).")
 @click.option('--guard-tolerance', default=0.01, show_default=True, type=float,
               help='How much of the guard metric a chosen model may lose.')
+@click.option('--group-by-length', default='auto', show_default=True, type=click.Choice(['auto', 'on', 'off']),
+              help='Batch texts of similar length together (less padding); auto: on for text rows.')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 @click.pass_context
 def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model_option, metrics_log, resume_from,
@@ -164,6 +166,8 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
         given = {key: value for key, value in settings.items()
                  if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
+        if 'group_by_length' in given:
+            given['group_by_length'] = {'on': True, 'off': False}.get(given['group_by_length'], 'auto')
         if 'wise_ft' in given:
             given['wise_ft'] = _alpha_or_auto(given['wise_ft'], '--wise-ft')
         options = parse_key_values(loss_option, '--loss-option')
@@ -317,6 +321,26 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
         data = synthesize(queries, corpus, models, output=output, **settings)
         click.echo(f'{len(data):,} rows for {len(set(data.a)):,} queries written to {output} (train on them with '
                    f'finetune fit --train-data {output})')
+    _run(job)
+
+
+@main.command('export')
+@click.argument('model_dir')
+@click.option('--format', 'format_', default='onnx', show_default=True,
+              help='onnx, or a folder format a plugin adds; an unknown name lists the formats.')
+@click.option('--quantize', default=None, help='int8: dynamic int8 quantization of the ONNX graphs.')
+@click.option('--output', default=None, help='Folder for the export (default: beside MODEL_DIR, <MODEL_DIR>-onnx, ...).')
+@click.option('--eval-data', default=None,
+              help='Your held-out data: the parity check embeds a sample of it and compares retrieval metrics.')
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def export_command(model_dir, format_, quantize, output, eval_data, trust_remote_code) -> None:
+    """Export a saved model (MODEL_DIR, written by fit) for deployment, after a parity check against it."""
+    from .exporting import export
+
+    def job():
+        folder = export(model_dir, format=format_, output=output, quantize=quantize, eval_data=eval_data,
+                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line))
+        click.echo(f'written to {folder}')
     _run(job)
 
 

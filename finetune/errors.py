@@ -44,6 +44,11 @@ class ArtifactError(FinetuneError, ValueError):
     """A saved model folder that cannot be loaded as it is: unreadable, incomplete or unsafe."""
 
 
+class ExportError(FinetuneError, ValueError):
+    """An export that cannot be made: an unknown format, a model the format does not take, a missing optional
+    dependency, an operation the target lacks, or a result that fails the parity gate."""
+
+
 def closest(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
     """The choices most similar to `word`, best first (case-insensitive)."""
     choices = list(choices)

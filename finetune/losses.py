@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
 from .heads import COSINE_CLASSIFIER
-from .options import Option, boolean, fraction, one_of, positive_float, validate_mapping
+from .options import Option, boolean, fraction, one_of, positive_float, positive_int, validate_mapping
 
 LABELED, PAIRS, SCORED, TEXT_IMAGE = 'labeled', 'pairs', 'scored', 'text-image'
 #: (query, positive, negative, teacher margin) rows, as finetune.synthesize makes them
@@ -225,13 +225,63 @@ class Loss(nn.Module):
 
 # ---------------------------------------------------------------- in-batch contrastive
 
+#: options of the in-batch contrastive losses: GradCache and negatives gathered across processes
+CONTRASTIVE_OPTIONS = (
+    Option('mini_batch_size', 'int > 0 | None', None,
+           'GradCache: embed the batch in chunks of this many rows without a graph, then backpropagate chunk by '
+           'chunk; same gradients, the memory of one chunk (None: the whole batch at once)', positive_int(True)),
+    Option('gather_across_processes', 'bool', True,
+           'under several processes, every query sees the embeddings of all processes as negatives', boolean),
+)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def gather_across_processes(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Each tensor concatenated over the processes of the default process group, in rank order; the local part
+    keeps its graph. Outside a group of several processes: the tensors unchanged.
+
+    Every process then computes the same global loss, but its backward reaches only its own rows; the local part's
+    gradient is multiplied by the number of processes so that DistributedDataParallel's average of the processes'
+    gradients equals the gradient of the global loss (what one process would get on the global batch)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return tensors
+    world, rank = dist.get_world_size(), dist.get_rank()
+    out = []
+    for x in tensors:
+        if x is None:
+            out.append(None)
+            continue
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.detach().contiguous())
+        parts[rank] = _ScaleGradient.apply(x, float(world)) if x.requires_grad else x
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
 def in_batch_contrastive(anchors: Tensor, positives: Tensor, scale: Tensor | float, groups: Tensor | None = None,
-                         symmetric: bool = True) -> Tensor:
+                         symmetric: bool = True, gather: bool = False) -> Tensor:
     """InfoNCE over a batch: ``logits[i, j] = scale * cos(anchor_i, positive_j)``, target ``j = i``.
 
     With `groups`, ``logits[i, j]`` for ``j != i`` of the same group are removed (false negatives).
-    `symmetric` averages the anchor->positive and positive->anchor cross-entropies.
+    `symmetric` averages the anchor->positive and positive->anchor cross-entropies. With `gather`, under several
+    processes, the batch is that of all processes (:func:`gather_across_processes`); group ids are gathered as
+    they are (the training data's ids hold across the whole data set).
     """
+    if gather:
+        anchors, positives, groups = gather_across_processes(anchors, positives, groups)
     logits = cosine_matrix(anchors, positives) * scale
     n = logits.shape[0]
     targets = torch.arange(n, device=logits.device)
@@ -261,10 +311,13 @@ class InfoNCELoss(Loss):
         Option('symmetric', 'bool', True, 'average the anchor->positive and positive->anchor losses', boolean),
         Option('learnable_temperature', 'bool', False,
                f'learn the temperature (as a log-scale, scale capped at {MAX_LOGIT_SCALE:g})', boolean),
+        *CONTRASTIVE_OPTIONS,
     )
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = True, learnable_temperature: bool = False):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = True, learnable_temperature: bool = False,
+                 mini_batch_size: int | None = None, gather_across_processes: bool = True):
         super().__init__()
+        self.mini_batch_size, self.gather = mini_batch_size, gather_across_processes
         self.symmetric = symmetric
         self.learnable_temperature = learnable_temperature
         self.fixed_scale = 1.0 / temperature
@@ -281,9 +334,9 @@ class InfoNCELoss(Loss):
         anchors, positives = _pair(self, inputs)
         if inputs.negatives is not None:  # hard negatives: more candidates for every anchor
             return hard_negatives_contrastive(anchors, positives, _negatives(self, inputs, anchors), self.scale,
-                                              _groups(self, inputs, anchors.shape[0]), self.symmetric)
+                                              _groups(self, inputs, anchors.shape[0]), self.symmetric, self.gather)
         return in_batch_contrastive(anchors, positives, self.scale, _groups(self, inputs, anchors.shape[0]),
-                                    self.symmetric)
+                                    self.symmetric, self.gather)
 
     def extra_repr(self) -> str:
         scale = float(self.scale)
@@ -304,10 +357,13 @@ class CLIPLoss(Loss):
         Option('temperature', 'float > 0', 0.07,
                "initial temperature of the loss's own learnable scale (used when the model has no logit_scale)",
                positive_float),
+        *CONTRASTIVE_OPTIONS,
     )
 
-    def __init__(self, temperature: float = 0.07):
+    def __init__(self, temperature: float = 0.07, mini_batch_size: int | None = None,
+                 gather_across_processes: bool = True):
         super().__init__()
+        self.mini_batch_size, self.gather = mini_batch_size, gather_across_processes
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
 
     def forward(self, inputs: LossInputs) -> Tensor:
@@ -317,7 +373,8 @@ class CLIPLoss(Loss):
             raise InputError(f'{self.name}: LossInputs.logit_scale must be a scalar, got shape '
                              f'{tuple(log_scale.shape)}.')
         scale = _full(log_scale.reshape(())).exp().clamp(max=MAX_LOGIT_SCALE)
-        return in_batch_contrastive(anchors, positives, scale, _groups(self, inputs, anchors.shape[0]), True)
+        return in_batch_contrastive(anchors, positives, scale, _groups(self, inputs, anchors.shape[0]), True,
+                                    self.gather)
 
 
 # ---------------------------------------------------------------- triplets
@@ -575,13 +632,15 @@ def _negatives(loss: Loss, inputs: LossInputs, anchors: Tensor) -> Tensor:
 
 
 def hard_negatives_contrastive(anchors: Tensor, positives: Tensor, negatives: Tensor, scale: Tensor | float,
-                               groups: Tensor | None = None, symmetric: bool = True) -> Tensor:
+                               groups: Tensor | None = None, symmetric: bool = True, gather: bool = False) -> Tensor:
     """InfoNCE with hard negatives: anchor i picks its positive among every positive and every hard negative of
     the batch, ``logits[i] = scale * cos(anchor_i, [positives; negatives])``, target i.
 
     With `groups`, the positives of other rows of the same group are removed (false negatives); negatives stay
     negatives for every anchor. `symmetric` adds the positive->anchor cross-entropy (over the anchors alone)
-    and averages the two."""
+    and averages the two. `gather`: as in :func:`in_batch_contrastive`, the batch of every process."""
+    if gather:
+        anchors, positives, negatives, groups = gather_across_processes(anchors, positives, negatives, groups)
     n = anchors.shape[0]
     logits = cosine_matrix(anchors, torch.cat([positives, negatives])) * scale
     if groups is not None:

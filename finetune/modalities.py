@@ -32,6 +32,7 @@ class Modality:
     recognize: Callable[[Any], bool] | None = None
     one_item: Callable[[Any], bool] | None = None
     description: str = ''
+    samples: Callable[[], list] | None = None
 
 
 def _is_image_object(item: Any) -> bool:
@@ -45,9 +46,38 @@ def _image_one_item(items: Any) -> bool:
     return isinstance(items, (str, os.PathLike)) or _is_image_object(items)
 
 
-TEXT = Modality('text', description='strings')
+SAMPLE_TEXTS = (
+    'a man is eating food', 'the dog runs fast across the green field', 'a woman plays the piano',
+    'red car', 'An old house by the sea, under a big blue sky, with a small tree in front of it.',
+    'happy', 'the cat is sad because the bread is gone', 'two children are playing guitar and singing loudly '
+    'in the park on a sunny afternoon while their parents watch', 'slow', 'Tree, sky, sea: 3 words!',
+    'a photo of a dog', 'numbers 1234 5678 and symbols #@%',
+)
+
+
+def _text_samples() -> list[str]:
+    return list(SAMPLE_TEXTS)
+
+
+def _image_samples() -> list[np.ndarray]:
+    """Twelve generated images of several sizes and aspect ratios: gradients, stripes, blocks and noise."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (h, w) in enumerate([(64, 64), (48, 80), (96, 40), (40, 40), (120, 90), (33, 57)] * 2):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack([x / w, y / h, ((x + y) % (8 + i)) / (8 + i)], axis=-1)
+        if i % 3 == 1:
+            base = base * (np.sin(x / (2 + i))[..., None] > 0)
+        if i % 3 == 2:
+            base = 0.5 * base + 0.5 * rng.random((h, w, 3), dtype=np.float32)
+        out.append((np.clip(base, 0, 1) * 255).astype(np.uint8))
+    return out
+
+
+TEXT = Modality('text', description='strings', samples=_text_samples)
 IMAGE = Modality('image', IMAGE_EXTENSIONS, _is_image_object, _image_one_item,
-                 'image files (' + ' '.join(IMAGE_EXTENSIONS) + '), PIL images or (H, W[, C]) arrays')
+                 'image files (' + ' '.join(IMAGE_EXTENSIONS) + '), PIL images or (H, W[, C]) arrays',
+                 samples=_image_samples)
 
 
 #: (registry generation, the plugins' modalities, every modality, every file extension): derived once per set

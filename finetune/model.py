@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import os
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbone import Backbone, Towers, batch_to
+from .backbone import Backbone, Features, Towers, batch_to
 from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
 from .modalities import is_one_item  # noqa: F401 (plugins import it from here)
@@ -114,9 +114,13 @@ class EmbeddingModel(nn.Module):
 
     def train(self, mode: bool = True) -> 'EmbeddingModel':
         """Like ``nn.Module.train``, but a frozen BatchNorm layer (every parameter frozen by ``freeze``)
-        stays in eval mode: it keeps normalizing with its running statistics and does not update them."""
+        stays in eval mode: it keeps normalizing with its running statistics and does not update them. A
+        backbone frozen whole is a fixed feature extractor and stays in eval mode entirely (its dropout off
+        too), so that its features are the ones inference gives and can be cached (``fit(feature_cache=)``)."""
         super().train(mode)
-        if mode:
+        if mode and backbone_frozen(self.backbone):
+            self.backbone.eval()
+        elif mode:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     params = list(module.parameters(recurse=False))
@@ -124,9 +128,11 @@ class EmbeddingModel(nn.Module):
                         module.eval()
         return self
 
-    def forward(self, batch: Any, return_logits: bool = False):
-        self.backbone.check_batch(batch)
-        features = self.backbone(batch)
+    def embed(self, batch: Any) -> torch.Tensor:
+        """backbone -> pooler -> projection -> L2 normalization of a checked `batch`: the whole embedding
+        pipeline, and exactly what an exported graph holds. Backbone :class:`Features` already computed (a
+        frozen backbone's cached output) skip the backbone."""
+        features = batch if isinstance(batch, Features) else self.backbone(batch)
         if self.pooler is None:
             pooled = self.backbone.pool_own(features)
         else:
@@ -134,6 +140,14 @@ class EmbeddingModel(nn.Module):
         embeddings = self.projection(pooled) if self.projection is not None else pooled
         if self.normalize:
             embeddings = l2_normalize(embeddings, dim=-1)
+        return embeddings
+
+    def forward(self, batch: Any, return_logits: bool = False):
+        """Embeddings of `batch` (what :meth:`preprocess` makes, or cached backbone :class:`Features`), and
+        with `return_logits` the cosine classifier's logits."""
+        if not isinstance(batch, Features):
+            self.backbone.check_batch(batch)
+        embeddings = self.embed(batch)
         if not return_logits:
             return embeddings
         if self.classifier is None:
@@ -166,34 +180,48 @@ class EmbeddingModel(nn.Module):
         `convert_to` is ``'numpy'`` (float32 array) or ``'torch'`` (a CPU tensor).
         Raises InputError for items this model cannot take.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
-        if convert_to not in ('numpy', 'torch'):
-            raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
-        if is_one_item(items, self.modality):
-            items = [items]  # one item, not a sequence of them
-        items = list(items)
-        order = list(range(len(items)))
-        if self.modality == 'text' and all(isinstance(i, str) for i in items):
-            order.sort(key=lambda i: -len(items[i]))  # similar lengths share a batch: less padding
         was_training = self.training
         self.eval()
-        chunks = []
         try:
             with torch.inference_mode():
-                for start in range(0, len(items), batch_size):
-                    chunk = [items[i] for i in order[start:start + batch_size]]
-                    batch = batch_to(self.preprocess(chunk), self.device)
-                    chunks.append(self(batch).float().cpu())
+                return encode_in_batches(
+                    items, self.modality, self.output_dim, batch_size, convert_to,
+                    lambda chunk: self(batch_to(self.preprocess(chunk), self.device)).float().cpu())
         finally:
             self.train(was_training)
-        out = torch.cat(chunks) if chunks else torch.empty(0, self.output_dim)
-        if order != sorted(order):
-            out = out[torch.argsort(torch.tensor(order))]
-        return out.numpy() if convert_to == 'numpy' else out
 
     def extra_repr(self) -> str:
         return f'name={self.name!r}, output_dim={self.output_dim}, normalize={self.normalize}'
+
+
+def backbone_frozen(backbone: nn.Module) -> bool:
+    """True when `backbone` has parameters and none of them trains (``freeze=True``)."""
+    params = list(backbone.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def encode_in_batches(items: Any, modality: str, output_dim: int, batch_size: int, convert_to: str,
+                      embed_chunk: Callable[[list], torch.Tensor]) -> np.ndarray | torch.Tensor:
+    """``encode`` for any runtime: `items` (one item or a sequence) cut into batches of `batch_size`, texts of
+    similar lengths together (less padding), each batch embedded by `embed_chunk` (a list of items -> a CPU
+    float tensor), the rows put back in the items' order. Raises InputError for a bad `batch_size` or
+    `convert_to` (``'numpy'`` or ``'torch'``)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
+    if convert_to not in ('numpy', 'torch'):
+        raise InputError(f"convert_to: expected 'numpy' or 'torch', got {convert_to!r}.")
+    if is_one_item(items, modality):
+        items = [items]  # one item, not a sequence of them
+    items = list(items)
+    order = list(range(len(items)))
+    if modality == 'text' and all(isinstance(i, str) for i in items):
+        order.sort(key=lambda i: -len(items[i]))  # similar lengths share a batch: less padding
+    chunks = [embed_chunk([items[i] for i in order[start:start + batch_size]])
+              for start in range(0, len(items), batch_size)]
+    out = torch.cat(chunks) if chunks else torch.empty(0, output_dim)
+    if order != sorted(order):
+        out = out[torch.argsort(torch.tensor(order))]
+    return out.numpy() if convert_to == 'numpy' else out
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -333,28 +361,45 @@ class MultiTowerModel(nn.Module):
 
     def tower_for(self, items: Sequence[Any]) -> str:
         """The tower that takes `items`: the text tower for strings, the other tower otherwise."""
-        by_modality = {m.modality: t for t, m in self.towers.items()}
-        texts = [isinstance(i, str) and not os.path.isfile(i) for i in items]
-        if any(texts) and not all(texts):
-            raise InputError(f'{self.name!r}: a batch mixes texts and images; encode each with its own call '
-                             f'or pass tower= ({", ".join(self.towers)}).')
-        if all(texts) and 'text' in by_modality:
-            return by_modality['text']
-        others = [t for m, t in by_modality.items() if m != 'text']
-        return others[0] if others else next(iter(self.towers))
+        return tower_for(self.towers, items, self.name)
 
     def _tower(self, tower: str) -> EmbeddingModel:
-        if tower not in self.towers:
-            raise InputError(f'tower: expected one of {", ".join(map(repr, self.towers))}, got {tower!r}.')
-        return self.towers[tower]
+        return pick_tower(self.towers, tower)
 
     def forward(self, batch: Any, tower: str, return_logits: bool = False):
         return self._tower(tower)(batch, return_logits=return_logits)
 
     def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
         """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`."""
-        if is_one_item(items):
-            items = [items]
-        items = list(items)
-        return self._tower(tower or self.tower_for(items)).encode(items, batch_size=batch_size,
-                                                                  convert_to=convert_to)
+        return encode_with_towers(self.towers, self.name, items, batch_size, convert_to, tower)
+
+
+def tower_for(towers: Mapping[str, Any], items: Sequence[Any], name: str) -> str:
+    """The tower of `towers` (name -> a model with a ``modality``) that takes `items`: the text tower for
+    strings, the other tower otherwise. Raises InputError for a batch that mixes texts and files."""
+    by_modality = {m.modality: t for t, m in towers.items()}
+    texts = [isinstance(i, str) and not os.path.isfile(i) for i in items]
+    if any(texts) and not all(texts):
+        raise InputError(f'{name!r}: a batch mixes texts and images; encode each with its own call '
+                         f'or pass tower= ({", ".join(towers)}).')
+    if all(texts) and 'text' in by_modality:
+        return by_modality['text']
+    others = [t for m, t in by_modality.items() if m != 'text']
+    return others[0] if others else next(iter(towers))
+
+
+def pick_tower(towers: Mapping[str, Any], tower: str) -> Any:
+    """``towers[tower]``; InputError naming the towers for another name."""
+    if tower not in towers:
+        raise InputError(f'tower: expected one of {", ".join(map(repr, towers))}, got {tower!r}.')
+    return towers[tower]
+
+
+def encode_with_towers(towers: Mapping[str, Any], name: str, items: Any, batch_size: int, convert_to: str,
+                       tower: str | None):
+    """``encode`` of a multi-tower model: `items` embedded by `tower`, or by the tower :func:`tower_for` picks."""
+    if is_one_item(items):
+        items = [items]
+    items = list(items)
+    return pick_tower(towers, tower or tower_for(towers, items, name)).encode(items, batch_size=batch_size,
+                                                                              convert_to=convert_to)

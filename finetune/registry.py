@@ -96,6 +96,28 @@ class BackbonePlugin:
     modalities: tuple[Any, ...] = ()
     #: environment variables that, when set to a true value, mean 'no network' for this family's downloads
     offline_envs: tuple[str, ...] = ()
+    #: export formats beyond the core's ONNX (:class:`ExportFormat`), by name
+    export_formats: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """A folder format a plugin can write a model into (``finetune export --format NAME``).
+
+    ``problem(model)``: why `model` cannot be written in this format (a sentence), or None.
+    ``write(model, folder)``: write it into the existing, empty `folder`; returns figures or facts for the
+    export's record (a dict). ``check(model, folder, samples)``: the embeddings the written folder gives for
+    `samples`, by the format's own loader (for the parity gate), or None when it cannot say.
+    ``usage(folder)``: a Python snippet that loads it, for the model card. ``suffix``: the folder's default
+    suffix beside the artifact (``'-st'``)."""
+
+    name: str
+    suffix: str
+    problem: Callable[[Any], str | None]
+    write: Callable[[Any, str], dict]
+    check: Callable[[Any, str, list], Any] | None = None
+    usage: Callable[[str], str] | None = None
+    description: str = ''
 
 
 @dataclass(frozen=True)
@@ -251,6 +273,14 @@ class Registry:
         self._ensure_loaded()
         extra = [t for plugin in self._plugins.values() for t in plugin.tasks]
         return tuple(dict.fromkeys((*self.core_tasks, *extra)))
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """The export formats the plugins declare, by name (the first plugin to declare a name keeps it)."""
+        found: dict[str, ExportFormat] = {}
+        for plugin in self.plugins.values():
+            for fmt in plugin.export_formats:
+                found.setdefault(fmt.name, fmt)
+        return found
 
     def default_model(self, task: str) -> str:
         """The name of the model a plugin declares as the default for `task`; UnknownModelError when none does."""

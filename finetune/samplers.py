@@ -248,6 +248,10 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         return np.asarray(out, dtype=np.int64).reshape(total, per_batch)
 
 
+#: with lengths per side, the runs of batches (within a pool sorted by the longer side) sorted by the other side
+SUB_POOL = 4
+
+
 class NoDuplicatesBatchSampler(Sampler[list[int]]):
     """Batches in which no key appears twice.
 
@@ -298,6 +302,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             (keys[0] if len(keys) == 1 else max(keys, key=frequency.__getitem__) if keys else len(ids) + i
              for i, keys in enumerate(row_keys)), dtype=np.int64, count=len(rows))
         self._plan: tuple[int, list[list[int]]] | None = None
+        self._lengths: np.ndarray | None = None
+        self.pool = 0
 
         full_batches = len(rows) // self.batch_size
         if len(ids) and counts.max() > full_batches:
@@ -312,6 +318,35 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle of `epoch` (each epoch's batches differ; the same epoch gives the same batches)."""
         self.epoch = int(epoch)
+
+    def group_by_length(self, lengths: Sequence[float] | Sequence[Sequence[float]], pool: int = 16) -> None:
+        """Batches of rows of similar length (less padding for texts): each epoch's shuffled order is cut into
+        pools of `pool` batches, each pool sorted by length before the rows are packed (no key twice in a
+        batch, as always), and the epoch's batches are then shuffled. ``pool=0`` turns it off.
+
+        `lengths` has one number per row, or one per side of each row (a query and a document are padded
+        separately): then each pool is sorted by the side that is longer on average, and each run of
+        :data:`SUB_POOL` batches within it by the other side, so both sides of a batch are of similar length."""
+        pool = _positive_int('pool', pool, minimum=0)
+        table = np.asarray(lengths, dtype=np.float64)
+        if table.ndim == 1:
+            table = table[:, None]
+        if pool and (table.ndim != 2 or len(table) != self.num_rows):
+            raise InputError(f'NoDuplicatesBatchSampler.group_by_length: {len(table)} lengths for '
+                             f'{self.num_rows} rows (expected one number, or one per side, for each row).')
+        self._lengths = table[:, np.argsort(-table.mean(0), kind='stable')] if pool else None
+        self.pool, self._plan = pool, None
+
+    def _sorted_pools(self, order: np.ndarray) -> np.ndarray:
+        """`order` cut into pools of :attr:`pool` batches, each sorted by length (ties in the shuffled order)."""
+        size, table = self.batch_size, self._lengths
+
+        def by(column: int, rows: np.ndarray, window: int) -> np.ndarray:
+            parts = np.split(rows, range(window, len(rows), window))
+            return np.concatenate([p[np.argsort(table[p, column], kind='stable')] for p in parts])
+
+        order = by(0, order, self.pool * size)
+        return by(1, order, SUB_POOL * size) if table.shape[1] > 1 else order
 
     def __len__(self) -> int:
         return len(self._batches(self.epoch))
@@ -381,7 +416,10 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
                 if blocked is not None:
                     wait(row, blocked)
 
-        for row in self._order(rng).tolist():
+        order = self._order(rng)
+        if self._lengths is not None:
+            order = self._sorted_pools(order)
+        for row in order.tolist():
             blocked = place(row)
             if blocked is not None:
                 wait(row, blocked)
@@ -407,6 +445,8 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         if not batches:
             raise InputError(f'NoDuplicatesBatchSampler: no batch of {size} rows without a repeated key can be formed '
                              f'(too few distinct keys); lower batch_size or pass drop_last=False.')
+        if self._lengths is not None:  # the pools sorted short to long: the batches in a random order again
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
 

@@ -280,3 +280,63 @@ def test_no_duplicates_100k_rows_is_fast():
     assert sorted(i for b in batches for i in b) == list(range(100_000))
     assert sum(len(b) < 64 for b in batches) <= 1
     _check_no_duplicates(batches[:200], lambda row: keys[row])
+
+
+def _padding(batches: list[list[int]], lengths) -> float:
+    """The fraction of a padded batch that is padding: 1 - sum(lengths) / (rows x longest)."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - real / padded
+
+
+def test_no_duplicates_grouped_by_length_pads_less_and_keeps_its_rules():
+    rng = np.random.default_rng(5)
+    n = 2000
+    keys = [(f'q{q}', f'd{i}') for i, q in enumerate(rng.integers(0, 300, size=n))]  # ~7 rows per query
+    lengths = rng.lognormal(3.0, 0.7, size=n).round().astype(int) + 1
+    plain = NoDuplicatesBatchSampler(keys, batch_size=32, seed=1)
+    grouped = NoDuplicatesBatchSampler(keys, batch_size=32, seed=1)
+    grouped.group_by_length(lengths.tolist(), pool=16)
+    for epoch in range(2):
+        for sampler in (plain, grouped):
+            sampler.set_epoch(epoch)
+        batches = list(grouped)
+        _check_no_duplicates(batches, lambda row: set(keys[row]))
+        assert sorted(i for b in batches for i in b) == list(range(n))  # every row once, as without grouping
+        assert _padding(batches, lengths) < 0.5 * _padding(list(plain), lengths)
+        # the batches are shuffled: not sorted short to long through each pool
+        maxima = [max(lengths[i] for i in b) for b in batches[:8]]
+        assert maxima != sorted(maxima)
+    grouped.set_epoch(0)
+    first = list(grouped)
+    grouped.set_epoch(1)
+    assert list(grouped) != first
+    grouped.set_epoch(0)
+    assert list(grouped) == first  # deterministic per seed and epoch
+    grouped.group_by_length(lengths.tolist(), pool=0)  # off again: the plain order
+    plain.set_epoch(0)
+    assert list(grouped) == list(plain)
+    with pytest.raises(InputError, match='lengths'):
+        grouped.group_by_length([1, 2, 3])
+
+
+def test_no_duplicates_grouped_by_the_lengths_of_both_sides():
+    """Queries and documents are padded apart: with a length per side, both sides of a batch pad less than
+    sorting by their sum does."""
+    rng = np.random.default_rng(6)
+    n = 3000
+    keys = [(f'q{i}', f'd{i}') for i in range(n)]
+    query = rng.lognormal(3.0, 0.5, size=n).round() + 1
+    doc = rng.lognormal(2.0, 0.7, size=n).round() + 1  # shorter on average, independent of the query
+
+    def padded_tokens(sampler):
+        return sum(len(b) * (query[b].max() + doc[b].max()) for b in map(np.asarray, sampler))
+
+    plain = NoDuplicatesBatchSampler(keys, batch_size=32, seed=2)
+    by_sum = NoDuplicatesBatchSampler(keys, batch_size=32, seed=2)
+    by_sum.group_by_length((query + doc).tolist())
+    by_side = NoDuplicatesBatchSampler(keys, batch_size=32, seed=2)
+    by_side.group_by_length(list(zip(doc.tolist(), query.tolist())))  # in either column order
+    batches = list(by_side)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert padded_tokens(by_side) < 0.95 * padded_tokens(by_sum) < 0.95 * padded_tokens(plain)

@@ -477,3 +477,36 @@ def test_a_subclass_of_the_trainer_overrides_one_step():
     assert doubled.history[0]['loss'] == pytest.approx(2 * plain.history[0]['loss'], rel=1e-5)
     with pytest.raises(OptionError, match='batch_size: expected an integer >= 2, got 1'):
         TrainingConfig.from_arguments(batch_size=1)
+
+
+def test_adam_steps_with_the_fused_kernel_unless_told_otherwise():
+    from finetune.training.optim import make_optimizer
+    params = [torch.nn.Parameter(torch.randn(3, 3))]
+    assert make_optimizer('AdamW', [{'params': params, 'lr': 0.1}], None).defaults['fused'] is True
+    chosen = make_optimizer('AdamW', [{'params': params, 'lr': 0.1}], {'foreach': True}).defaults
+    assert chosen['foreach'] is True and not chosen['fused']
+    assert not make_optimizer('adam', [{'params': params, 'lr': 0.1}], {'fused': False}).defaults['fused']
+    assert make_optimizer('sgd', [{'params': params, 'lr': 0.1}], None).defaults['fused'] is True
+    assert not make_optimizer('rmsprop', [{'params': params, 'lr': 0.1}], None).defaults.get('fused')
+
+
+def test_group_by_length_is_on_for_texts_and_can_be_turned_off(tmp_path):
+    from finetune.cli import main
+    said = []
+    run = finetune.fit('fake-text', text_pairs(), epochs=1, batch_size=8, num_workers=0, log=said.append)
+    assert any('similar length' in m for m in said) and run.config['group_by_length'] == 'auto'
+    said.clear()
+    run = finetune.fit('fake-image', coloured_squares(4, size=16), epochs=1, batch_size=8, num_workers=0,
+                       group_by_length=True, log=said.append)
+    assert any('not grouped by length' in m for m in said)  # labeled images: nothing to group
+    csv = tmp_path / 'pairs.csv'
+    csv.write_text('query,doc\n' + '\n'.join(f'{q},{d}' for q, d in text_pairs()) + '\n')
+    result = CliRunner().invoke(main, ['fit', '--model', 'fake-text', '--train-data', str(csv), '--batch-size', '8',
+                                       '--group-by-length', 'off', '--loss-option', 'mini_batch_size=3',
+                                       '--output', str(tmp_path / 'out')])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / 'out' / 'model' / 'finetune_config.json').read_text())
+    assert saved['training']['group_by_length'] is False
+    assert saved['training']['loss_options'] == {'mini_batch_size': 3}
+    with pytest.raises(OptionError, match='group_by_length'):
+        finetune.fit('fake-text', text_pairs(), batch_size=8, group_by_length='yes')

@@ -68,14 +68,15 @@ def _run(jobs: list[tuple[str, int, Callable[[str], str | None]]], progress: boo
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(one, jobs, chunksize=64)
         if show and len(jobs) >= PROGRESS_FROM:
-            results = _with_progress(results, len(jobs))
+            results = with_progress(results, len(jobs), 'checking files')
         return [r for r in results if r is not None]
 
 
-def _with_progress(results: Any, total: int):
+def with_progress(results: Any, total: int, label: str):
+    """`results`, passed through while a transient rich progress bar labelled `label` counts to `total`."""
     from rich.progress import Progress
     with Progress(transient=True) as bar:
-        task = bar.add_task('checking files', total=total)
+        task = bar.add_task(label, total=total)
         for result in results:
             bar.advance(task)
             yield result

@@ -13,10 +13,9 @@ from .metrics import DEFAULT_KS
 def side_models(model, data: TrainingData):
     """The (tower) model that embeds each side of `data`: ``(side_a, side_b)``, side_b None for one-sided
     kinds. Raises InputError when a side's items are of a modality the model does not take."""
-    from ..model import MultiTowerModel
     modalities = data.modalities
     two_sided = data.data_kind.sides > 1
-    if isinstance(model, MultiTowerModel):
+    if getattr(model, 'towers', None) is not None:  # a multi-tower model, torch or exported
         by_modality = {m.modality: m for m in model.towers.values()}
         sides = []
         for side, modality in zip(('first', 'second'), modalities):

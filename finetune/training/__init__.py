@@ -31,7 +31,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         progress: bool | None = Default(None), ks: Sequence[int] = Default((1, 5, 10)),
         log: Callable[[str], None] | None = None, guard_data=None, select_best: bool = Default(True),
         metric_for_best: str | None = Default(None), wise_ft: float | str | None = Default(None),
-        guard_tolerance: float = Default(0.01)) -> Run:
+        guard_tolerance: float = Default(0.01), group_by_length: bool | str = Default('auto'),
+        feature_cache: bool | str | dict = Default('auto')) -> Run:
     """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
 
     Batches are tokenized / decoded in `num_workers` DataLoader processes (default: half the CPU cores,
@@ -49,9 +50,19 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     `guard_tolerance` below the base's. `wise_ft` (a number in [0, 1], or 'auto' for the best of 0, 0.25, 0.5,
     0.75, 1 by the same rule) interpolates the base's and the chosen model's weights. ``run.metrics`` holds
     'before', 'after' (the model handed back), 'last', 'selection' (the choice and the curve), 'guard'
-    and 'wise_ft'. Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data that cannot be read
-    or does not fit the model, OptionError for bad settings, TrainingError when a step turns NaN (the last
-    good model is kept).
+    and 'wise_ft'.
+
+    Speed and memory: `group_by_length` ('auto': on for text rows) batches texts of similar length together
+    (less padding); ``loss_options={'mini_batch_size': m}`` (InfoNCE, CLIPLoss) trains a large contrastive
+    batch in the memory of `m` rows with the same gradients (GradCache); under several processes those losses
+    use every process's embeddings as negatives. `feature_cache` ('auto', True, False, or
+    ``{'max_memory_mb': N}``): with a backbone frozen whole (``freeze=True``) and no training augmentation,
+    each item's backbone features are computed once and every epoch trains the pooler and heads on them (see
+    :mod:`finetune.training.features`).
+
+    Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data
+    that cannot be read or does not fit the model, OptionError for bad settings, TrainingError when a step
+    turns NaN (the last good model is kept).
     """
     config = TrainingConfig.from_arguments(
         loss=loss, loss_options=loss_options, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -61,7 +72,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         num_workers=num_workers, seed=seed, num_items_per_class=num_items_per_class, eval_every=eval_every,
         data_kind=data_kind, output_dir=output_dir, save_steps=save_steps, save_total_limit=save_total_limit,
         resume_from=resume_from, progress=progress, ks=ks, select_best=select_best, metric_for_best=metric_for_best,
-        wise_ft=wise_ft, guard_tolerance=guard_tolerance)
+        wise_ft=wise_ft, guard_tolerance=guard_tolerance, group_by_length=group_by_length,
+        feature_cache=feature_cache)
     trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log,
                       guard_data=guard_data)
     return trainer.train()

@@ -36,10 +36,11 @@ def value_of(value: Any) -> Any:
 #: take the checkpoint's value (the schedule, the batches and the loss depend on them)
 KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate', 'loss_learning_rate',
                   'optimizer', 'optimizer_options', 'scheduler', 'warmup_ratio', 'max_grad_norm',
-                  'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind')
+                  'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind',
+                  'group_by_length')
 #: settings a resumed run takes from its checkpoint when left out, and may change freely
 INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers', 'select_best',
-                       'metric_for_best', 'wise_ft', 'guard_tolerance')
+                       'metric_for_best', 'wise_ft', 'guard_tolerance', 'feature_cache')
 
 
 def _number(value: Any) -> bool:
@@ -98,6 +99,8 @@ class TrainingConfig:
     metric_for_best: str | None = None
     wise_ft: float | str | None = None
     guard_tolerance: float = 0.01
+    group_by_length: bool | str = 'auto'
+    feature_cache: bool | str | dict = 'auto'
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
@@ -154,6 +157,11 @@ class TrainingConfig:
         if not _number(self.guard_tolerance) or self.guard_tolerance < 0:
             raise OptionError(f'guard_tolerance: expected a number >= 0 (how much of the guard metric a chosen '
                               f'model may lose), got {self.guard_tolerance!r}.')
+        if not (isinstance(self.group_by_length, bool) or self.group_by_length == 'auto'):
+            raise OptionError(f"group_by_length: expected 'auto' (texts of similar length batched together where "
+                              f"the data is text pairs), True or False, got {self.group_by_length!r}.")
+        from .features import check_feature_cache
+        check_feature_cache(self.feature_cache)
         _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
         for name in ('output_dir', 'resume_from'):
             _optional_str(name, getattr(self, name), 'a folder path')

@@ -29,6 +29,12 @@ class TrainingModule(nn.Module):
             return self.model(x, tower=tower, return_logits=logits)
         return self.model(x, return_logits=logits)
 
+    def slice(self, side: str, x: Any, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` of one side's model input, cut by the backbone that embeds that side."""
+        tower = self.towers.get(side)
+        model = self.model.towers[tower] if tower is not None else self.model
+        return model.backbone.slice_batch(x, start, stop)
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         inputs = self.kind.loss_inputs(self.embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
         return self.loss(inputs)

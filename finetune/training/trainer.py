@@ -36,6 +36,8 @@ from ..samplers import ShardedBatches, SkipBatches
 from . import checkpoint as ckpt
 from .choose import Chooser
 from .config import TrainingConfig
+from .features import attach as attach_feature_cache
+from .gradcache import CachedStep, all_reduce_gradients
 from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .module import TrainingModule
@@ -88,6 +90,7 @@ class Trainer:
             ckpt.check_output_dir(self.config.output_dir, ckpt.checkpoint_bytes(self.module))
         self.chooser = Chooser(self)
         self.state = self.make_state()
+        self.feature_cache = attach_feature_cache(self)  # frozen backbone: features computed once, or None
         if self.resume_state is not None:
             self.restore(self.resume_state)
 
@@ -186,7 +189,16 @@ class Trainer:
     def make_batch_sampler(self):
         """The data kind's batch sampler (class-balanced for labeled data, no duplicates for pairs, ...)."""
         c = self.config
-        return self.train_data.data_kind.batch_sampler(self.train_data, c.batch_size, c.seed, c.num_items_per_class)
+        sampler = self.train_data.data_kind.batch_sampler(self.train_data, c.batch_size, c.seed,
+                                                          c.num_items_per_class)
+        lengths = text_lengths(self.train_data) if c.group_by_length is not False else None
+        if lengths is not None and hasattr(sampler, 'group_by_length'):
+            sampler.group_by_length(lengths)
+            self.say('batches of texts of similar length (group_by_length=False turns it off)')
+        elif c.group_by_length is True:
+            self.say(f'group_by_length: {self.train_data.kind} data of {"/".join(self.train_data.modalities)} '
+                     f'is not grouped by length (it applies to text rows batched without duplicates)')
+        return sampler
 
     def make_data_loader(self) -> torch.utils.data.DataLoader:
         """A DataLoader whose workers (default: half the CPU cores, 1 to 4) tokenize and decode the batches;
@@ -244,6 +256,10 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.config.epochs
         self.unwrapped = acc.unwrap_model(self.module).model
         self.guard = LastGood(acc.unwrap_model(self.module))
+        chunk = getattr(self.loss, 'mini_batch_size', None)
+        accumulation = self.config.gradient_accumulation_steps
+        self.cached_step = None if chunk is None else CachedStep(
+            acc.unwrap_model(self.module), chunk, acc.autocast, lambda v: acc.backward(v / accumulation))
         self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es), '
                  f'{self.steps_per_epoch} steps per epoch, loss {self.loss.name}')
 
@@ -338,14 +354,15 @@ class Trainer:
         :meth:`stop`). Returns the loss."""
         raise_worker_error(batch)
         batch = batch_to(batch, self.accelerator.device)
-        quiet = self.accelerator.no_sync(self.module) if not sync and self.accelerator.num_processes > 1 \
-            else contextlib.nullcontext()
-        with quiet:
-            value = self.compute_loss(batch)
-            finite = torch.isfinite(value.detach()).all() & self.guard.buffers_finite().to(value.device)
-            if not on_every_process(finite, self.accelerator):
-                self.stop('the loss (or a normalization statistic) became NaN or infinite')
-            self.accelerator.backward(value / self.config.gradient_accumulation_steps)
+        if self.cached_step is not None:
+            value = self.cached_forward_backward(batch, sync)
+        else:
+            quiet = self.accelerator.no_sync(self.module) if not sync and self.accelerator.num_processes > 1 \
+                else contextlib.nullcontext()
+            with quiet:
+                value = self.compute_loss(batch)
+                self.check_finite(value)
+                self.accelerator.backward(value / self.config.gradient_accumulation_steps)
         if sync:
             if not gradients_ok(self.module, self.accelerator, self.config.max_grad_norm, self.precision):
                 self.stop('the gradients became NaN or infinite')
@@ -353,6 +370,24 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+        return value.detach()
+
+    def check_finite(self, value: torch.Tensor) -> None:
+        """Stop (see :meth:`stop`) when the loss or a normalization statistic is not finite on some process."""
+        finite = torch.isfinite(value.detach()).all() & self.guard.buffers_finite().to(value.device)
+        if not on_every_process(finite, self.accelerator):
+            self.stop('the loss (or a normalization statistic) became NaN or infinite')
+
+    def cached_forward_backward(self, batch: dict, sync: bool) -> torch.Tensor:
+        """GradCache's forward and backward of one micro-batch (:mod:`~finetune.training.gradcache`). Its passes
+        run outside DistributedDataParallel; with `sync`, the gradients are averaged over the processes here."""
+        device = self.accelerator.device
+        step = self.cached_step
+        value, sides = step.loss(batch, device)
+        self.check_finite(value)
+        step.backpropagate(value, sides, device)
+        if sync and self.accelerator.num_processes > 1:
+            all_reduce_gradients(self.accelerator.unwrap_model(self.module), self.accelerator.num_processes)
         return value.detach()
 
     def after_step(self, value: torch.Tensor, epoch_end: bool) -> None:
@@ -482,6 +517,18 @@ class Trainer:
         metrics = self.chooser.candidate()
         self.state.history.append({'epoch': self.state.epoch, 'step': self.state.step, 'eval': metrics})
         self._fire('on_evaluate', metrics)
+
+
+def text_lengths(data) -> list[tuple[int, ...]] | None:
+    """The length in characters of each text side of each row (a data kind's extra document columns, such as
+    the hard negatives of margin-triplets, included); None when no side is text."""
+    sides = [side for side, modality in zip((data.a, data.b), data.modalities) if modality == 'text']
+    if data.modalities[-1] == 'text':  # extra columns are documents, of the second side's modality
+        sides += [column for column in (data.extra or {}).values()
+                  if len(column) == len(data.a) and all(isinstance(item, str) for item in column)]
+    if not sides:
+        return None
+    return list(zip(*([len(item) for item in side] for side in sides)))
 
 
 def _check_callbacks(callbacks: Any) -> list[Callback]:

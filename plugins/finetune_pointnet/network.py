@@ -31,6 +31,8 @@ def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
     if not 0 < n <= p:
         raise ValueError(f'farthest_point_sample: cannot pick {n} of {p} points.')
     planes = xyz.float().permute(2, 0, 1).contiguous()  # (3, B, P): each step streams three flat rows
+    if torch.jit.is_tracing():  # an ONNX export: the same picks without out= buffers, sizes taken from the input
+        return _traceable_farthest_point_sample(planes, n)
     picked = torch.zeros(b, n, dtype=torch.long, device=xyz.device)
     nearest = torch.full((b, p), math.inf, device=xyz.device)
     farthest = torch.zeros(b, 1, dtype=torch.long, device=xyz.device)
@@ -45,6 +47,20 @@ def farthest_point_sample(xyz: torch.Tensor, n: int) -> torch.Tensor:
         torch.minimum(nearest, dist, out=nearest)
         farthest = nearest.argmax(-1, keepdim=True)
     return picked
+
+
+def _traceable_farthest_point_sample(planes: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`farthest_point_sample` of ``planes (3, B, P)`` in operations a graph export records, with the batch
+    size left dynamic (the loop over the `n` picks is unrolled, as `n` follows the fixed number of points)."""
+    nearest = torch.full_like(planes[0], math.inf)
+    farthest = torch.zeros_like(planes[0, :, :1], dtype=torch.long)
+    picked = []
+    for _ in range(n):
+        picked.append(farthest)
+        dist = sum((planes[axis] - planes[axis].gather(1, farthest)) ** 2 for axis in range(3))
+        nearest = torch.minimum(nearest, dist)
+        farthest = nearest.argmax(-1, keepdim=True)
+    return torch.cat(picked, dim=1)
 
 
 @torch.no_grad()

@@ -94,9 +94,30 @@ def _one_shape(items: Any) -> bool:
     return isinstance(items, (str, os.PathLike)) or _is_shape(items)
 
 
+def sample_shapes() -> list[np.ndarray]:
+    """Eight generated point clouds (sphere, cube surface, torus, helix, plane, cylinder, cone, noise) of several
+    sizes, for an export's parity check."""
+    rng = np.random.default_rng(0)
+    t = rng.random((4096, 2)).astype(np.float32) * 2 * np.pi
+    sphere = rng.normal(size=(3000, 3))
+    cube = rng.uniform(-1, 1, (2500, 3))
+    cube[np.arange(2500), rng.integers(0, 3, 2500)] = rng.choice([-1.0, 1.0], 2500)
+    torus = np.stack([(2 + np.cos(t[:, 0])) * np.cos(t[:, 1]), (2 + np.cos(t[:, 0])) * np.sin(t[:, 1]),
+                      np.sin(t[:, 0])], axis=1)
+    s = np.linspace(0, 6 * np.pi, 1500)
+    helix = np.stack([np.cos(s), np.sin(s), s / 6], axis=1)
+    plane = np.concatenate([rng.uniform(-1, 1, (2000, 2)), rng.normal(0, 0.01, (2000, 1))], axis=1)
+    cylinder = np.stack([np.cos(t[:3000, 0]), np.sin(t[:3000, 0]), rng.uniform(-2, 2, 3000)], axis=1)
+    h = rng.random(2200)
+    cone = np.stack([h * np.cos(t[:2200, 1]), h * np.sin(t[:2200, 1]), 1 - h], axis=1)
+    return [x.astype(np.float32) for x in (sphere, cube, torus, helix, plane, cylinder, cone,
+                                           rng.normal(size=(1800, 3)))]
+
+
 #: the modality this plugin adds to the core's text and image
 MESH = Modality('mesh', MESH_FILE_EXTENSIONS + POINT_FILE_EXTENSIONS, _is_shape, _one_shape,
-                'mesh files (' + ' '.join(MESH_FILE_EXTENSIONS) + '), point files (.xyz .npy) or (N, 3) arrays')
+                'mesh files (' + ' '.join(MESH_FILE_EXTENSIONS) + '), point files (.xyz .npy) or (N, 3) arrays',
+                samples=sample_shapes)
 
 
 # ---------------------------------------------------------------- shapes

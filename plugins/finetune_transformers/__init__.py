@@ -12,11 +12,12 @@ from finetune_hfhub import OFFLINE_ENVS
 from finetune.registry import BackbonePlugin
 
 from .specs import PREFIX, list_prefixed, resolve
+from .st_export import FORMAT as ST_FORMAT
 from .specs import specs as _specs  # `specs` stays the submodule
 
 plugin = BackbonePlugin(
     name='transformers', specs=_specs, prefixes=(PREFIX,), resolve=resolve, list_prefixed=list_prefixed,
-    offline_envs=OFFLINE_ENVS, note="any transformers encoder as hf:<hub id or local directory> (text-to-text); "
+    offline_envs=OFFLINE_ENVS, export_formats=(ST_FORMAT,), note="any transformers encoder as hf:<hub id or local directory> (text-to-text); "
          "sentence-transformers directories keep their pooling",
 )
 

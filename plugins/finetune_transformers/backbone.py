@@ -40,8 +40,11 @@ class HFTextBackbone(Backbone):
         hidden = int(model.config.hidden_size)
         self.own_dim = self.pooled_dim = hidden
 
+    #: what the encoder takes from a tokenized batch, in this order (also the inputs of an exported graph)
+    INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
-        inputs = {k: v for k, v in batch.items() if k in ('input_ids', 'attention_mask', 'token_type_ids')}
+        inputs = {k: v for k, v in batch.items() if k in self.INPUTS}
         out = self.model(**inputs)
         return Features(out.last_hidden_state, batch['attention_mask'])
 
@@ -72,6 +75,17 @@ class HFTextBackbone(Backbone):
                              f"the model with collate_options={{'truncation': True}} to cut long texts.")
         return batch
 
+    def slice_batch(self, batch: Mapping[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Rows ``start:stop``, without the token columns that are padding in all of them (a chunk of short
+        texts in a batch with a long one is as short as its own longest text)."""
+        part = super().slice_batch(batch, start, stop)
+        mask = part.get('attention_mask') if isinstance(part, Mapping) else None
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.any(0).all()):
+            return part
+        keep = mask.any(0)  # padding on one side: the kept columns are contiguous
+        return {k: v[:, keep] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == mask.shape else v
+                for k, v in part.items()}
+
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
             what = f'a tensor of shape {tuple(batch.shape)}' if isinstance(batch, torch.Tensor) \
@@ -79,6 +93,11 @@ class HFTextBackbone(Backbone):
             raise InputError(f'{self.model_name!r} is a text model: expected a tokenized batch (a dict with '
                              f'input_ids and attention_mask, as model.preprocess(texts) makes), got {what}. '
                              f'Use model.encode(texts) for strings.')
+
+    def export_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The graph's inputs: token ids, their mask and (for models that have them) token types, each
+        ``(batch, sequence)``; what else a tokenizer returns (offsets, lengths) stays out."""
+        return {k: batch[k] for k in self.INPUTS if k in batch}
 
     def export(self, directory: str) -> str:
         """Write the config and tokenizer (not the weights: the artifact holds those) so the model

@@ -528,3 +528,33 @@ def test_fit_reports_broken_meshes_before_training(tmp_path):
     with pytest.raises(InputError, match=r"1 of 6 files cannot be used:\n  .*, row 1: '.*balls/1.off' has no OFF "
                                          r'header'):
         finetune.fit(tiny(), str(tmp_path), batch_size=4, num_workers=0, log=lambda m: None)
+
+
+def test_gradcache_on_pointnet_equals_the_chunked_graph():
+    """PointNet++ (BatchNorm, random point sampling) under GradCache: gradients and running statistics equal a
+    forward of the same chunks with a graph, from the same random state."""
+    from finetune.data.kinds import get_kind
+    from finetune.losses import build_loss
+    from finetune.training.module import TrainingModule
+    from test_gradcache import _cached, _chunked_reference, _grads
+
+    torch.manual_seed(0)
+    module = TrainingModule(tiny(), build_loss('InfoNCE', None, 'pairs'), get_kind('pairs'))
+    module.train()
+    meshes = shapes()
+    rows = [(meshes[i], meshes[(i + 1) % 4], i) for i in range(4)]
+    batch = get_kind('pairs').collate(rows, module.model.preprocess_for_training, module.model.preprocess)
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    torch.manual_seed(1)
+    _chunked_reference(module, batch, 2)
+    expected, expected_state = _grads(module), {k: v.clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(initial)
+    module.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    _cached(module, batch, 2)
+    got = _grads(module)
+    assert got.keys() == expected.keys() and got
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(value, expected_state[name], msg=name)

@@ -226,3 +226,38 @@ def test_hf_clip_image_tower_saves_without_its_source_folder(tiny_clip_dir, tmp_
     loaded = finetune.load(str(tmp_path / 'artifact'))
     assert loaded.modality == 'image'
     np.testing.assert_allclose(loaded.encode(pictures), expected, atol=1e-6)
+
+
+def test_gradcache_chunks_drop_their_padding_and_keep_the_gradients(tiny_bert_dir):
+    """GradCache on a BERT: each chunk is cut to its own longest text, and the gradients equal the whole
+    batch's (dropout off)."""
+    import contextlib
+
+    from finetune.data.kinds import get_kind
+    from finetune.losses import build_loss
+    from finetune.training.gradcache import CachedStep
+    from finetune.training.module import TrainingModule
+
+    model = tiny(tiny_bert_dir)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    queries = ['the dog', 'the red dog eats the old bread and plays the big piano fast', 'a cat', 'the sea']
+    docs = ['food', 'piano', 'bread', 'sky']
+    batch = get_kind('pairs').collate([(q, d, i) for i, (q, d) in enumerate(zip(queries, docs))],
+                                      model.preprocess, model.preprocess)
+    module = TrainingModule(model, build_loss('InfoNCE', None, 'pairs'), get_kind('pairs'))
+    first, second = module.slice('a', batch['a'], 0, 1), module.slice('a', batch['a'], 2, 4)
+    assert first['input_ids'].shape == (1, 4) and second['input_ids'].shape[1] == 4  # [CLS] the dog [SEP]
+    assert batch['a']['input_ids'].shape[1] > 10
+    module(batch).backward()
+    expected = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    step = CachedStep(module, 1, contextlib.nullcontext, lambda v: v.backward())
+    value, sides = step.loss(batch, torch.device('cpu'))
+    step.backpropagate(value, sides, torch.device('cpu'))
+    got = {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=2e-6, rtol=1e-4, msg=name)

@@ -1,0 +1,105 @@
+"""Exporting a model for deployment: ONNX graphs (fp32 or dynamic int8), and the folder formats plugins declare.
+
+:func:`export` writes the export beside the artifact (``<artifact>-onnx``, ``<artifact>-onnx-int8``, or the
+format's suffix) or into `output`, through a temporary folder renamed into place only once the export passed
+its parity gate (:mod:`finetune.exporting.parity`), so a failed export leaves nothing behind. Every export carries
+a ``finetune_config.json`` with its parity figures and a model card (``README.md``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from ..errors import ExportError
+from . import parity
+from .runtime import require_onnx
+
+ONNX = 'onnx'
+QUANTIZATIONS = ('int8',)
+
+
+def formats() -> dict[str, Any]:
+    """Every export format: ``'onnx'`` (the core's) and those the plugins declare, name -> ExportFormat
+    (None for ONNX)."""
+    from ..registry import REGISTRY
+    return {ONNX: None, **REGISTRY.export_formats()}
+
+
+def _check_arguments(format: Any, quantize: Any) -> Any:
+    known = formats()
+    if format not in known:
+        from ..errors import did_you_mean
+        hint = did_you_mean(format, known) if isinstance(format, str) else ''
+        raise ExportError(f'format: unknown export format {format!r}.{hint} Formats: {", ".join(map(repr, known))}.')
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f'quantize: expected {" or ".join(map(repr, QUANTIZATIONS))} or None, got '
+                          f'{quantize!r}.')
+    if quantize is not None and format != ONNX:
+        raise ExportError(f'quantize={quantize!r} applies to the {ONNX!r} format only, not {format!r}.')
+    return known[format]
+
+
+def _source(model_or_path: Any, trust_remote_code: bool) -> tuple[Any, str | None]:
+    """(the model, the artifact folder it came from or None)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from ..artifacts import CONFIG_FILE, load, read_config
+        path = os.fspath(model_or_path)
+        if 'export' in read_config(path):  # read_config names a folder that is no artifact
+            raise ExportError(f'{path!r} is already an export ({os.path.join(path, CONFIG_FILE)} has an \'export\' '
+                              f'field); export the saved model it came from (the folder run.save() wrote).')
+        return load(path, trust_remote_code=trust_remote_code), os.path.abspath(path)
+    if getattr(model_or_path, 'encode', None) is None or getattr(model_or_path, 'name', None) is None \
+            or getattr(model_or_path, 'artifact_config', {}).get('export'):
+        raise ExportError(f'export: expected a finetune model (EmbeddingModel, MultiTowerModel) or the folder of a '
+                          f'saved one, got {type(model_or_path).__name__}.')
+    return model_or_path, None
+
+
+def _output(output: str | None, source: str | None, suffix: str) -> str:
+    if output is not None:
+        return os.path.abspath(os.fspath(output))
+    if source is None:
+        raise ExportError('output: a model object has no folder to write beside; pass output= (or export the '
+                          'folder it was saved to).')
+    return source.rstrip(os.sep) + suffix
+
+
+def export(model_or_path: Any, format: str = ONNX, output: str | None = None, quantize: str | None = None,
+           eval_data: Any = None, trust_remote_code: bool = False, log: Callable[[str], None] | None = None) -> str:
+    """Write `model_or_path` (a model, or the folder of a saved one) in `format`; returns the export's folder.
+
+    ``'onnx'``: the whole embedding pipeline as one ONNX graph per tower (``model.onnx``; ``text.onnx`` and
+    ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
+    onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
+    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`).
+    Other formats come from plugins (``'sentence-transformers'`` for text models of that family).
+    The export is written to `output`, by default beside the artifact (``<artifact>-onnx``, ``-onnx-int8``, or
+    the format's suffix), only if it passes the parity gate on `eval_data` (or built-in samples).
+    Raises ExportError for an unknown format, a model the format does not take, a missing optional
+    dependency, an operation ONNX lacks, or a failed parity gate; ArtifactError for a folder that is no
+    artifact.
+    """
+    from ..logs import log_function
+    say = log_function(log)
+    fmt = _check_arguments(format, quantize)
+    if fmt is None:
+        require_onnx()
+    model, source = _source(model_or_path, trust_remote_code)
+    if fmt is not None:
+        problem = fmt.problem(model)
+        if problem is not None:
+            choices = [name for name, f in formats().items() if f is None or f.problem(model) is None]
+            raise ExportError(f'format {format!r} cannot take {model.name!r}: {problem}. Formats for this model: '
+                              f'{", ".join(map(repr, choices))}.')
+    suffix = ('-onnx' + (f'-{quantize}' if quantize else '')) if fmt is None else fmt.suffix
+    folder = _output(output, source, suffix)
+    if source is not None and os.path.realpath(folder) == os.path.realpath(source):
+        raise ExportError(f'output: {folder!r} is the artifact itself; choose another folder.')
+    items = parity.samples(model, eval_data)
+    from .writing import display_name, write_export
+    write_export(model, fmt, folder, quantize, items, eval_data, say)
+    say(f'exported {display_name(model)!r} as {format}{" " + quantize if quantize else ""} to {folder}')
+    return folder
+
+
+__all__ = ['export', 'formats', 'ONNX', 'QUANTIZATIONS']

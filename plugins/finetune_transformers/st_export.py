@@ -1,0 +1,118 @@
+"""The ``sentence-transformers`` export format: a text model of this family as a sentence-transformers folder.
+
+``SentenceTransformer(folder)`` loads it offline and embeds like the finetune model: the transformer and its
+tokenizer at the folder's root, then ``1_Pooling`` (mean, cls or max under the attention mask), one ``Dense``
+module per linear layer of a projection head (with the activation between them), and ``Normalize`` when the
+model L2-normalizes. A model keeping BERT's own pooler output becomes cls pooling plus a tanh Dense layer with
+the pooler's weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+from finetune.registry import ExportFormat
+
+from .backbone import HFTextBackbone
+
+NAME = 'sentence-transformers'
+_MODULES = 'sentence_transformers.models.'
+_POOLING = {'avg': 'pooling_mode_mean_tokens', 'cls': 'pooling_mode_cls_token', 'max': 'pooling_mode_max_tokens'}
+_ACTIVATION = {nn.ReLU: 'ReLU', nn.GELU: 'GELU', nn.Tanh: 'Tanh', nn.SiLU: 'SiLU'}
+
+
+def problem(model) -> str | None:
+    """Why `model` has no sentence-transformers form, or None."""
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, HFTextBackbone):
+        return (f'it is a {getattr(model, "modality", "?")} model; the format takes text models of the transformers '
+                f'family (hf:..., all-minilm-l6-v2, bert-base-en, ...)')
+    if model.pooler is not None and model.pooler.name not in _POOLING:
+        return f'its {model.pooler.name} pooler has no sentence-transformers module (mean, cls and max have)'
+    return None
+
+
+def _dense_layers(model) -> list[tuple[nn.Linear, str]]:
+    """(linear layer, activation after it) of what follows the pooling, as sentence-transformers Dense modules."""
+    out: list[tuple[nn.Linear, str]] = []
+    own_pooler = getattr(model.backbone.model, 'pooler', None)
+    if model.pooler is None and isinstance(own_pooler, nn.Module):  # BERT: tanh(dense(CLS))
+        out.append((own_pooler.dense, 'Tanh'))
+    if model.projection is not None:
+        for layer in model.projection.layers:
+            if isinstance(layer, nn.Linear):
+                out.append((layer, 'Identity'))
+            elif type(layer) in _ACTIVATION:
+                out[-1] = (out[-1][0], _ACTIVATION[type(layer)])
+    return out
+
+
+def _activation_path(name: str) -> str:
+    return 'torch.nn.modules.linear.Identity' if name == 'Identity' else f'torch.nn.modules.activation.{name}'
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, 'w') as f:
+        json.dump(value, f, indent=2)
+
+
+def write(model, folder: str) -> dict:
+    """Write `model` as a sentence-transformers folder into `folder`; returns the modules written."""
+    from safetensors.torch import save_file
+    backbone: HFTextBackbone = model.backbone
+    backbone.model.save_pretrained(folder)
+    backbone.tokenizer.save_pretrained(folder)
+    _write_json(os.path.join(folder, 'sentence_bert_config.json'),
+                {'max_seq_length': backbone.collate['max_length'], 'do_lower_case': False})
+    modules = [{'idx': 0, 'name': '0', 'path': '', 'type': _MODULES + 'Transformer'}]
+    pooler = 'cls' if model.pooler is None else model.pooler.name
+    os.makedirs(os.path.join(folder, '1_Pooling'))
+    pooling = {'word_embedding_dimension': backbone.pooled_dim, **{key: pooler == mode for mode, key in
+                                                                    _POOLING.items()}}
+    _write_json(os.path.join(folder, '1_Pooling', 'config.json'), pooling)
+    modules.append({'idx': 1, 'name': '1', 'path': '1_Pooling', 'type': _MODULES + 'Pooling'})
+    for linear, activation in _dense_layers(model):
+        idx = len(modules)
+        path = f'{idx}_Dense'
+        os.makedirs(os.path.join(folder, path))
+        _write_json(os.path.join(folder, path, 'config.json'), {
+            'in_features': linear.in_features, 'out_features': linear.out_features,
+            'bias': linear.bias is not None, 'activation_function': _activation_path(activation)})
+        state = {'linear.weight': linear.weight.detach().contiguous().cpu()}
+        if linear.bias is not None:
+            state['linear.bias'] = linear.bias.detach().contiguous().cpu()
+        save_file(state, os.path.join(folder, path, 'model.safetensors'))
+        modules.append({'idx': idx, 'name': str(idx), 'path': path, 'type': _MODULES + 'Dense'})
+    if model.normalize:
+        idx = len(modules)
+        os.makedirs(os.path.join(folder, f'{idx}_Normalize'))
+        modules.append({'idx': idx, 'name': str(idx), 'path': f'{idx}_Normalize', 'type': _MODULES + 'Normalize'})
+    _write_json(os.path.join(folder, 'modules.json'), modules)
+    _write_json(os.path.join(folder, 'config_sentence_transformers.json'), {'similarity_fn_name': 'cosine'})
+    return {'modules': [m['type'].rsplit('.', 1)[-1] for m in modules]}
+
+
+def check(model, folder: str) -> Callable[[list, int], np.ndarray]:
+    """An encoder over the folder as sentence-transformers loads it (offline, on the CPU), for the parity gate."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        from finetune.errors import ExportError
+        raise ExportError(f'the {NAME} export is checked by loading it with sentence-transformers, which is not '
+                          f'installed: pip install sentence-transformers') from exc
+    st = SentenceTransformer(folder, device='cpu', local_files_only=True)
+    return lambda items, batch_size: st.encode(items, batch_size=batch_size, convert_to_numpy=True)
+
+
+def usage(folder: str) -> str:
+    return ('from sentence_transformers import SentenceTransformer\n\n'
+            "model = SentenceTransformer('.')   # this folder, offline\n"
+            "model.encode(['some text'])")
+
+
+FORMAT = ExportFormat(name=NAME, suffix='-st', problem=problem, write=write, check=check, usage=usage,
+                      description='a sentence-transformers folder (text models of the transformers family)')

@@ -1,0 +1,247 @@
+"""Export (finetune.exporting) on the fake family: ONNX graphs that embed like the torch model, the parity gate,
+int8, atomic writes, the model card, safe loading and every refusal. The real families: families/test_families_export.py."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import finetune
+from finetune.cli import main
+from finetune.errors import ArtifactError, ExportError
+from finetune.exporting import parity
+from finetune.exporting.runtime import OnnxEmbeddingModel, OnnxMultiTowerModel
+
+TEXTS = ['the man is eating bread', 'a dog', 'the red car is fast and the blue car is slow', 'cat', 'happy sad old',
+         'a woman plays the piano in the old house', 'sky', 'sea and tree']
+
+
+def _images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (20 + 3 * i, 16 + 2 * i, 3), dtype=np.uint8) for i in range(n)]
+
+
+@pytest.fixture()
+def quiet():
+    return lambda line: None
+
+
+@pytest.mark.parametrize('name, options, items', [
+    ('fake-text', {'pooler': 'GeM', 'output_dim': 8}, TEXTS),
+    ('fake-text', {'pooler': 'mean', 'output_dim': 6, 'head_options': {'hidden_dims': [12], 'activation': 'gelu'}},
+     TEXTS),
+    ('fake-text', {'pooler': None, 'normalize': False}, TEXTS),
+    ('fake-image', {'pooler': 'GeM'}, _images(7)),
+    ('fake-image', {'pooler': 'max', 'output_dim': 5}, _images(7)),
+])
+def test_onnx_export_embeds_like_the_torch_model(tmp_path, quiet, name, options, items):
+    model = finetune.build_model(name, options)
+    folder = finetune.export(model, output=str(tmp_path / 'out'), log=quiet)
+    assert sorted(os.listdir(folder)) == sorted(['model.onnx', 'finetune_config.json', 'README.md'])
+    exported = finetune.load(folder)
+    assert isinstance(exported, OnnxEmbeddingModel) and exported.output_dim == model.output_dim
+    for batch_size in (1, 3, 32):  # the batch size (and, for texts, the length) is dynamic
+        np.testing.assert_allclose(exported.encode(items, batch_size=batch_size), model.encode(items), atol=2e-5)
+    one = exported.encode(items[0])
+    assert one.shape == (1, model.output_dim)
+    assert isinstance(exported.encode(items, convert_to='torch'), torch.Tensor)
+    config = json.loads((tmp_path / 'out' / 'finetune_config.json').read_text())
+    figures = config['export']['parity']['fp32']
+    assert figures['min_cosine'] >= 0.999 and figures['items'] == 12  # the modality's built-in samples
+    assert config['export']['quantize'] is None and config['export']['graphs'] == {'': 'model.onnx'}
+
+
+def test_onnx_export_of_two_towers_writes_one_graph_each(tmp_path, quiet):
+    model = finetune.build_model('fake-clip')
+    folder = finetune.export(model, output=str(tmp_path / 'clip'), log=quiet)
+    assert {'text.onnx', 'image.onnx'} <= set(os.listdir(folder))
+    exported = finetune.load(folder)
+    assert isinstance(exported, OnnxMultiTowerModel) and exported.modality == model.modality
+    np.testing.assert_allclose(exported.encode(TEXTS), model.encode(TEXTS), atol=2e-5)
+    images = _images(3)
+    np.testing.assert_allclose(exported.encode(images), model.encode(images), atol=2e-5)
+    np.testing.assert_allclose(exported.encode(images, tower='image'), model.encode(images), atol=2e-5)
+
+
+def test_int8_export_records_its_parity_and_quantizes_the_graph(tmp_path, quiet):
+    model = finetune.build_model('fake-text', {'pooler': 'mean', 'output_dim': 16})
+    finetune.save_model(model, str(tmp_path / 'model'))
+    lines = []
+    folder = finetune.export(str(tmp_path / 'model'), quantize='int8', log=lines.append)
+    assert folder == str(tmp_path / 'model-onnx-int8')
+    record = json.loads((tmp_path / 'model-onnx-int8' / 'finetune_config.json').read_text())['export']
+    assert record['quantize'] == 'int8'
+    assert record['parity']['fp32']['min_cosine'] >= 0.999 and record['parity']['int8']['min_cosine'] >= 0.99
+    ops = {node.op_type for node in onnx.load(os.path.join(folder, 'model.onnx')).graph.node}
+    assert ops & {'DynamicQuantizeLinear', 'MatMulInteger', 'DynamicQuantizeMatMul'}
+    assert any('(int8)' in line and 'min cosine' in line for line in lines)
+    got = finetune.load(folder).encode(TEXTS)
+    cos = (got * model.encode(TEXTS)).sum(1)
+    assert cos.min() >= 0.99
+    assert '| int8 |' in (tmp_path / 'model-onnx-int8' / 'README.md').read_text()
+
+
+def test_export_beside_the_artifact_and_model_cards(tmp_path, quiet):
+    model = finetune.build_model('fake-text', {'pooler': 'GeM', 'output_dim': 8})
+    artifact = tmp_path / 'model'
+    finetune.save_model(model, str(artifact))
+    card = (artifact / 'README.md').read_text()
+    for part in ('# fake-text', '| base model | `fake-text` |', '| family | fake (text) |', '| output size | 8 |',
+                 '| pooler | GeM', 'projection to 8', "finetune.load('.')", '## Retrieval metrics'):
+        assert part in card, part
+    folder = finetune.export(str(artifact), log=quiet)
+    assert folder == str(tmp_path / 'model-onnx')
+    card = (tmp_path / 'model-onnx' / 'README.md').read_text()
+    assert '## Export parity' in card and 'onnxruntime' in card and "session.run(['embeddings']" in card
+
+
+def test_model_card_of_a_trained_model_has_training_and_metrics(tmp_path):
+    rows = [(t, t.split()[0]) for t in TEXTS] * 2
+    run = finetune.fit('fake-text', rows, rows, epochs=1, batch_size=4, log=lambda line: None)
+    run.save(str(tmp_path / 'trained'))
+    card = (tmp_path / 'trained' / 'README.md').read_text()
+    assert '| loss | TripletMarginLoss |' in card and '| data | train_data: 16 labeled text items' in card and '| epochs | 1 |' in card and '| batch size | 4 |' in card
+    assert '| precision |' in card and '| metric | before | after |' in card and '| ndcg@10 |' in card
+
+
+def test_eval_data_gives_metric_parity(tmp_path, quiet):
+    rows = [(t, t.split()[-1]) for t in TEXTS]
+    data = tmp_path / 'eval.csv'
+    data.write_text('query,doc\n' + '\n'.join(f'{a},{b}' for a, b in rows) + '\n')
+    model = finetune.build_model('fake-text', {'pooler': 'mean'})
+    finetune.export(model, output=str(tmp_path / 'out'), eval_data=str(data), log=quiet)
+    figures = json.loads((tmp_path / 'out' / 'finetune_config.json').read_text())['export']['parity']['fp32']
+    assert figures['items'] == len(set(TEXTS)) + len({b for _, b in rows})  # the eval data's items, not samples
+    metrics = figures['metrics']
+    assert metrics['max_difference'] <= 0.005 and metrics['torch']['ndcg@10'] == pytest.approx(
+        metrics['export']['ndcg@10'], abs=0.005)
+
+
+def test_failed_parity_writes_nothing(tmp_path, quiet, monkeypatch):
+    model = finetune.build_model('fake-image', {'pooler': 'GeM'})
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'keep.txt').write_text('an earlier export')
+    monkeypatch.setitem(parity.MIN_COSINE, 'fp32', 1.5)
+    with pytest.raises(ExportError, match=r'fails the parity gate and was not written: .*min cosine 1\.0'):
+        finetune.export(model, output=str(tmp_path / 'out'), log=quiet)
+    assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == ['keep.txt']
+
+
+def test_failed_metric_parity_writes_nothing(tmp_path, quiet, monkeypatch):
+    data = tmp_path / 'eval.csv'
+    data.write_text('query,doc\n' + '\n'.join(f'{t},{t.split()[0]}' for t in TEXTS) + '\n')
+    monkeypatch.setattr(parity, 'MAX_METRIC_DIFFERENCE', -1.0)
+    with pytest.raises(ExportError, match='retrieval metrics differ by at most'):
+        finetune.export(finetune.build_model('fake-text'), output=str(tmp_path / 'out'), eval_data=str(data),
+                        log=quiet)
+    assert not (tmp_path / 'out').exists()
+    assert [p for p in os.listdir(tmp_path) if p != 'eval.csv'] == []
+
+
+def test_bad_requests_name_the_input_and_the_choices(tmp_path, quiet):
+    text = finetune.build_model('fake-text')
+    with pytest.raises(ExportError, match=r"unknown export format 'onx'\. Did you mean 'onnx'.*'sentence-transformers'"):
+        finetune.export(text, format='onx', output=str(tmp_path / 'x'))
+    with pytest.raises(ExportError, match=r"quantize: expected 'int8' or None, got 'int4'"):
+        finetune.export(text, quantize='int4', output=str(tmp_path / 'x'))
+    with pytest.raises(ExportError, match="applies to the 'onnx' format only"):
+        finetune.export(text, format='sentence-transformers', quantize='int8', output=str(tmp_path / 'x'))
+    with pytest.raises(ExportError, match=r"format 'sentence-transformers' cannot take 'fake-image': it is a image "
+                                          r"model.*Formats for this model: 'onnx'\."):
+        finetune.export(finetune.build_model('fake-image'), format='sentence-transformers', output=str(tmp_path / 'x'))
+    with pytest.raises(ExportError, match='pass output='):
+        finetune.export(text)
+    with pytest.raises(ArtifactError, match='is not a finetune artifact'):
+        finetune.export(str(tmp_path))
+    with pytest.raises(ExportError, match='expected a finetune model'):
+        finetune.export(42, output=str(tmp_path / 'x'))
+    exported = finetune.export(text, output=str(tmp_path / 'once'), log=quiet)
+    with pytest.raises(ExportError, match='is already an export'):
+        finetune.export(exported, output=str(tmp_path / 'twice'))
+    assert sorted(os.listdir(tmp_path)) == ['once']
+
+
+def test_missing_onnx_extra_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # as if it were not installed
+    with pytest.raises(ExportError, match=r'needs the optional package onnxruntime.*pip install "finetune\[onnx\]"'):
+        finetune.export(finetune.build_model('fake-text'), output=str(tmp_path / 'x'))
+    assert not (tmp_path / 'x').exists()
+
+
+class _EigenPooler(nn.Module):
+    """A pooler built on an operation ONNX has no translation for."""
+
+    def forward(self, x, mask=None):
+        return torch.linalg.eigvalsh(x.flatten(2) @ x.flatten(2).transpose(1, 2))
+
+
+def test_an_operation_onnx_lacks_is_named_with_the_family(tmp_path, quiet):
+    model = finetune.build_model('fake-image', {'pooler': 'GeM'})
+    model.pooler = _EigenPooler()
+    model.output_dim = 16
+    with pytest.raises(ExportError, match=r"cannot export 'fake-image' \(family 'fake'\) to ONNX: .*'aten::linalg_eigvalsh', which ONNX opset"):
+        finetune.export(model, output=str(tmp_path / 'x'), log=quiet)
+    assert os.listdir(tmp_path) == []
+
+
+def test_loading_an_export_never_leaves_its_folder(tmp_path, quiet):
+    folder = finetune.export(finetune.build_model('fake-text'), output=str(tmp_path / 'out'), log=quiet)
+    path = os.path.join(folder, 'finetune_config.json')
+    config = json.loads(open(path).read())
+    config['export']['graphs'] = {'': '../elsewhere.onnx'}
+    open(path, 'w').write(json.dumps(config))
+    with pytest.raises(ArtifactError, match=r"field 'export.graphs': '../elsewhere.onnx' is not the name of a .onnx"):
+        finetune.load(folder)
+    config['export'] = {'format': 'pickle', 'graphs': {}}
+    open(path, 'w').write(json.dumps(config))
+    with pytest.raises(ArtifactError, match="finetune.load reads ONNX exports"):
+        finetune.load(folder)
+
+
+def test_cli_export(tmp_path):
+    finetune.save_model(finetune.build_model('fake-text', {'pooler': 'GeM'}), str(tmp_path / 'model'))
+    runner = CliRunner()
+    result = runner.invoke(main, ['export', str(tmp_path / 'model'), '--quantize', 'int8'])
+    assert result.exit_code == 0, result.output
+    assert 'parity of' in result.output and '(int8)' in result.output
+    assert f'written to {tmp_path / "model-onnx-int8"}' in result.output
+    result = runner.invoke(main, ['export', str(tmp_path / 'model'), '--format', 'tflite'])
+    assert result.exit_code == 2 and 'Traceback' not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: format: unknown export format 'tflite'")
+
+
+def test_int8_keeps_the_layer_with_outlier_inputs_in_fp32(tmp_path):
+    """A layer whose input has one huge channel loses the rest to run-time per-tensor quantization: the fallback
+    ranks it most damaging and keeps it (only it) in fp32, and the graph then passes the int8 gate."""
+    from finetune.exporting.quantization import TARGET_MIN_COSINE, Calibration, quantize_int8
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 8), nn.Flatten(1))
+    with torch.no_grad():  # the second layer's input gets an outlier channel, its weights compensate
+        net[0].weight[0] *= 1000.0
+        net[0].bias[0] *= 1000.0
+        net[1].weight[:, 0] /= 1000.0
+    path = str(tmp_path / 'net.onnx')
+    torch.onnx.export(net, (torch.randn(2, 5, 16),), path, input_names=['x'], output_names=['embeddings'],
+                      dynamic_axes={'x': {0: 'batch'}, 'embeddings': {0: 'batch'}}, opset_version=17, dynamo=False)
+    layers = [n.name for n in onnx.load(path).graph.node if n.op_type == 'MatMul']
+    assert len(layers) == 3
+    items = [np.random.default_rng(i).standard_normal((5, 16)).astype(np.float32) for i in range(20)]
+    with torch.no_grad():
+        reference = net(torch.from_numpy(np.stack(items))).numpy()
+    calibration = Calibration(items, lambda xs: {'x': np.stack(xs)}, reference)
+    lines = []
+    done = quantize_int8(path, calibration=calibration, log=lines.append)
+    assert done['fp32_layers'] == [layers[1]] and done['quantized_layers'] == 2
+    assert done['calibration_min_cosine'] >= TARGET_MIN_COSINE
+    assert any('1 of 3 layers kept fp32' in line for line in lines)
+    figures = {'items': len(items), 'min_cosine': done['calibration_min_cosine'], 'mean_cosine': 1.0}
+    parity.gate(figures, 'int8', 'net', lines.append)  # passes: no ExportError
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert 'MatMulInteger' in ops and 'MatMul' in ops
