@@ -510,3 +510,20 @@ def test_group_by_length_is_on_for_texts_and_can_be_turned_off(tmp_path):
     assert saved['training']['loss_options'] == {'mini_batch_size': 3}
     with pytest.raises(OptionError, match='group_by_length'):
         finetune.fit('fake-text', text_pairs(), batch_size=8, group_by_length='yes')
+
+
+def test_fp16_stops_when_the_loss_scaler_skips_every_update(monkeypatch):
+    """Under fp16 an overflowing update is skipped, not a failure; but skipped updates without end mean the model
+    no longer learns, so the run stops there with the NaN guard's message."""
+    from accelerate import Accelerator
+
+    from finetune.training import trainer
+    monkeypatch.setattr(trainer, 'resolve_precision', lambda precision, device: 'fp16')
+    monkeypatch.setattr(trainer, 'MAX_SKIPPED_FP16_STEPS', 3)
+    monkeypatch.setattr(Accelerator, 'optimizer_step_was_skipped', property(lambda self: True))
+    with pytest.raises(TrainingError, match=r'fp16 gradients overflowed on 3 updates in a row .* at epoch \d, '
+                                            r'step 3; training stopped'):
+        finetune.fit('fake-text', text_pairs(), epochs=4, batch_size=4, num_workers=0, log=lambda m: None)
+    monkeypatch.setattr(Accelerator, 'optimizer_step_was_skipped', property(lambda self: False))
+    run = finetune.fit('fake-text', text_pairs(), epochs=4, batch_size=4, num_workers=0, log=lambda m: None)
+    assert len([h for h in run.history if 'loss' in h]) > 3

@@ -46,6 +46,9 @@ from .state import Run, TrainingError, TrainState
 
 #: the learning rate of a family that declares none
 FALLBACK_LEARNING_RATE = 1e-4
+#: fp16's loss scaler skips an update whose gradients overflow and halves its scale; this many skipped updates
+#: in a row (the scale divided by 2**20) means the gradients overflow whatever the scale: the run stops
+MAX_SKIPPED_FP16_STEPS = 20
 
 
 class Trainer:
@@ -301,6 +304,7 @@ class Trainer:
         self.unwrapped.train()
         self.samples, self.started = 0, time.perf_counter()
         self.last_step_end, self.step_seconds = self.started, None
+        self.skipped_in_a_row = 0
         try:
             for epoch in range(self.state.epoch, self.config.epochs):
                 self.state.epoch = epoch
@@ -368,9 +372,20 @@ class Trainer:
                 self.stop('the gradients became NaN or infinite')
             self.guard.before_update(self.state.step, self.step_seconds)
             self.optimizer.step()
+            self.count_skipped_update()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return value.detach()
+
+    def count_skipped_update(self) -> None:
+        """Under fp16, stop (see :meth:`stop`) after :data:`MAX_SKIPPED_FP16_STEPS` updates in a row that the loss
+        scaler skipped for overflowing gradients: the model no longer learns, however long the run goes on."""
+        if self.precision != 'fp16':
+            return
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if self.accelerator.optimizer_step_was_skipped else 0
+        if self.skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
+            self.stop(f'the fp16 gradients overflowed on {self.skipped_in_a_row} updates in a row (the loss scaler '
+                      f'skipped each)')
 
     def check_finite(self, value: torch.Tensor) -> None:
         """Stop (see :meth:`stop`) when the loss or a normalization statistic is not finite on some process."""
