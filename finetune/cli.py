@@ -105,13 +105,18 @@ def _load_model(name_or_dir: str, trust_remote_code: bool = False, model_options
         return load(name_or_dir, trust_remote_code=trust_remote_code)
     options = dict(model_options or {})
     if trust_remote_code:
-        from .model import option_schema
-        from .registry import REGISTRY
-        if not any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name_or_dir))):
+        if not _runs_code(name_or_dir):
             raise OptionError(f'--trust-remote-code: {name_or_dir!r} runs no code of its own; the flag is for '
                               f'models that ship their own (Hugging Face models with an auto_map).')
         options['trust_remote_code'] = True
     return build_model(name_or_dir, options or None)
+
+
+def _runs_code(name: str) -> bool:
+    """Whether the backbone `name` has a trust_remote_code option (a model that may ship its own code)."""
+    from .model import option_schema
+    from .registry import REGISTRY
+    return any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name)))
 
 
 TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). Off by default: a saved model's "
@@ -314,8 +319,9 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
     from .synthesis import SynthesisModels, synthesize
 
     def job():
-        miner = _load_model(relation_miner, trust_remote_code) if relation_miner and _is_artifact(relation_miner) \
-            else relation_miner
+        miner = relation_miner  # a name the run records as it is, unless it must be built here
+        if relation_miner and (_is_artifact(relation_miner) or trust_remote_code and _runs_code(relation_miner)):
+            miner = _load_model(relation_miner, trust_remote_code)
         options = {'trust_remote_code': True} if trust_remote_code else {}
         models = SynthesisModels(relation_miner=miner, cross_encoder=cross_encoder, cross_encoder_options=options)
         data = synthesize(queries, corpus, models, output=output, **settings)

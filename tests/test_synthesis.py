@@ -54,10 +54,18 @@ def test_positive_negatives_and_margins_follow_the_cross_encoder():
 
 def test_near_duplicates_of_the_positive_are_never_negatives():
     corpus = ['the red dog', 'The  RED dog', 'a red dog runs', 'green tree', 'blue sea', 'old house']
-    data = run(queries=['the red dog'], corpus=corpus, num_relations=3, num_candidates=6)
+    data = run(queries=['the red dog?'], corpus=corpus, num_relations=3, num_candidates=6)
     assert data.b[0] == 'the red dog' and 'The  RED dog' not in data.extra['negative']
     with pytest.raises(InputError, match='no training rows.*duplicate_threshold'):
         run(queries=['the red dog'], corpus=corpus, num_relations=2, duplicate_threshold=-1.0)
+
+
+def test_a_copy_of_the_query_in_the_corpus_is_never_used():
+    corpus = ['The red  dog', 'a red dog runs', 'dog', 'green tree', 'blue sea', 'old house']
+    data = run(queries=['the red dog'], corpus=corpus, num_relations=3, num_candidates=6)
+    assert set(data.b) == {'a red dog runs'} and data.extra['negative'] and 'The red  dog' not in data.extra['negative']
+    with pytest.raises(InputError, match='no training rows'):
+        run(queries=['the red dog'], corpus=['the red dog', 'The Red Dog'], num_relations=2)
 
 
 def test_deterministic_with_a_seed():
@@ -121,6 +129,47 @@ def test_resume_reads_data_only_and_checks_it(tmp_path):
                    + '\n')
     with pytest.raises(InputError, match="'not a query here' is not among query_data"):
         run(output=str(out), resume=True)
+
+
+def test_overwrite_starts_again_and_resume_checks_the_settings(tmp_path):
+    out = tmp_path / 'synth.jsonl'
+    out.write_text('not rows at all\n')
+    first = run(output=str(out), overwrite=True, seed=1, negatives='random')
+    assert (tmp_path / 'synth.meta.json').exists() and len(out.read_text().splitlines()) == len(first)
+    with pytest.raises(InputError, match=r"other settings \(seed=1 there, 2 now\)"):
+        run(output=str(out), resume=True, seed=2, negatives='random')
+    with pytest.raises(InputError, match=r"num_relations=3 there, 2 now"):
+        run(output=str(out), resume=True, seed=1, negatives='random', num_relations=2, num_candidates=6)
+    assert rows(run(output=str(out), overwrite=True, seed=2, negatives='random')) == \
+        rows(run(seed=2, negatives='random'))
+
+
+def test_queries_without_rows_are_done_on_resume(tmp_path):
+    out = tmp_path / 'synth.jsonl'
+    queries = ['the red dog', 'blue sea']
+    corpus = ['the red dog', 'The Red Dog', 'the blue sea', 'a sea of blue', 'green tree']
+    first = run(queries=queries, corpus=corpus, output=str(out), num_relations=2, num_candidates=2)
+    assert set(first.a) == {'blue sea'}
+    again = run(queries=queries, corpus=corpus, output=str(out), num_relations=2, num_candidates=2, resume=True)
+    assert rows(again) == rows(first) and again.stats['resumed_queries'] == 2 and 'build_seconds' not in again.stats
+
+
+def test_texts_are_read_as_texts_from_the_column_of_their_role(tmp_path):
+    import datasets
+    (tmp_path / 'q.csv').write_text('id,question\n1,how do I open photo.jpg\n2,the red dog\n')
+    (tmp_path / 'c.csv').write_text('question,passage\nignored,red dog runs\nignored too,open a photo.jpg file\n')
+    (tmp_path / 'one.csv').write_text('query\nthe red dog\n')
+    from finetune.synthesis.inputs import read_texts
+    assert read_texts(str(tmp_path / 'q.csv'), 'query_data') == ['how do I open photo.jpg', 'the red dog']
+    assert read_texts(str(tmp_path / 'c.csv'), 'corpus_data') == ['red dog runs', 'open a photo.jpg file']
+    assert read_texts(str(tmp_path / 'one.csv'), 'query_data') == ['the red dog']
+    pairs = datasets.Dataset.from_dict({'question': ['q one', 'q two'], 'passage': ['p one', 'p two']})
+    assert read_texts(pairs, 'query_data') == ['q one', 'q two'] and read_texts(pairs, 'corpus_data') == ['p one',
+                                                                                                       'p two']
+    (tmp_path / 'bad.csv').write_text('id,body\n1,red dog\n')
+    with pytest.raises(InputError, match=r"corpus_data: bad.csv has the columns 'id', 'body'; expected one column, "
+                                         r"or one named document, doc, passage"):
+        read_texts(str(tmp_path / 'bad.csv'), 'corpus_data')
 
 
 def test_inputs_from_files_csv_columns_and_datasets(tmp_path):

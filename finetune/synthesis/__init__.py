@@ -28,11 +28,15 @@ def synthesize(query_data: Any, corpus_data: Any, models: SynthesisModels = DATA
     ``2 * num_relations``); the cross-encoder scores them; the best is the positive and ``num_relations - 1`` of
     the others are negatives (`negatives`: ``'hardest'``, the highest scored, or ``'random'``, seeded per
     query by `seed`), after dropping near-duplicates of the positive: the same text up to case and spacing, or
-    a relation-miner cosine with it of at least `duplicate_threshold` (0.95). Each row holds the teacher margin
-    (score of the positive minus score of the negative).
+    a relation-miner cosine with it of at least `duplicate_threshold` (0.95). A document that is the query itself
+    is never used. Each row holds the teacher margin (score of the positive minus score of the negative).
+    Where a source has several columns (a CSV with a header, a dataset), the queries come from the column named
+    query, question, anchor, text, ... and the corpus from document, doc, passage, positive, text, ...
 
-    `output` (a ``.jsonl`` path) receives the rows as they are made, a query's rows at once; ``resume=True``
-    reads it back (as data) and skips the queries it holds, ``overwrite=True`` starts it again.
+    `output` (a ``.jsonl`` path) receives the rows as they are made, a query's rows at once, and
+    ``<name>.meta.json`` beside it the settings and the queries done without rows; ``resume=True`` reads both
+    back (as data), checks that the settings are this run's, and skips the queries done; ``overwrite=True``
+    starts both again.
     `miner_batch_size` and `scorer_batch_size` are the two models' batch sizes, `query_chunk_size` how many
     queries are mined and scored per step. Progress bars show on a terminal (`progress` forces them on or off).
 

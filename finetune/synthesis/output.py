@@ -2,7 +2,11 @@
 
 One line per training row; the rows of one query are written together, each saying how many its query has
 (``negatives``), so a query is complete or not there at all: lines after the last complete query (a run killed
-while writing) are cut off when the file is resumed."""
+while writing) are cut off when the file is resumed.
+
+Beside it, ``<name>.meta.json`` holds the run's settings (checked on resume, so that one file never mixes rows
+made two ways) and the queries done that made no row (every candidate a near-duplicate), which a resumed run
+skips too. Both are read as data only (``json.loads``)."""
 from __future__ import annotations
 
 import json
@@ -76,6 +80,44 @@ def _row(raw: bytes, path: str, number: int) -> dict:
     if not isinstance(row['negatives'], int) or row['negatives'] < 1 or not isinstance(row['query'], str):
         raise InputError(f'{where}: "negatives" must be a positive integer and "query" a text.')
     return row
+
+
+def meta_path(path: str) -> str:
+    """The settings file beside the rows file `path`: ``synth.jsonl`` -> ``synth.meta.json``."""
+    return os.path.splitext(path)[0] + '.meta.json'
+
+
+def read_meta(path: str, settings: dict) -> tuple[set[str], bool]:
+    """(the queries done without rows, whether there was a settings file) of the run that wrote `path`.
+    InputError when its settings differ from `settings` or the file is not one synthesize wrote."""
+    meta = meta_path(path)
+    if not os.path.exists(meta):
+        return set(), False
+    name = os.path.basename(meta)
+    try:
+        with open(meta, encoding='utf-8') as f:
+            found = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f'{name}: not a settings file synthesize wrote ({exc}); delete it to resume without the '
+                         f'check.') from None
+    if not isinstance(found, dict) or not isinstance(found.get('settings'), dict) \
+            or not isinstance(found.get('without_rows'), list):
+        raise InputError(f'{name}: expected an object with "settings" and "without_rows"; delete it to resume without '
+                         f'the check.')
+    changed = [f'{key}={found["settings"].get(key)!r} there, {value!r} now' for key, value in settings.items()
+               if found['settings'].get(key) != value]
+    if changed:
+        raise InputError(f'resume: {os.path.basename(path)} was made with other settings ({"; ".join(changed)}). '
+                         f'Resume with the same ones, or write to another output (or overwrite=True).')
+    return {q for q in found['without_rows'] if isinstance(q, str)}, True
+
+
+def write_meta(path: str, settings: dict, without_rows: Iterable[str]) -> None:
+    """Write the settings file of `path` (through a temporary file and a rename: never half written)."""
+    meta = meta_path(path)
+    with open(meta + '.tmp', 'w', encoding='utf-8') as f:
+        json.dump({'settings': settings, 'without_rows': sorted(without_rows)}, f, ensure_ascii=False, indent=1)
+    os.replace(meta + '.tmp', meta)
 
 
 class RowWriter:

@@ -9,9 +9,9 @@ import torch
 from ..errors import InputError
 from ..logs import log_function
 from .inputs import read_texts
-from .output import RowWriter, check_output, read_rows
+from .output import RowWriter, check_output, meta_path, read_meta, read_rows, write_meta
 from .relations import relation_rows
-from .run import Bars, SynthesizedData, build_models, check_settings, encode_corpus, timed
+from .run import Bars, SynthesizedData, build_models, check_models, check_settings, encode_corpus, timed
 
 
 class Pipeline:
@@ -26,12 +26,19 @@ class Pipeline:
         self.corpus = read_texts(corpus_data, 'corpus_data')
         self.settings = check_settings(len(self.corpus), num_relations, num_candidates, duplicate_threshold,
                                        negatives, seed, batch_sizes)
-        self.models, self.device, self.bars = models, resolve_device(device), Bars(progress)
+        self.models, self.device, self.bars = check_models(models), resolve_device(device), Bars(progress)
         self.stats: dict[str, Any] = {'queries': len(self.queries), 'corpus': len(self.corpus)}
 
     def run(self) -> SynthesizedData:
-        done = read_rows(self.output, set(self.queries)) if self.output else []
-        finished = {row['query'] for row in done}
+        done = read_rows(self.output, set(self.queries)) if self.output and self.resume else []
+        self.without_rows: set[str] = set()
+        if self.output and self.resume:
+            self.without_rows, checked = read_meta(self.output, self.recorded_settings())
+            self.without_rows &= set(self.queries)
+            if done and not checked:
+                self.say(f'synthesize: {meta_path(self.output)} is missing, so the settings of the rows already in '
+                         f'{self.output} cannot be checked against this run\'s')
+        finished = {row['query'] for row in done} | self.without_rows
         todo = [q for q in self.queries if q not in finished]
         self.stats.update(resumed_queries=len(finished), resumed_rows=len(done))
         if finished:
@@ -43,9 +50,9 @@ class Pipeline:
             by_query.setdefault(row['query'], []).append(row)
         ordered = [row for q in self.queries for row in by_query.get(q, ())]
         if not ordered:
-            raise InputError(f'synthesize made no training rows: for every query, each candidate was a near-duplicate '
-                             f'of its positive (duplicate_threshold={self.settings.duplicate_threshold}). Raise '
-                             f'num_candidates or duplicate_threshold.')
+            raise InputError(f'synthesize made no training rows: for every query, each candidate was the query '
+                             f'itself or a near-duplicate of its positive (duplicate_threshold='
+                             f'{self.settings.duplicate_threshold}). Raise num_candidates or duplicate_threshold.')
         return self.data(ordered)
 
     def make_rows(self, todo: list[str]) -> list[dict]:
@@ -55,6 +62,8 @@ class Pipeline:
             torch.manual_seed(s.seed)  # models with random weights (tests) are the same in every run of a seed
             self.miner, self.cross = build_models(self.models, self.device)
         writer = RowWriter(self.output, append=self.resume)
+        if self.output:
+            write_meta(self.output, self.recorded_settings(), self.without_rows)
         rows: list[dict] = []
         try:
             with self.bars.running() as bars:
@@ -88,9 +97,22 @@ class Pipeline:
                                  s.duplicate_threshold, s.negatives, s.seed)
             writer.write(made)
             rows += made
+            if not made:
+                self.without_rows.add(query)
+        if self.output:
+            write_meta(self.output, self.recorded_settings(), self.without_rows)
         stats['mined_queries'] = stats.get('mined_queries', 0) + len(queries)
         stats['scored_pairs'] = stats.get('scored_pairs', 0) + len(pairs)
         return rows
+
+    def recorded_settings(self) -> dict:
+        """What makes a query's rows, as the settings file keeps it: the models (by name: a built model by the
+        name it was built from) and the settings that choose the rows."""
+        s = self.settings
+        miner, cross = self.models.names()
+        return {'relation_miner': _model_name(miner), 'cross_encoder': _model_name(cross),
+                'num_relations': s.num_relations, 'num_candidates': s.num_candidates,
+                'duplicate_threshold': s.duplicate_threshold, 'negatives': s.negatives, 'seed': s.seed}
 
     def data(self, rows: list[dict]) -> SynthesizedData:
         """The rows as margin-triplets training data, with the run's figures."""
@@ -108,6 +130,14 @@ class Pipeline:
                 stats[f'{stage}_per_second'] = stats.get(count, 0) / stats[seconds]
         self.say(_summary(stats))
         return SynthesizedData(**vars(base), stats=dict(stats))
+
+
+def _model_name(model: Any) -> str:
+    """A name, or a built model's own name (the one it was built from)."""
+    if isinstance(model, str):
+        return model
+    name = getattr(model, 'name', None)
+    return name if isinstance(name, str) else f'<{type(model).__name__} object>'
 
 
 def _summary(stats: dict) -> str:

@@ -28,8 +28,14 @@ def relation_rows(query: str, candidates: Sequence[int], scores: np.ndarray, cor
     relation miner's order); of the others, those that are near-duplicates of the positive are dropped (the same
     text up to case and spacing, or a relation-miner cosine with it of at least `duplicate_threshold`), and
     ``num_relations - 1`` of the rest are its negatives: the highest scored (``'hardest'``) or drawn at random
-    (``'random'``, seeded per query). One row per negative; none when every candidate is a duplicate."""
-    scores = np.asarray(scores, dtype=np.float64)
+    (``'random'``, seeded per query). A candidate that is the query itself (up to case and spacing) is neither:
+    it would teach nothing as a positive and contradict the query as a negative. One row per negative; none when
+    every candidate is a duplicate."""
+    query_text = _normalized(query)
+    own = [i for i, d in enumerate(candidates) if _normalized(corpus[int(d)]) != query_text]
+    if not own:
+        return []
+    candidates, scores = [candidates[i] for i in own], np.asarray(scores, dtype=np.float64)[own]
     order = np.argsort(-scores, kind='stable')
     best = int(candidates[order[0]])
     best_text = _normalized(corpus[best])

@@ -74,14 +74,19 @@ def check_settings(corpus_size: int, num_relations: Any, num_candidates: Any, du
     return Settings(num_relations, num_candidates, float(duplicate_threshold), negatives, seed, *sizes)
 
 
+def check_models(models: Any) -> SynthesisModels:
+    """`models`, or OptionError when it is not a :class:`SynthesisModels`."""
+    if not isinstance(models, SynthesisModels):
+        raise OptionError(f'models: expected finetune.data.SynthesisModels(relation_miner=..., cross_encoder=...) '
+                          f'or DATA_SYNTHESIS_EN, got {type(models).__name__}.')
+    return models
+
+
 def build_models(models: Any, device: str):
     """(relation miner, cross-encoder), built and on `device`; the errors say which of the two is wrong."""
     from ..cross_encoders import build_cross_encoder
     from ..model import EmbeddingModel, MultiTowerModel, build_model
-    if not isinstance(models, SynthesisModels):
-        raise OptionError(f'models: expected finetune.data.SynthesisModels(relation_miner=..., cross_encoder=...) '
-                          f'or DATA_SYNTHESIS_EN, got {type(models).__name__}.')
-    miner, cross = models.names()
+    miner, cross = check_models(models).names()
     if isinstance(miner, str):
         try:
             miner = build_model(miner, models.relation_miner_options or None)

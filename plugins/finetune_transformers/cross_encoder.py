@@ -105,18 +105,17 @@ def resolve(prefix: str, rest: str) -> BackboneSpec:
     source = os.path.expanduser(rest)
     if not rest:
         raise UnknownModelError("hf:<folder or hub id>: nothing after 'hf:'.")
-    if os.path.isdir(source):
-        config = _config_json(source)
-        if config is None:
-            raise UnknownModelError(f'hf:{rest}: the folder holds no config.json, so no transformers model; expected '
-                                    f'a sequence-classification model saved with save_pretrained.')
-        if not _is_sequence_classifier(config):
-            found = ', '.join(config.get('architectures') or ()) or 'no architectures entry'
-            raise UnknownModelError(f'hf:{rest}: config.json names {found}, not a sequence-classification model '
-                                    f'(...ForSequenceClassification), so it scores no pair. Use it as the relation '
-                                    f'miner, or give a cross-encoder folder.')
-    elif os.path.exists(source):
+    if os.path.exists(source) and not os.path.isdir(source):
         raise UnknownModelError(f'hf:{rest}: {source!r} is a file; expected a model folder or a hub id.')
+    config = _config_json(source)  # a folder's, or a hub id's in the local cache (None: not on this machine)
+    if config is None and os.path.isdir(source):
+        raise UnknownModelError(f'hf:{rest}: the folder holds no config.json, so no transformers model; expected '
+                                f'a sequence-classification model saved with save_pretrained.')
+    if config is not None and not _is_sequence_classifier(config):
+        found = ', '.join(config.get('architectures') or ()) or 'no architectures entry'
+        raise UnknownModelError(f'hf:{rest}: config.json names {found}, not a sequence-classification model '
+                                f'(...ForSequenceClassification), so it scores no pair. Use it as the relation '
+                                f'miner, or give a cross-encoder.')
     return _spec(f'{PREFIX}:{rest}', source, f'sequence-classification model from {source}')
 
 
