@@ -27,8 +27,9 @@ CONNECT_TIMEOUT_S = 3.0
 # ---------------------------------------------------------------- the network
 def offline_envs() -> tuple[str, ...]:
     """The environment variables that mean 'no network': the library's and those the plugins declare."""
-    from .registry import REGISTRY
-    declared = [env for plugin in REGISTRY.plugins.values() for env in plugin.offline_envs]
+    from .registry import CROSS_ENCODERS, REGISTRY
+    declared = [env for registry in (REGISTRY, CROSS_ENCODERS) for plugin in registry.plugins.values()
+                for env in plugin.offline_envs]
     return tuple(dict.fromkeys((OFFLINE_ENV, *declared)))
 
 

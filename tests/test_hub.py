@@ -68,3 +68,15 @@ def test_offline_the_one_message_names_every_place_and_the_ways_out(tmp_path, mo
                  f'in:         {tmp_path}', 'looked for: x.bin', "model_options={'pretrained': '/path/to/w.pth'}",
                  "'fam:my-model:/path/to/w.pth'", "model_options={'pretrained': False}"):
         assert part in message, part
+
+
+def test_a_cross_encoder_plugin_declares_offline_switches_too(monkeypatch):
+    from finetune.registry import CROSS_ENCODERS, BackbonePlugin
+    monkeypatch.setattr(CROSS_ENCODERS, '_plugins', dict(CROSS_ENCODERS.plugins))  # undone after the test
+    CROSS_ENCODERS.add_plugin(BackbonePlugin(name='scorers-of-elsewhere', specs=list,
+                                             offline_envs=('ELSEWHERE_OFFLINE',)))
+    assert 'ELSEWHERE_OFFLINE' in hub.offline_envs()
+    for name in hub.offline_envs():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('ELSEWHERE_OFFLINE', '1')
+    assert hub.offline_requested() == 'offline mode is set (ELSEWHERE_OFFLINE)'

@@ -14,6 +14,24 @@ ST_POOLING_MODES = {'pooling_mode_cls_token': 'cls', 'pooling_mode_mean_tokens':
                     'pooling_mode_max_tokens': 'max'}
 
 
+def _st_pooling_mode(directory: str, config: dict) -> str:
+    """The one pooling mode of a sentence-transformers Pooling config: ``"pooling_mode": "mean"`` (as
+    sentence-transformers 6 writes it; a list of one mode too) or one true ``pooling_mode_*_tokens`` flag (as
+    earlier versions write it). FinetuneError for several modes or one finetune does not reproduce."""
+    named = config.get('pooling_mode')
+    if isinstance(named, str) or isinstance(named, list) and len(named) == 1:
+        mode = named if isinstance(named, str) else named[0]
+        if mode in ST_POOLING_MODES.values():
+            return mode
+    modes = [mode for key, mode in ST_POOLING_MODES.items() if config.get(key)]
+    unsupported = [k for k, v in config.items() if k.startswith('pooling_mode_') and v and k not in ST_POOLING_MODES]
+    if named is not None or len(modes) != 1 or unsupported:
+        raise FinetuneError(f'{directory}: pooling {config} is not a mode finetune reproduces; supported: '
+                            f'"pooling_mode" one of {", ".join(ST_POOLING_MODES.values())}, or exactly one of '
+                            f'{", ".join(ST_POOLING_MODES)}.')
+    return modes[0]
+
+
 def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -53,14 +71,7 @@ def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
                 raise FinetuneError(f'{directory}: do_lower_case=True in sentence_bert_config.json is not '
                                     f'supported yet; lower-case your texts and load the transformer alone.')
         elif kind == 'Pooling':
-            config = _read_json(os.path.join(path, 'config.json')) or {}
-            modes = [mode for key, mode in ST_POOLING_MODES.items() if config.get(key)]
-            unsupported = [k for k, v in config.items() if k.startswith('pooling_mode') and v
-                           and k not in ST_POOLING_MODES]
-            if len(modes) != 1 or unsupported:
-                raise FinetuneError(f'{directory}: pooling {config} combines modes finetune does not '
-                                    f'reproduce; supported: exactly one of {", ".join(ST_POOLING_MODES)}.')
-            layout['pooler'] = modes[0]
+            layout['pooler'] = _st_pooling_mode(directory, _read_json(os.path.join(path, 'config.json')) or {})
         elif kind == 'Normalize':
             layout['normalize'] = True
         else:

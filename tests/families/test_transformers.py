@@ -261,3 +261,26 @@ def test_gradcache_chunks_drop_their_padding_and_keep_the_gradients(tiny_bert_di
     assert got.keys() == expected.keys()
     for name in got:
         torch.testing.assert_close(got[name], expected[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize('mode', ['cls', 'max'])
+def test_a_folder_sentence_transformers_writes_today_loads_the_same(tiny_bert_dir, tmp_path, mode):
+    """sentence-transformers 6 writes ``"pooling_mode": "cls"`` (earlier versions one flag per mode): both load."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    transformer = Transformer(str(tiny_bert_dir), max_seq_length=32)
+    reference = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), mode),
+                                             Normalize()], device='cpu')
+    reference.save(str(tmp_path / 'st'))
+    pooling = json.loads(next((tmp_path / 'st').glob('1_Pooling/config.json')).read_text())
+    assert pooling['pooling_mode'] == mode  # the format this test is about
+    model = finetune.build_model(f'hf:{tmp_path / "st"}')
+    texts = ['the red dog', 'a cat and a dog run']
+    ours = model.encode(texts)
+    theirs = reference.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    (tmp_path / 'st' / '1_Pooling' / 'config.json').write_text(json.dumps(dict(pooling, pooling_mode='lasttoken')))
+    with pytest.raises(finetune.FinetuneError, match='"pooling_mode" one of cls, mean, max'):
+        finetune.build_model(f'hf:{tmp_path / "st"}')
