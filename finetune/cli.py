@@ -182,6 +182,8 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
             given['loss'] = loss
         output = given.pop('output', None)
         model, data = _model_for_fit(model_name, train_data, trust_remote_code, model_option, resume_from)
+        if resume_from and trust_remote_code:  # the saved files never turn it on: only this flag
+            given['model_options'] = {'trust_remote_code': True}
         run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
                   resume_from=resume_from if resume_from else Default(None), guard_data=guard_data, **given)
         if run.metrics.get('after'):

@@ -197,3 +197,18 @@ def test_a_checkpoint_replaced_when_the_writer_was_killed_between_renames_still_
     run = finetune.fit(None, text_pairs(), resume_from=str(tmp_path / 'best'), output_dir=str(tmp_path / 'o'),
                        log=lambda m: None)
     _assert_same_weights(_weights(run.model), final)
+
+
+def test_only_the_caller_turns_on_remote_code_for_a_resumed_model(uninterrupted, tmp_path, monkeypatch):
+    out, _, _ = uninterrupted
+    checkpoint, fresh = str(out / 'checkpoint-2'), dict(output_dir=str(tmp_path), log=lambda m: None)
+    from finetune import artifacts
+    asked = []
+    real = artifacts.load
+    monkeypatch.setattr(artifacts, 'load', lambda directory, trust_remote_code=False:
+                        asked.append(trust_remote_code) or real(directory, trust_remote_code))
+    finetune.fit(None, text_pairs(), resume_from=checkpoint, **fresh)
+    finetune.fit(None, text_pairs(), resume_from=checkpoint, model_options={'trust_remote_code': True}, **fresh)
+    assert asked == [False, True]
+    with pytest.raises(OptionError, match='only trust_remote_code may be given.*not pooler'):
+        finetune.fit(None, text_pairs(), resume_from=checkpoint, model_options={'pooler': 'max'}, **fresh)

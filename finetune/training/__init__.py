@@ -40,7 +40,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     With `output_dir`, a checkpoint is written every `save_steps` optimizer steps and at each epoch end
     (``output_dir/checkpoint-<step>``, the last `save_total_limit` kept) and the final model to
     ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint
-    exactly where it stopped (arguments left out take the checkpoint's values).
+    exactly where it stopped (arguments left out take the checkpoint's values; the saved files never turn on
+    remote code, so a model that needs it resumes with ``model_options={'trust_remote_code': True}``).
 
     Never worse than the base: with `eval_data`, the base model and the model at each epoch end (or every
     `eval_every` steps) are candidates, and the one with the best `metric_for_best` (default per data kind:

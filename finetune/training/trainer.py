@@ -109,7 +109,13 @@ class Trainer:
         """The model to train: rebuilt from the checkpoint, built from a registry name, or the one given."""
         if self.resume_state is not None:
             from ..artifacts import load
-            return load(self.resume_state['directory'])
+            options = dict(self.model_options or {})
+            trust = options.pop('trust_remote_code', False)
+            if options:
+                raise OptionError(f'model_options: a resumed run rebuilds the saved model as it was; only '
+                                  f'trust_remote_code may be given (the saved files never turn it on), not '
+                                  f'{", ".join(sorted(options))}.')
+            return load(self.resume_state['directory'], trust_remote_code=trust)
         model = self.model_arg
         if isinstance(model, str):
             return build_model(model, self.model_options)
