@@ -187,7 +187,7 @@ def slice_batch(x: Any, start: int, stop: int) -> Any:
 def rows_of(x: Any) -> int:
     """How many rows a model input holds (the first dimension of its first tensor)."""
     if isinstance(x, torch.Tensor):
-        return int(x.shape[0])
+        return int(x.shape[0]) if x.dim() else 0
     if isinstance(x, Features):
         return int(x.tensor.shape[0])
     values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()

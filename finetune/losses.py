@@ -259,13 +259,26 @@ def gather_across_processes(*tensors: Tensor | None) -> tuple[Tensor | None, ...
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return tensors
     world, rank = dist.get_world_size(), dist.get_rank()
+    present = [x for x in tensors if x is not None]
+    if not present:
+        return tensors
+    # the processes' row counts may differ (an epoch's short last batch): gather them, pad to the largest
+    count = torch.tensor([present[0].shape[0]], device=present[0].device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    most = max(counts)
     out = []
     for x in tensors:
         if x is None:
             out.append(None)
             continue
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.detach().contiguous())
+        local = x.detach().contiguous()
+        if local.shape[0] < most:
+            local = torch.cat([local, local.new_zeros((most - local.shape[0], *local.shape[1:]))])
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        parts = [part[:n] for part, n in zip(parts, counts)]
         parts[rank] = _ScaleGradient.apply(x, float(world)) if x.requires_grad else x
         out.append(torch.cat(parts))
     return tuple(out)

@@ -166,14 +166,13 @@ from test_training import text_pairs
 dist.init_process_group('gloo')
 rank, world = dist.get_rank(), dist.get_world_size()
 rows = text_pairs()[:8]
-local = rows[rank * 4:(rank + 1) * 4]
+lo, hi = {split}[rank], {split}[rank + 1]
 out = {{}}
 for mode in ('ddp', 'cached'):
     module = _no_dropout(_training_module('fake-text', 'InfoNCE', 'pairs', learnable_temperature=True))
     batch = _pairs_batch(module.model, rows)
-    part = {{'a': {{k: v[rank * 4:(rank + 1) * 4] for k, v in batch['a'].items()}},
-            'b': {{k: v[rank * 4:(rank + 1) * 4] for k, v in batch['b'].items()}},
-            'groups': batch['groups'][rank * 4:(rank + 1) * 4]}}
+    part = {{'a': {{k: v[lo:hi] for k, v in batch['a'].items()}}, 'b': {{k: v[lo:hi] for k, v in batch['b'].items()}},
+            'groups': batch['groups'][lo:hi]}}
     if mode == 'ddp':
         wrapped = DistributedDataParallel(module)
         value = wrapped(part)
@@ -191,14 +190,15 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_processes_see_the_global_batch_as_negatives(tmp_path):
-    """2 gloo processes, 4 rows each: the loss and the gradients (plain DDP, and GradCache with its own
-    all-reduce) equal one process on the 8 rows."""
+@pytest.mark.parametrize('split', [[0, 4, 8], [0, 6, 8]])
+def test_two_processes_see_the_global_batch_as_negatives(tmp_path, split):
+    """2 gloo processes, 4 rows each (or 6 and 2: an epoch's short last batch): the loss and the gradients
+    (plain DDP, and GradCache with its own all-reduce) equal one process on the 8 rows."""
     script = tmp_path / 'gather.py'
-    script.write_text(DISTRIBUTED.format(tests=os.path.dirname(__file__), folder=str(tmp_path)))
+    script.write_text(DISTRIBUTED.format(tests=os.path.dirname(__file__), folder=str(tmp_path), split=split))
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                             '--master_port', '29541', str(script)], capture_output=True, text=True, env=env,
+                             '--master_port', str(29541 + split[1]), str(script)], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     module = _no_dropout(_training_module('fake-text', 'InfoNCE', 'pairs', learnable_temperature=True))

@@ -340,3 +340,17 @@ def test_no_duplicates_grouped_by_the_lengths_of_both_sides():
     batches = list(by_side)
     assert sorted(i for b in batches for i in b) == list(range(n))
     assert padded_tokens(by_side) < 0.95 * padded_tokens(by_sum) < 0.95 * padded_tokens(plain)
+
+
+def test_each_process_resumes_its_own_share_of_the_epoch():
+    """Sharded first, then skipped: after 2 steps, every process goes on with its own 3rd batch, as the
+    uninterrupted run does (skipping 2 x N batches before sharding dealt the padded tail out differently)."""
+    from finetune.samplers import ShardedBatches, SkipBatches
+    sampler = NoDuplicatesBatchSampler([(i,) for i in range(10 * 4 + 3)], 4, seed=0)  # 11 batches, 4 processes
+    for rank in range(4):
+        whole = list(SkipBatches(ShardedBatches(sampler, 4, rank)))
+        resumed = SkipBatches(ShardedBatches(sampler, 4, rank), skip=2)
+        assert len(whole) == 3 and list(resumed) == whole[2:] and len(resumed) == 1
+    firsts = [list(SkipBatches(ShardedBatches(sampler, 4, r), skip=2))[0] for r in range(4)]
+    assert len({tuple(b) for b in firsts}) == 4  # four different batches in the resumed step
+

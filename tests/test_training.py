@@ -488,6 +488,12 @@ def test_adam_steps_with_the_fused_kernel_unless_told_otherwise():
     assert not make_optimizer('adam', [{'params': params, 'lr': 0.1}], {'fused': False}).defaults['fused']
     assert make_optimizer('sgd', [{'params': params, 'lr': 0.1}], None).defaults['fused'] is True
     assert not make_optimizer('rmsprop', [{'params': params, 'lr': 0.1}], None).defaults.get('fused')
+    # sparse gradients (an embedding with sparse=True): the fused kernels refuse them at the first step
+    table = torch.nn.Embedding(10, 4, sparse=True)
+    sgd = make_optimizer('sgd', [{'params': list(table.parameters()), 'lr': 0.1}], None, (table,))
+    assert not sgd.defaults['fused']
+    table(torch.tensor([1, 2])).sum().backward()
+    sgd.step()  # steps: the plain kernel takes sparse gradients
 
 
 def test_group_by_length_is_on_for_texts_and_can_be_turned_off(tmp_path):
@@ -527,3 +533,32 @@ def test_fp16_stops_when_the_loss_scaler_skips_every_update(monkeypatch):
     monkeypatch.setattr(Accelerator, 'optimizer_step_was_skipped', property(lambda self: False))
     run = finetune.fit('fake-text', text_pairs(), epochs=4, batch_size=4, num_workers=0, log=lambda m: None)
     assert len([h for h in run.history if 'loss' in h]) > 3
+
+
+@pytest.mark.parametrize('mini_batch_size', [None, 2])
+def test_a_short_last_accumulation_window_averages_over_its_own_batches(monkeypatch, mini_batch_size):
+    """6 batches with 4 accumulation steps: the epoch's second window has 2 micro-batches, each weighted 1/2
+    (not 1/4, which would halve that update's gradient)."""
+    from accelerate import Accelerator
+
+    from finetune import losses
+    losses_seen, backward_seen = [], []
+    real_forward, real_backward = losses.InfoNCELoss.forward, Accelerator.backward
+
+    def forward(self, inputs):
+        value = real_forward(self, inputs)
+        losses_seen.append(value.item())
+        return value
+
+    def backward(self, loss, **kwargs):
+        backward_seen.append(float(loss))
+        return real_backward(self, loss, **kwargs)
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', forward)
+    monkeypatch.setattr(Accelerator, 'backward', backward)
+    options = {'mini_batch_size': mini_batch_size} if mini_batch_size else None
+    run = finetune.fit('fake-text', text_pairs(), epochs=1, batch_size=4, num_workers=0, precision='fp32',
+                       gradient_accumulation_steps=4, loss_options=options, log=lambda m: None)
+    assert len(run.history) == 2
+    # (GradCache too scales the loss it backpropagates into the cached embeddings, once per batch)
+    weights = [b / l for b, l in zip(backward_seen, losses_seen)]
+    assert weights == pytest.approx([1 / 4] * 4 + [1 / 2] * 2)

@@ -227,7 +227,10 @@ class FeatureCache(Callback):
         for side in self.sides.values():
             side.store.close()
         if self.folder and os.path.isdir(self.folder) and not os.listdir(self.folder):
-            os.rmdir(self.folder)
+            try:
+                os.rmdir(self.folder)
+            except OSError:  # another process of the run removed it (or wrote to it) first
+                pass
 
     def on_train_end(self, state) -> None:
         self.close()

@@ -122,16 +122,20 @@ class CachedStep:
 def all_reduce_gradients(module: nn.Module, num_processes: int) -> None:
     """Average the gradients of `module`'s trainable parameters over the processes (what DistributedDataParallel
     does after a backward; the cached step runs its passes outside it). A parameter without a gradient on this
-    process counts as zeros."""
+    process counts as zeros there; one without a gradient on any process keeps none, as under
+    DistributedDataParallel, so the optimizer leaves it alone (no weight decay, no momentum)."""
     import torch.distributed as dist
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+                     + [torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                                     device=params[0].device)])
     dist.all_reduce(flat)
+    used = flat[-len(params):] > 0
     flat /= num_processes
     offset = 0
-    for p in params:
+    for p, anywhere in zip(params, used.tolist()):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if anywhere else None
         offset += n

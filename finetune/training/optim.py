@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -35,10 +35,11 @@ def parameter_groups(model: nn.Module, loss: nn.Module, learning_rate: float,
     return groups
 
 
-def make_optimizer(name: str, groups: list[dict], options: dict | None) -> torch.optim.Optimizer:
+def make_optimizer(name: str, groups: list[dict], options: dict | None,
+                   modules: Sequence[nn.Module] = ()) -> torch.optim.Optimizer:
     """The optimizer `name` (case-insensitive) over `groups`; `options` checked against its arguments. An
     optimizer that has a fused implementation (AdamW, Adam, SGD) uses it unless `options` names ``fused`` or
-    ``foreach``.
+    ``foreach``, or one of `modules` (the models trained) makes sparse gradients, which fused kernels refuse.
 
     Raises OptionError naming the optimizer and the option for an unknown name or key, or a value of the
     wrong type."""
@@ -57,7 +58,7 @@ def make_optimizer(name: str, groups: list[dict], options: dict | None) -> torch
         if expected:
             raise OptionError(f'optimizer_options for {name}: {k}={value!r}; expected {expected} (default '
                               f'{params[k].default!r}).')
-    if 'fused' in params and not {'fused', 'foreach'} & set(options) and _fusable(groups):
+    if 'fused' in params and not {'fused', 'foreach'} & set(options) and _fusable(groups, modules):
         try:  # one kernel over all parameters: the step of a 22M-parameter model on a CPU takes a fraction
             return cls(groups, **options, fused=True)
         except (RuntimeError, TypeError, ValueError):
@@ -68,10 +69,12 @@ def make_optimizer(name: str, groups: list[dict], options: dict | None) -> torch
         raise OptionError(f'optimizer_options for {name}: {options} refused: {exc}.') from exc
 
 
-def _fusable(groups: list[dict]) -> bool:
-    """Every parameter a floating-point tensor on a CPU or a CUDA device (what torch's fused Adam takes)."""
+def _fusable(groups: list[dict], modules: Sequence[nn.Module] = ()) -> bool:
+    """Every parameter a floating-point tensor on a CPU or a CUDA device (what torch's fused Adam takes), and
+    no module of `modules` with sparse gradients (an embedding built with ``sparse=True``)."""
     params = [p for g in groups for p in g['params']]
-    return all(p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in params)
+    sparse = any(getattr(m, 'sparse', False) is True for model in modules for m in model.modules())
+    return not sparse and all(p.is_floating_point() and p.device.type in ('cpu', 'cuda') for p in params)
 
 
 def _expected_like(default: Any, value: Any) -> str:

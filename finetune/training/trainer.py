@@ -85,7 +85,8 @@ class Trainer:
         self.loader = self.make_data_loader()
         self.module = TrainingModule(self.model, self.loss, self.train_data.data_kind, self.tower_names())
         self.optimizer = make_optimizer(self.config.optimizer, parameter_groups(
-            self.model, self.loss, self.learning_rate, self.config.loss_learning_rate), self.config.optimizer_options)
+            self.model, self.loss, self.learning_rate, self.config.loss_learning_rate), self.config.optimizer_options,
+            (self.model, self.loss))
         self.prepare_engine()
         self.scheduler = make_scheduler(self.config.scheduler, self.optimizer, self.total_steps,
                                         int(self.config.warmup_ratio * self.total_steps))
@@ -219,10 +220,10 @@ class Trainer:
             for tower in _towers(self.model):
                 for name, value in tower.backbone.worker_environment.items():
                     os.environ.setdefault(name, value)
-        self.skipper = SkipBatches(self.batch_sampler)
         acc = self.accelerator
-        batches = ShardedBatches(self.skipper, acc.num_processes, acc.process_index) if acc.num_processes > 1 \
-            else self.skipper
+        shard = ShardedBatches(self.batch_sampler, acc.num_processes, acc.process_index) \
+            if acc.num_processes > 1 else self.batch_sampler
+        self.skipper = batches = SkipBatches(shard)  # a resumed epoch skips each process's own done batches
         rows = RowsDataset(self.train_data)
         loader = torch.utils.data.DataLoader(
             rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
@@ -266,9 +267,9 @@ class Trainer:
         self.unwrapped = acc.unwrap_model(self.module).model
         self.guard = LastGood(acc.unwrap_model(self.module))
         chunk = getattr(self.loss, 'mini_batch_size', None)
-        accumulation = self.config.gradient_accumulation_steps
+        self.window = accumulation  # micro-batches in the current accumulation window (fewer at an epoch's end)
         self.cached_step = None if chunk is None else CachedStep(
-            acc.unwrap_model(self.module), chunk, acc.autocast, lambda v: acc.backward(v / accumulation))
+            acc.unwrap_model(self.module), chunk, acc.autocast, lambda v: acc.backward(v / self.window))
         self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es), '
                  f'{self.steps_per_epoch} steps per epoch, loss {self.loss.name}')
 
@@ -326,6 +327,8 @@ class Trainer:
         accumulation = self.config.gradient_accumulation_steps
         for index, batch in self.epoch_batches(epoch):
             last = index + 1 == self.batches_per_epoch
+            start = index - index % accumulation  # the gradient is the mean over the window's micro-batches
+            self.window = min(accumulation, self.batches_per_epoch - start)
             value = self.training_step(batch, sync=(index + 1) % accumulation == 0 or last)
             self.state.batches_done = index + 1
             self.samples += self.train_data.data_kind.batch_size_of(batch) * self.accelerator.num_processes
@@ -345,7 +348,7 @@ class Trainer:
         self.batch_sampler.set_epoch(epoch)
         resumed = self.resume_state is not None and epoch == int(self.resume_state['epoch'])
         skip = int(self.resume_state['batches_done']) if resumed else 0
-        self.skipper.skip = skip * self.accelerator.num_processes
+        self.skipper.skip = skip
         if resumed and skip == 0 and 'rng' in self.resume_state:
             set_rng_state(self.resume_state['rng'])  # before the iterator draws its seed, as the run did
         iterator = iter(self.loader)
@@ -372,7 +375,7 @@ class Trainer:
             with quiet:
                 value = self.compute_loss(batch)
                 self.check_finite(value)
-                self.accelerator.backward(value / self.config.gradient_accumulation_steps)
+                self.accelerator.backward(value / self.window)
         if sync:
             if not gradients_ok(self.module, self.accelerator, self.config.max_grad_norm, self.precision):
                 self.stop('the gradients became NaN or infinite')
