@@ -106,8 +106,9 @@ class ExportFormat:
 
     ``problem(model)``: why `model` cannot be written in this format (a sentence), or None.
     ``write(model, folder)``: write it into the existing, empty `folder`; returns figures or facts for the
-    export's record (a dict). ``check(model, folder, samples)``: the embeddings the written folder gives for
-    `samples`, by the format's own loader (for the parity gate), or None when it cannot say.
+    export's record (a dict). ``check(model, folder, trust_remote_code=False)``: ``encode(items, batch_size)``
+    over the written folder as the format's own loader reads it (the parity gate compares its embeddings with
+    the model's); None: the export cannot be checked, which its log line and model card then say.
     ``usage(folder)``: a Python snippet that loads it, for the model card. ``suffix``: the folder's default
     suffix beside the artifact (``'-st'``)."""
 
@@ -115,7 +116,7 @@ class ExportFormat:
     suffix: str
     problem: Callable[[Any], str | None]
     write: Callable[[Any, str], dict]
-    check: Callable[[Any, str, list], Any] | None = None
+    check: Callable[..., Callable[[list, int], Any]] | None = None
     usage: Callable[[str], str] | None = None
     description: str = ''
 

@@ -126,12 +126,13 @@ def test_eval_data_gives_metric_parity(tmp_path, quiet):
 
 def test_failed_parity_writes_nothing(tmp_path, quiet, monkeypatch):
     model = finetune.build_model('fake-image', {'pooler': 'GeM'})
-    (tmp_path / 'out').mkdir()
-    (tmp_path / 'out' / 'keep.txt').write_text('an earlier export')
+    earlier = finetune.export(model, output=str(tmp_path / 'out'), log=quiet)
+    files = {name: (tmp_path / 'out' / name).read_bytes() for name in os.listdir(earlier)}
     monkeypatch.setitem(parity.MIN_COSINE, 'fp32', 1.5)
     with pytest.raises(ExportError, match=r'fails the parity gate and was not written: .*min cosine 1\.0'):
         finetune.export(model, output=str(tmp_path / 'out'), log=quiet)
-    assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == ['keep.txt']
+    assert os.listdir(tmp_path) == ['out']  # the earlier export, as it was
+    assert {name: (tmp_path / 'out' / name).read_bytes() for name in os.listdir(earlier)} == files
 
 
 def test_failed_metric_parity_writes_nothing(tmp_path, quiet, monkeypatch):
@@ -245,3 +246,94 @@ def test_int8_keeps_the_layer_with_outlier_inputs_in_fp32(tmp_path):
     parity.gate(figures, 'int8', 'net', lines.append)  # passes: no ExportError
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert 'MatMulInteger' in ops and 'MatMul' in ops
+
+
+def test_an_export_never_replaces_what_is_not_an_earlier_export(tmp_path, quiet):
+    model = finetune.build_model('fake-text')
+    runs = tmp_path / 'runs'
+    finetune.save_model(model, str(runs / 'model'))
+    (runs / 'notes.txt').write_text('mine')
+    with pytest.raises(ExportError, match=r"output: .*runs' holds the artifact"):
+        finetune.export(str(runs / 'model'), output=str(runs), log=quiet)
+    with pytest.raises(ExportError, match=r"lies inside the artifact"):
+        finetune.export(str(runs / 'model'), output=str(runs / 'model' / 'onnx'), log=quiet)
+    deploy = tmp_path / 'deploy'
+    deploy.mkdir()
+    (deploy / 'server.py').write_text('keep me')
+    with pytest.raises(ExportError, match=r"exists and is not an earlier export .* remove that one yourself"):
+        finetune.export(model, output=str(deploy), log=quiet)
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ExportError, match='is a file'):
+        finetune.export(model, output=str(tmp_path / 'file'), log=quiet)
+    assert (deploy / 'server.py').read_text() == 'keep me' and (runs / 'notes.txt').read_text() == 'mine'
+    again = finetune.export(model, output=str(tmp_path / 'onnx'), log=quiet)
+    assert finetune.export(model, output=again, log=quiet) == again  # an earlier export is replaced
+    (deploy / 'server.py').unlink()
+    assert finetune.export(model, output=str(deploy), log=quiet) == str(deploy)  # an empty folder is fine
+
+
+def test_a_graph_reading_weights_outside_its_folder_or_damaged_is_refused(tmp_path, quiet):
+    from onnx import numpy_helper
+    folder = finetune.export(finetune.build_model('fake-text'), output=str(tmp_path / 'out'), log=quiet)
+    path = os.path.join(folder, 'model.onnx')
+    graph = onnx.load(path)
+    weight = graph.graph.initializer[0]
+    (tmp_path / 'secret.bin').write_bytes(numpy_helper.to_array(weight).tobytes())
+    weight.ClearField('raw_data')
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key='location', value='../secret.bin')
+    onnx.save(graph, path)
+    with pytest.raises(ArtifactError, match=r"reads the weights of .* from '../secret.bin', outside its folder"):
+        finetune.load(folder)
+    with open(path, 'wb') as f:
+        f.write(b'\x08\x07garbage')
+    with pytest.raises(ArtifactError, match=r'model.onnx: (not a readable ONNX graph|onnxruntime cannot load)'):
+        finetune.load(folder)
+
+
+def test_each_int8_fallback_trial_keeps_more_layers_fp32(tmp_path, monkeypatch):
+    """When the simulation promises more than the real quantization gives, the next trial must keep more layers
+    fp32, never retry the same set."""
+    from finetune.exporting import quantization
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
+    path = str(tmp_path / 'net.onnx')
+    torch.onnx.export(net, (torch.randn(2, 16),), path, input_names=['x'], output_names=['embeddings'],
+                      dynamic_axes={'x': {0: 'batch'}}, dynamo=False)
+    starts, kept = [], []
+    monkeypatch.setattr(quantization, '_fewest', lambda model, order, calibration, start: starts.append(start)
+                        or start)
+    monkeypatch.setattr(quantization, '_ranked', lambda model, layers, calibration, worst: list(layers))
+
+    class NeverGoodEnough:
+        def cosines(self, graph):
+            return np.array([0.5, 0.9])
+    real = quantization._quantize
+    monkeypatch.setattr(quantization, '_quantize', lambda p, o, exclude: kept.append(len(exclude)) or real(p, o,
+                                                                                                        exclude))
+    quantization.quantize_int8(path, (), NeverGoodEnough(), log=lambda line: None)
+    assert starts == [0, 1, 2, 3][:len(starts)] and kept == sorted(set(kept))
+
+
+def test_a_plugin_format_without_a_loader_says_it_is_unchecked_and_a_failing_one_writes_nothing(tmp_path,
+                                                                                               monkeypatch):
+    from finetune.registry import REGISTRY, BackbonePlugin, ExportFormat
+
+    def write(model, folder):
+        (open(os.path.join(folder, 'weights.txt'), 'w')).write('w')
+        return {'files': 1}
+
+    def broken(model, folder):
+        raise ValueError('the writer tripped')
+    monkeypatch.setattr(REGISTRY, '_plugins', dict(REGISTRY.plugins))
+    REGISTRY.add_plugin(BackbonePlugin(name='formats-of-elsewhere', specs=list, export_formats=(
+        ExportFormat(name='plain-folder', suffix='-plain', problem=lambda model: None, write=write),
+        ExportFormat(name='broken-folder', suffix='-broken', problem=lambda model: None, write=broken))))
+    said = []
+    model = finetune.build_model('fake-text')
+    folder = finetune.export(model, format='plain-folder', output=str(tmp_path / 'plain'), log=said.append)
+    assert any('WITHOUT the parity check' in line for line in said)
+    assert 'not checked' in (tmp_path / 'plain' / 'README.md').read_text()
+    with pytest.raises(ExportError, match=r"format 'broken-folder' failed on 'fake-text': ValueError: the writer "
+                                          r"tripped\. Nothing was written"):
+        finetune.export(model, format='broken-folder', output=str(tmp_path / 'broken'), log=said.append)
+    assert sorted(os.listdir(tmp_path)) == ['plain'] and folder == str(tmp_path / 'plain')

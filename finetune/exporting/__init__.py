@@ -64,6 +64,42 @@ def _output(output: str | None, source: str | None, suffix: str) -> str:
     return source.rstrip(os.sep) + suffix
 
 
+def _check_target(folder: str, source: str | None) -> None:
+    """ExportError unless `folder` may receive the export: it must not be, hold or lie inside the artifact, and an
+    existing folder is replaced only when it is an earlier export (nothing else of the user's is ever removed)."""
+    real = os.path.realpath(folder)
+    if source is not None:
+        src = os.path.realpath(source)
+        if real == src or src.startswith(real + os.sep) or real.startswith(src + os.sep):
+            where = 'is' if real == src else 'holds' if src.startswith(real + os.sep) else 'lies inside'
+            raise ExportError(f'output: {folder!r} {where} the artifact {source!r}, which the export would replace; '
+                              f'choose a folder of its own (default: beside the artifact).')
+    if not os.path.exists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise ExportError(f'output: {folder!r} is a file; expected a folder for the export.')
+    if os.listdir(folder) and not _is_export(folder):
+        raise ExportError(f'output: {folder!r} exists and is not an earlier export (no finetune export record in '
+                          f'it), and the export would replace everything in it. Choose a new folder, or remove '
+                          f'that one yourself.')
+
+
+def _is_export(folder: str) -> bool:
+    """Whether `folder` holds an export finetune wrote (its record read as data)."""
+    import json
+
+    from ..artifacts import CONFIG_FILE
+    from .writing import RECORD_FILE
+    for name in (CONFIG_FILE, RECORD_FILE):
+        try:
+            with open(os.path.join(folder, name), encoding='utf-8') as f:
+                if isinstance(json.load(f).get('export'), dict):
+                    return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
 def export(model_or_path: Any, format: str = ONNX, output: str | None = None, quantize: str | None = None,
            eval_data: Any = None, trust_remote_code: bool = False, log: Callable[[str], None] | None = None) -> str:
     """Write `model_or_path` (a model, or the folder of a saved one) in `format`; returns the export's folder.
@@ -93,11 +129,10 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
                               f'{", ".join(map(repr, choices))}.')
     suffix = ('-onnx' + (f'-{quantize}' if quantize else '')) if fmt is None else fmt.suffix
     folder = _output(output, source, suffix)
-    if source is not None and os.path.realpath(folder) == os.path.realpath(source):
-        raise ExportError(f'output: {folder!r} is the artifact itself; choose another folder.')
+    _check_target(folder, source)
     items = parity.samples(model, eval_data)
     from .writing import display_name, write_export
-    write_export(model, fmt, folder, quantize, items, eval_data, say)
+    write_export(model, fmt, folder, quantize, items, eval_data, say, trust_remote_code)
     say(f'exported {display_name(model)!r} as {format}{" " + quantize if quantize else ""} to {folder}')
     return folder
 

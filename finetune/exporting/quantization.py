@@ -136,12 +136,13 @@ def _quantize(path: str, output: str, exclude: list[str]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            logging.disable(logging.WARNING)  # onnxruntime's advice on its root logger, printed for every graph
+            before = logging.root.manager.disable
+            logging.disable(max(before, logging.WARNING))  # onnxruntime's advice on its root logger, every graph
             try:
                 quantize_dynamic(path, output, weight_type=QuantType.QInt8, per_channel=True,
                                  nodes_to_exclude=exclude, op_types_to_quantize=list(OP_TYPES))
             finally:
-                logging.disable(logging.NOTSET)
+                logging.disable(before)  # the level the caller had
     except Exception as exc:  # noqa: BLE001
         if os.path.exists(output):
             os.remove(output)
@@ -166,8 +167,8 @@ def quantize_int8(path: str, keep_fp32: tuple[str, ...] = (), calibration: Calib
         if found.min() < TARGET_MIN_COSINE:
             worst = [int(i) for i in np.argsort(found)[:WORST_ITEMS]]
             order, k = _ranked(model, layers, calibration, worst), 0
-            for _ in range(MAX_TRIALS):
-                k = _fewest(model, order, calibration, k + 1 if fallback else 0)
+            for trial in range(MAX_TRIALS):  # each real trial keeps more layers fp32 than the one before
+                k = _fewest(model, order, calibration, k + 1 if trial else 0)
                 fallback = order[:k]
                 _quantize(path, quantized, keep + fallback)
                 found = calibration.cosines(quantized)

@@ -41,13 +41,62 @@ def require_onnx(what: str = 'ONNX export') -> None:
                           f'pip install "finetune[{ONNX_EXTRA}]" (in a checkout: pip install -e ".[{ONNX_EXTRA}]").')
 
 
-def session(path: str):
-    """An onnxruntime CPU session for the graph at `path` (no custom operators are ever registered)."""
+def session(path: str | bytes):
+    """An onnxruntime CPU session for the graph at `path` (no custom operators are ever registered), or for a
+    serialized graph this process made. ArtifactError for a graph file that is damaged, or that names an external
+    weights file outside its own folder."""
     require_onnx('running an ONNX model')
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    if isinstance(path, (bytes, bytearray)):  # made here (the int8 simulation), not read from a folder
+        return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    check_external_data(path)
+    try:
+        return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
+        raise ArtifactError(f'{path}: onnxruntime cannot load this graph ({type(exc).__name__}: '
+                            f'{str(exc)[:300]}); the file is damaged or not an ONNX model. Export the model '
+                            f'again.') from None
+
+
+def check_external_data(path: str) -> None:
+    """ArtifactError when the graph at `path` keeps weights in an external file that is not inside its folder
+    (an absolute location, or one climbing out with '..'): loading it must read nothing else on the machine.
+    Older onnxruntime versions follow such locations."""
+    import onnx
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise ArtifactError(f'{path}: not a readable ONNX graph ({type(exc).__name__}: {str(exc)[:200]}); the file '
+                            f'is damaged. Export the model again.') from None
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for tensor in _tensors(graph.graph):
+        for entry in tensor.external_data:
+            if entry.key != 'location':
+                continue
+            target = os.path.realpath(os.path.join(folder, entry.value))
+            if os.path.isabs(entry.value) or not target.startswith(folder + os.sep):
+                raise ArtifactError(f'{path}: the graph reads the weights of {tensor.name!r} from '
+                                    f'{entry.value!r}, outside its folder; refusing to load it.')
+
+
+def _tensors(graph):
+    """Every tensor of `graph` that may hold external data: initializers, sparse ones, attribute tensors, and
+    those of subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField('t'):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField('g'):
+                yield from _tensors(attribute.g)
+            for sub in attribute.graphs:
+                yield from _tensors(sub)
 
 
 class OnnxEmbeddingModel:

@@ -50,7 +50,8 @@ def _check(model, exported, items: dict, eval_data, torch_metrics: dict | None, 
     return figures
 
 
-def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data, torch_metrics, say) -> dict:
+def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data, torch_metrics, say,
+                trust_remote_code: bool = False) -> dict:
     from ..artifacts import load, write_backbone_files
     towers = parity.towers_of(model)
     graphs = {t: 'model.onnx' if t == '' else f'{t}.onnx' for t in towers}
@@ -58,7 +59,7 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
     inputs = {t: write_graph(one, items[t][:2], os.path.join(folder, graphs[t])) for t, one in towers.items()}
     record = {'format': 'onnx', 'quantize': None, 'graphs': graphs, 'inputs': inputs, 'parity': {}}
     _write_config(model, folder, name, record)
-    fp32 = load(folder)
+    fp32 = load(folder, trust_remote_code=trust_remote_code)
     record['parity']['fp32'] = _check(model, fp32, items, eval_data, torch_metrics, 'fp32', say)
     if quantize is not None:
         from .quantization import Calibration, quantize_int8
@@ -71,7 +72,8 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
             record['int8'][tower] = quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes,
                                                   calibration, say)
         record['quantize'] = quantize
-        record['parity'][quantize] = _check(model, load(folder), items, eval_data, torch_metrics, quantize, say)
+        record['parity'][quantize] = _check(model, load(folder, trust_remote_code=trust_remote_code), items,
+                                            eval_data, torch_metrics, quantize, say)
     return _write_config(model, folder, name, record)
 
 
@@ -99,13 +101,25 @@ def _described(config: dict, saved: dict) -> dict:
     return config
 
 
-def _write_format(model, fmt, folder: str, items: dict, eval_data, torch_metrics, say) -> dict:
+def _write_format(model, fmt, folder: str, items: dict, eval_data, torch_metrics, say,
+                  trust_remote_code: bool = False) -> dict:
     from ..artifacts import artifact_config
-    facts = fmt.write(model, folder) or {}
+    from ..errors import ExportError, FinetuneError
+    try:
+        facts = fmt.write(model, folder) or {}
+        loader = fmt.check(model, folder, trust_remote_code=trust_remote_code) if fmt.check is not None else None
+    except FinetuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's writer or loader; its failure is the export's
+        raise ExportError(f'format {fmt.name!r} failed on {display_name(model)!r}: {type(exc).__name__}: '
+                          f'{str(exc)[:300]}. Nothing was written.') from exc
     record: dict[str, Any] = {'format': fmt.name, **facts, 'parity': {}}
-    if fmt.check is not None:
-        encoder = _Encoder(fmt.check(model, folder), model)
-        record['parity']['fp32'] = _check(model, encoder, items, eval_data, torch_metrics, 'fp32', say)
+    if loader is not None:
+        record['parity']['fp32'] = _check(model, _Encoder(loader, model), items, eval_data, torch_metrics, 'fp32',
+                                          say)
+    else:
+        record['unchecked'] = True
+        say(f'format {fmt.name!r} gives no loader to check the export with: it is written WITHOUT the parity check')
     saved = getattr(model, 'artifact_config', None) or {}
     config = _described(artifact_config(model, model.name, saved.get('metrics'),
                                         {'export': record, 'training': saved.get('training')}), saved)
@@ -129,6 +143,8 @@ def _parity_lines(record: dict) -> list[str]:
     lines = ['## Export parity', '', f"Format: {record['format']}" + (f", quantized {record['quantize']}"
                                                                       if record.get('quantize') else '') + '.', '',
              '| precision | items | min cosine | mean cosine | largest metric difference |', '|---|---|---|---|---|']
+    if record.get('unchecked'):
+        lines.append('| not checked: the format gives no loader finetune can run | | | | |')
     for precision, f in record.get('parity', {}).items():
         diff = f.get('metrics', {}).get('max_difference')
         lines.append(f"| {precision} | {f['items']} | {f['min_cosine']:.6f} | {f['mean_cosine']:.6f} | "
@@ -137,7 +153,7 @@ def _parity_lines(record: dict) -> list[str]:
 
 
 def write_export(model, fmt, folder: str, quantize: str | None, items: dict, eval_data: Any,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], trust_remote_code: bool = False) -> None:
     """Write `model` as format `fmt` (None: ONNX) into `folder`, atomically, once it passes the parity gate."""
     from ..artifacts import folder_written_atomically
     from ..card import CARD_FILE, model_card
@@ -151,10 +167,10 @@ def write_export(model, fmt, folder: str, quantize: str | None, items: dict, eva
             torch_metrics = evaluate(cpu, eval_data)
         with folder_written_atomically(folder) as tmp:
             if fmt is None:
-                config = _write_onnx(cpu, tmp, quantize, items, eval_data, torch_metrics, say)
+                config = _write_onnx(cpu, tmp, quantize, items, eval_data, torch_metrics, say, trust_remote_code)
                 usages = [_onnx_usage(config)]
             else:
-                config = _write_format(cpu, fmt, tmp, items, eval_data, torch_metrics, say)
+                config = _write_format(cpu, fmt, tmp, items, eval_data, torch_metrics, say, trust_remote_code)
                 usages = [fmt.usage(folder)] if fmt.usage is not None else []
             title = f"{config['original_name']} ({fmt.name if fmt else 'ONNX'}" + \
                 (f' {quantize})' if quantize else ')')

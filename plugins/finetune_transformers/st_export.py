@@ -96,15 +96,16 @@ def write(model, folder: str) -> dict:
     return {'modules': [m['type'].rsplit('.', 1)[-1] for m in modules]}
 
 
-def check(model, folder: str) -> Callable[[list, int], np.ndarray]:
-    """An encoder over the folder as sentence-transformers loads it (offline, on the CPU), for the parity gate."""
+def check(model, folder: str, trust_remote_code: bool = False) -> Callable[[list, int], np.ndarray]:
+    """An encoder over the folder as sentence-transformers loads it (offline, on the CPU), for the parity gate;
+    `trust_remote_code` is the export caller's own."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         from finetune.errors import ExportError
         raise ExportError(f'the {NAME} export is checked by loading it with sentence-transformers, which is not '
                           f'installed: pip install sentence-transformers') from exc
-    st = SentenceTransformer(folder, device='cpu', local_files_only=True)
+    st = SentenceTransformer(folder, device='cpu', local_files_only=True, trust_remote_code=trust_remote_code)
     return lambda items, batch_size: st.encode(items, batch_size=batch_size, convert_to_numpy=True)
 
 
