@@ -287,3 +287,23 @@ def test_margin_triplets_from_a_csv_header(tmp_path):
     path.write_text('query,positive,negative,margin\nthe red dog,a red dog,a blue sea,lots\n')
     with pytest.raises(InputError, match="rows.csv, line 2: margin 'lots' is not a finite number"):
         load_data(str(path))
+
+
+def test_epochs_of_different_batch_counts_each_train_every_batch_once():
+    """No-duplicates batching may need more batches in one epoch than in another (rows sharing a query or a
+    document wait for a batch without it): every epoch's batches are trained, each with its full weight (the
+    first epoch's count used to end later epochs early or divide a loss by zero)."""
+    from finetune.training.trainer import text_lengths
+    data = run(num_candidates=8)
+    sampler = data.data_kind.batch_sampler(data, 4, 42, 4)
+    sampler.group_by_length(text_lengths(data))
+    counts = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        counts.append(len(sampler))
+    assert len(set(counts)) > 1  # the point of this test: epochs differ
+    result = finetune.fit('fake-text', data, loss='InfoNCE', epochs=3, batch_size=4, num_workers=0, seed=42,
+                          gradient_accumulation_steps=2, log=lambda m: None)
+    steps = [h for h in result.history if 'loss' in h]
+    assert [sum(1 for h in steps if h['epoch'] == e) for e in range(3)] == [-(-c // 2) for c in counts]
+    assert all(np.isfinite(h['loss']) for h in steps)

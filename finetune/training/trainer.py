@@ -325,10 +325,13 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         """One epoch of steps, then its callbacks, evaluation and checkpoint."""
         accumulation = self.config.gradient_accumulation_steps
-        for index, batch in self.epoch_batches(epoch):
-            last = index + 1 == self.batches_per_epoch
+        batches = self.epoch_batches(epoch)
+        # this epoch's own count: a no-duplicates epoch may need a batch more or less than the first one did
+        count = math.ceil(len(self.batch_sampler) / self.accelerator.num_processes)
+        for index, batch in batches:
+            last = index + 1 == count
             start = index - index % accumulation  # the gradient is the mean over the window's micro-batches
-            self.window = min(accumulation, self.batches_per_epoch - start)
+            self.window = max(1, min(accumulation, count - start))
             value = self.training_step(batch, sync=(index + 1) % accumulation == 0 or last)
             self.state.batches_done = index + 1
             self.samples += self.train_data.data_kind.batch_size_of(batch) * self.accelerator.num_processes
