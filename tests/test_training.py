@@ -562,4 +562,3 @@ def test_a_short_last_accumulation_window_averages_over_its_own_batches(monkeypa
     # (GradCache too scales the loss it backpropagates into the cached embeddings, once per batch)
     weights = [b / l for b, l in zip(backward_seen, losses_seen)]
     assert weights == pytest.approx([1 / 4] * 4 + [1 / 2] * 2)
-
