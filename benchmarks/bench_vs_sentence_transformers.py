@@ -11,15 +11,16 @@ InfoNCE; sentence-transformers' MultipleNegativesRankingLoss, given both directi
 symmetric, finetune's default), no-duplicates batches, linear schedule with the same warmup steps (10%),
 gradient clipping at 1.0 and weight decay 0.01 (torch AdamW's default, which finetune uses); no evaluation
 or checkpoint during training, no progress bars. Each library keeps its own optimizer implementation,
-collation and data loading, as a user would get them: fit() tokenizes in DataLoader worker processes by
-default, sentence-transformers in its loop; --num-workers N gives both N workers.
+collation and data loading, as a user would get them: both tokenize text in the training process by default
+(no DataLoader workers); --num-workers N gives both N workers.
 
 Each runs at each precision of --precision (default: fp32, and bf16 where the CPU has native bf16), the two
 libraries at the same one. finetune runs twice per round: with its defaults (texts of similar length batched
 together) and with group_by_length=False, to show what the grouping gives; the padding fraction of each
 sampler's batches (padded tokens / all tokens, both sides) is printed. Peak RSS is sampled during each run.
 
-Timing is wall clock around one training call: finetune.fit(...) for finetune; building the
+Before the first timed runs at a precision, an untimed short fit warms that precision's kernels up, so that
+neither library pays for their first use. Timing is wall clock around one training call: finetune.fit(...) for finetune; building the
 SentenceTransformerTrainer and .train() for sentence-transformers (fit() sets itself up inside). nDCG@10 on
 wordnet_eval.csv comes from finetune.evaluate for both (sentence-transformers' model through a small
 adapter), before training (the untouched model) and after. With --rounds > 1 the two alternate which
@@ -99,15 +100,21 @@ def rss_gib() -> float:
     return 0.0
 
 
-def padding_fraction(batches, rows, tokenizer, max_length: int) -> float:
-    """Padded positions / all positions over `batches` (lists of row indices), both sides padded per batch."""
+def padding_fraction(batches, rows, tokenizer, max_length: int, groups: bool = False) -> float:
+    """Padded positions / all positions over `batches` (lists of row indices), both sides padded per batch;
+    with `groups`, each side as the transformers backbone embeds it in training (its length groups)."""
+    import torch
+    from finetune_transformers.backbone import HFTextBackbone
     lengths = [[min(max_length, len(tokenizer(text)['input_ids'])) for text in side] for side in zip(*rows)]
     real = padded = 0
     for batch in batches:
         for side in lengths:
             sizes = [side[i] for i in batch]
             real += sum(sizes)
-            padded += len(sizes) * max(sizes)
+            mask = torch.tensor([[1] * n + [0] * (max(sizes) - n) for n in sizes])
+            parts = HFTextBackbone.length_groups(HFTextBackbone.__new__(HFTextBackbone),
+                                                 {'attention_mask': mask}) if groups else None
+            padded += sum(int(p['attention_mask'].numel()) for _, p in parts) if parts else mask.numel()
     return 1 - real / padded
 
 
@@ -173,6 +180,7 @@ def main() -> None:
     padding = {'plain': padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)}
     sampler.group_by_length(text_lengths(train))
     padding['grouped'] = padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)
+    padding['split'] = padding_fraction(list(sampler), rows, untouched.tokenizer, max_length, groups=True)
 
     def ndcg(model) -> float:
         return finetune.evaluate(model, EVAL_CSV, batch_size=EVAL_BATCH_SIZE)['ndcg@10']
@@ -223,8 +231,18 @@ def main() -> None:
     before = {'finetune': ndcg(finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})),
               'sentence-transformers': ndcg(SentenceTransformerEncoder(untouched))}
     del untouched
+
+    def warm_up(precision: str) -> None:
+        """An untimed short fit at `precision`: the first use of a precision's kernels (oneDNN builds its bf16
+        primitives on first call) would otherwise be charged to whichever run comes first."""
+        model = finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})
+        finetune.fit(model, rows[:4 * args.batch_size], None, loss='InfoNCE', epochs=1, batch_size=args.batch_size,
+                     device='cpu', precision=precision, num_workers=0, progress=False, log=lambda message: None)
+
     for r in range(args.rounds):
         for precision in precisions:
+            if r == 0:
+                warm_up(precision)
             runs = [lambda: run_ours(precision, True), lambda: run_ours(precision, False),
                     lambda: run_theirs(precision)]
             for run in (runs if r % 2 == 0 else runs[::-1]):
@@ -237,7 +255,8 @@ def main() -> None:
           f'finetune AdamW (torch default); DataLoader workers: '
           + ('each library\'s default' if args.num_workers is None else str(args.num_workers)))
     print(f'padding fraction of the batches: no-duplicates {padding["plain"]:.3f} (sentence-transformers, '
-          f'finetune without grouping), grouped by length {padding["grouped"]:.3f} (finetune default)')
+          f'finetune without grouping), grouped by length {padding["grouped"]:.3f}, and embedded in length groups '
+          f'{padding["split"]:.3f} (finetune default)')
     print(f'{"":24s} {"precision":>9s} {"samples/s":>10s} {"seconds":>8s} {"peak RSS GiB":>12s} '
           f'{"nDCG@10 before":>15s} {"after":>7s}')
     for (name, precision), entry in results.items():

@@ -93,6 +93,13 @@ class Backbone(nn.Module):
         that are padding in every row of the chunk."""
         return slice_batch(batch, start, stop)
 
+    def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
+        """In training, a batch of padded sequences may be embedded as groups of rows of similar length, each cut
+        to its own longest row (less padding, the same embeddings): ``[(row indices, that group's batch), ...]``,
+        or None to embed the batch whole (the default). Only for a family whose rows never interact (no batch
+        statistics): the groups' embeddings, put back in row order, must be those of the whole batch."""
+        return None
+
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
 
@@ -168,6 +175,18 @@ class Towers:
 
     backbones: dict[str, Backbone]
     logit_scale: float | None = None
+
+
+def take_rows(x: Any, index: torch.Tensor, rows: int) -> Any:
+    """The rows `index` of a model input of `rows` rows: every tensor whose first dimension is `rows` (in a dict
+    / list / tuple too) indexed along it; anything else passed as it is."""
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, index.to(x.device)) if x.dim() > 0 and x.shape[0] == rows else x
+    if isinstance(x, dict):
+        return {k: take_rows(v, index, rows) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(take_rows(v, index, rows) for v in x)
+    return x
 
 
 def slice_batch(x: Any, start: int, stop: int) -> Any:

@@ -11,6 +11,10 @@ from ..data.kinds import DataKind
 from ..losses import Loss
 
 
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
 class TrainingModule(nn.Module):
     """``module(batch)`` -> the loss of `batch`, whose layout the data `kind` knows.
 
@@ -23,17 +27,33 @@ class TrainingModule(nn.Module):
         self.towers = dict(towers or {})
 
     def embed(self, side: str, x: Any, logits: bool = False):
-        """The embeddings (and, with `logits`, the classifier head's logits) of one side of a batch."""
+        """The embeddings (and, with `logits`, the classifier head's logits) of one side of a batch. In training,
+        a backbone that offers :meth:`~finetune.backbone.Backbone.length_groups` embeds groups of rows of similar
+        length apart (less padding), and the results are put back in row order."""
+        groups = self._backbone(side).length_groups(x) if self.training else None
+        if not groups:
+            return self._embed(side, x, logits)
+        parts = [self._embed(side, group, logits) for _, group in groups]
+        order = torch.cat([index for index, _ in groups]).to(_first(parts[0]).device)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        if isinstance(parts[0], tuple):  # (embeddings, logits)
+            return tuple(torch.cat(column)[inverse] for column in zip(*parts))
+        return torch.cat(parts)[inverse]
+
+    def _embed(self, side: str, x: Any, logits: bool):
         tower = self.towers.get(side)
         if tower is not None:
             return self.model(x, tower=tower, return_logits=logits)
         return self.model(x, return_logits=logits)
 
+    def _backbone(self, side: str):
+        tower = self.towers.get(side)
+        return (self.model.towers[tower] if tower is not None else self.model).backbone
+
     def slice(self, side: str, x: Any, start: int, stop: int) -> Any:
         """Rows ``start:stop`` of one side's model input, cut by the backbone that embeds that side."""
-        tower = self.towers.get(side)
-        model = self.model.towers[tower] if tower is not None else self.model
-        return model.backbone.slice_batch(x, start, stop)
+        return self._backbone(side).slice_batch(x, start, stop)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         inputs = self.kind.loss_inputs(self.embed, batch, self.loss, getattr(self.model, 'logit_scale', None))

@@ -211,11 +211,13 @@ class Trainer:
         return sampler
 
     def make_data_loader(self) -> torch.utils.data.DataLoader:
-        """A DataLoader whose workers (default: half the CPU cores, 1 to 4) tokenize and decode the batches;
-        under several processes each takes every N-th batch."""
+        """A DataLoader whose workers tokenize and decode the batches (default: none for text data, whose
+        tokenization costs less than a worker's start and its share of the cores; otherwise half the CPU cores,
+        1 to 4); under several processes each takes every N-th batch."""
         workers = self.config.num_workers
         if workers is None:
-            workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+            text_only = all(m == 'text' for m in self.train_data.modalities)
+            workers = 0 if text_only else max(1, min(4, (os.cpu_count() or 2) // 2))
         if workers > 0:  # what the family's preprocessing needs to run in forked workers
             for tower in _towers(self.model):
                 for name, value in tower.backbone.worker_environment.items():

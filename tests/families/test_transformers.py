@@ -284,3 +284,48 @@ def test_a_folder_sentence_transformers_writes_today_loads_the_same(tiny_bert_di
     (tmp_path / 'st' / '1_Pooling' / 'config.json').write_text(json.dumps(dict(pooling, pooling_mode='lasttoken')))
     with pytest.raises(finetune.FinetuneError, match='"pooling_mode" one of cls, mean, max'):
         finetune.build_model(f'hf:{tmp_path / "st"}')
+
+
+def test_training_embeds_rows_of_similar_length_apart_with_the_same_result(tiny_bert_dir, monkeypatch):
+    """A batch of 12 short texts and 4 long ones is embedded in training as two groups, each cut to its own
+    longest text; loss and gradients equal the whole batch's (dropout off), and rows come back in order."""
+    from finetune.data.kinds import get_kind
+    from finetune.losses import build_loss
+    from finetune.training.module import TrainingModule
+    from finetune_transformers.backbone import HFTextBackbone
+
+    model = tiny(tiny_bert_dir)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    long = 'the red dog eats the old bread and plays the big piano fast'
+    queries = [long if i % 4 == 1 else f'the {w}' for i, w in enumerate('dog cat man woman sea sky food bread '
+                                                                          'tree car house piano guitar red blue '
+                                                                          'old'.split())]
+    docs = [f'{w} {i}' for i, w in enumerate('food piano bread sky sea dog cat man woman tree car house old red '
+                                              'blue big'.split())]
+    batch = get_kind('pairs').collate([(q, d, i) for i, (q, d) in enumerate(zip(queries, docs))],
+                                      model.preprocess, model.preprocess)
+    module = TrainingModule(model, build_loss('InfoNCE', None, 'pairs'), get_kind('pairs'))
+    groups = model.backbone.length_groups(batch['a'])
+    assert [len(index) for index, _ in groups] == [12, 4]
+    assert groups[0][1]['input_ids'].shape[1] == 4 < groups[1][1]['input_ids'].shape[1]  # [CLS] the x [SEP]
+    assert model.backbone.length_groups(batch['b']) is None  # the documents: nothing worth splitting
+    value = module(batch)
+    value.backward()
+    got = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    monkeypatch.setattr(HFTextBackbone, 'length_groups', lambda self, batch: None)
+    whole = module(batch)
+    whole.backward()
+    assert float(value) == pytest.approx(float(whole), abs=1e-6)
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, module.get_parameter(name).grad, atol=2e-6, rtol=1e-4, msg=name)
+    module.eval()
+    monkeypatch.undo()
+    with torch.no_grad():  # out of training, a batch is never split (encode sorts the whole input by length)
+        calls = []
+        monkeypatch.setattr(HFTextBackbone, 'length_groups', lambda self, batch: calls.append(1))
+        module.embed('a', batch['a'])
+        assert calls == []
