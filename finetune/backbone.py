@@ -100,6 +100,12 @@ class Backbone(nn.Module):
         statistics): the groups' embeddings, put back in row order, must be those of the whole batch."""
         return None
 
+    def row_lengths(self, batch: Any) -> torch.Tensor | None:
+        """The length of each row of a batch of padded sequences (GradCache then chunks the rows in length
+        order, each chunk cut to its own length), or None (the default) where rows have no length, or where
+        rows interact (batch statistics) and must stay in the batch's order."""
+        return None
+
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
 

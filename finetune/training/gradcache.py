@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..backbone import rows_of
+from ..backbone import rows_of, take_rows
 from ..errors import OptionError
 from .module import TrainingModule
 
@@ -82,15 +82,23 @@ class CachedStep:
                                   f"a classifier head's logits, which GradCache does not cache; leave "
                                   f"mini_batch_size out.")
             n = rows_of(x)
+            lengths = self.module.row_lengths(side, x)  # padded sequences: chunks of similar length, less padding
+            order = None if lengths is None else torch.argsort(lengths, stable=True)
+            if order is not None:
+                x = take_rows(x, order, n)
             chunks = [self.module.slice(side, x, i, min(n, i + self.size)) for i in range(0, n, self.size)]
             states, parts = [], []
             for chunk in chunks:
                 states.append(_rng_state(device))
                 with torch.no_grad(), self.autocast():
                     parts.append(self.module.embed(side, chunk))
-            leaf = torch.cat(parts).detach().requires_grad_(True)
+            leaf = torch.cat(parts).detach().requires_grad_(True)  # in chunk order; its gradient too
             sides.append(_Side(side, chunks, states, leaf))
-            return leaf
+            if order is None:
+                return leaf
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(n, device=order.device)
+            return leaf[inverse.to(leaf.device)]  # the rows in batch order, for the loss
 
         with self.autocast():
             inputs = self.module.kind.loss_inputs(embed, batch, self.module.loss,

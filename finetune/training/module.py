@@ -47,6 +47,11 @@ class TrainingModule(nn.Module):
             return self.model(x, tower=tower, return_logits=logits)
         return self.model(x, return_logits=logits)
 
+    def row_lengths(self, side: str, x: Any):
+        """The length of each row of one side's padded sequences (see
+        :meth:`~finetune.backbone.Backbone.row_lengths`), or None."""
+        return self._backbone(side).row_lengths(x)
+
     def _backbone(self, side: str):
         tower = self.towers.get(side)
         return (self.model.towers[tower] if tower is not None else self.model).backbone

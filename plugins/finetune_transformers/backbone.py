@@ -91,6 +91,11 @@ class HFTextBackbone(Backbone):
         return {k: v[:, keep] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == mask.shape else v
                 for k, v in part.items()}
 
+    def row_lengths(self, batch: Any) -> torch.Tensor | None:
+        """Each row's token count (its attention mask's sum)."""
+        mask = batch.get('attention_mask') if isinstance(batch, Mapping) else None
+        return mask.sum(1) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
     def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
         """Two groups of rows, shorter and longer, when splitting the batch there saves at least
         :data:`LENGTH_SPLIT_SAVING` of its token positions (each group keeps at least :data:`LENGTH_SPLIT_ROWS`
