@@ -15,6 +15,11 @@ from torch import nn
 
 from .poolers import MAP, TOKENS  # noqa: F401  (re-exported for plugins)
 
+#: in training, a batch with row lengths is embedded as two groups of rows (shorter, longer) when that saves this
+#: share of its token positions, each group holding at least LENGTH_SPLIT_ROWS rows
+LENGTH_SPLIT_SAVING = 0.15
+LENGTH_SPLIT_ROWS = 4
+
 
 @dataclass
 class Features:
@@ -93,18 +98,33 @@ class Backbone(nn.Module):
         that are padding in every row of the chunk."""
         return slice_batch(batch, start, stop)
 
-    def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
-        """In training, a batch of padded sequences may be embedded as groups of rows of similar length, each cut
-        to its own longest row (less padding, the same embeddings): ``[(row indices, that group's batch), ...]``,
-        or None to embed the batch whole (the default). Only for a family whose rows never interact (no batch
-        statistics): the groups' embeddings, put back in row order, must be those of the whole batch."""
+    def row_lengths(self, batch: Any) -> torch.Tensor | None:
+        """The length of each row of a batch of padded sequences, or None (the default) where rows have no
+        length, or where rows interact (batch statistics) and must stay together in the batch's order. With
+        lengths, training embeds a batch in :meth:`length_groups` and GradCache chunks the rows in length
+        order, each group or chunk cut to its own length by :meth:`slice_batch`."""
         return None
 
-    def row_lengths(self, batch: Any) -> torch.Tensor | None:
-        """The length of each row of a batch of padded sequences (GradCache then chunks the rows in length
-        order, each chunk cut to its own length), or None (the default) where rows have no length, or where
-        rows interact (batch statistics) and must stay in the batch's order."""
-        return None
+    def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
+        """In training, the batch as two groups of rows, shorter and longer, each cut to its own longest row:
+        ``[(row indices, that group's batch), ...]``, when splitting there saves at least
+        :data:`LENGTH_SPLIT_SAVING` of its token positions (each group keeping :data:`LENGTH_SPLIT_ROWS` rows or
+        more); None to embed the batch whole (no :meth:`row_lengths`, or too little to save). The rows never
+        interact, so the groups' embeddings, put back in row order, are those of the whole batch."""
+        lengths = self.row_lengths(batch)
+        if lengths is None or len(lengths) < 2 * LENGTH_SPLIT_ROWS:
+            return None
+        rows = len(lengths)
+        order = torch.argsort(lengths, stable=True)
+        ordered = lengths[order]
+        cut = torch.arange(LENGTH_SPLIT_ROWS, rows - LENGTH_SPLIT_ROWS + 1)
+        cost = cut * ordered[cut - 1] + (rows - cut) * ordered[-1]  # token positions of the two groups
+        best = int(cost.argmin())
+        if float(cost[best]) > (1 - LENGTH_SPLIT_SAVING) * rows * float(ordered[-1]):
+            return None
+        at = int(cut[best])
+        return [(index, self.slice_batch(take_rows(batch, index, rows), 0, len(index)))
+                for index in (order[:at], order[at:])]
 
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
@@ -193,6 +213,13 @@ def take_rows(x: Any, index: torch.Tensor, rows: int) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(take_rows(v, index, rows) for v in x)
     return x
+
+
+def inverse_order(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts rows taken in `order` (:func:`take_rows`) back where they were."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return inverse
 
 
 def slice_batch(x: Any, start: int, stop: int) -> Any:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..backbone import rows_of, take_rows
+from ..backbone import inverse_order, rows_of, take_rows
 from ..errors import OptionError
 from .module import TrainingModule
 
@@ -96,9 +96,7 @@ class CachedStep:
             sides.append(_Side(side, chunks, states, leaf))
             if order is None:
                 return leaf
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(n, device=order.device)
-            return leaf[inverse.to(leaf.device)]  # the rows in batch order, for the loss
+            return leaf[inverse_order(order).to(leaf.device)]  # the rows in batch order, for the loss
 
         with self.autocast():
             inputs = self.module.kind.loss_inputs(embed, batch, self.module.loss,

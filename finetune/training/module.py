@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbone import inverse_order
 from ..data.kinds import DataKind
 from ..losses import Loss
 
@@ -28,15 +29,13 @@ class TrainingModule(nn.Module):
 
     def embed(self, side: str, x: Any, logits: bool = False):
         """The embeddings (and, with `logits`, the classifier head's logits) of one side of a batch. In training,
-        a backbone that offers :meth:`~finetune.backbone.Backbone.length_groups` embeds groups of rows of similar
-        length apart (less padding), and the results are put back in row order."""
+        a backbone with row lengths embeds its :meth:`~finetune.backbone.Backbone.length_groups` (rows of similar
+        length, less padding) apart, and the results are put back in row order."""
         groups = self._backbone(side).length_groups(x) if self.training else None
         if not groups:
             return self._embed(side, x, logits)
         parts = [self._embed(side, group, logits) for _, group in groups]
-        order = torch.cat([index for index, _ in groups]).to(_first(parts[0]).device)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
+        inverse = inverse_order(torch.cat([index for index, _ in groups]).to(_first(parts[0]).device))
         if isinstance(parts[0], tuple):  # (embeddings, logits)
             return tuple(torch.cat(column)[inverse] for column in zip(*parts))
         return torch.cat(parts)[inverse]

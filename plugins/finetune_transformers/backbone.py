@@ -6,13 +6,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from finetune.backbone import TOKENS, Backbone, Features, take_rows
+from finetune.backbone import TOKENS, Backbone, Features
 from finetune.errors import InputError
-
-#: in training, a batch is embedded as two groups of rows (shorter, longer) when that saves this share of its
-#: token positions, each group holding at least LENGTH_SPLIT_ROWS rows
-LENGTH_SPLIT_SAVING = 0.15
-LENGTH_SPLIT_ROWS = 4
 
 
 def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -92,29 +87,10 @@ class HFTextBackbone(Backbone):
                 for k, v in part.items()}
 
     def row_lengths(self, batch: Any) -> torch.Tensor | None:
-        """Each row's token count (its attention mask's sum)."""
+        """Each row's token count (its attention mask's sum); a transformer encoder's rows never interact, so
+        training may embed them in length groups (:meth:`~finetune.backbone.Backbone.length_groups`)."""
         mask = batch.get('attention_mask') if isinstance(batch, Mapping) else None
         return mask.sum(1) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-
-    def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
-        """Two groups of rows, shorter and longer, when splitting the batch there saves at least
-        :data:`LENGTH_SPLIT_SAVING` of its token positions (each group keeps at least :data:`LENGTH_SPLIT_ROWS`
-        rows). A transformer encoder's rows never interact, so the embeddings are those of the whole batch."""
-        mask = batch.get('attention_mask') if isinstance(batch, Mapping) else None
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] < 2 * LENGTH_SPLIT_ROWS:
-            return None
-        rows = mask.shape[0]
-        lengths = mask.sum(1)
-        order = torch.argsort(lengths, stable=True)
-        ordered = lengths[order]
-        cut = torch.arange(LENGTH_SPLIT_ROWS, rows - LENGTH_SPLIT_ROWS + 1)
-        cost = cut * ordered[cut - 1] + (rows - cut) * ordered[-1]  # token positions of the two groups
-        best = int(cost.argmin())
-        if float(cost[best]) > (1 - LENGTH_SPLIT_SAVING) * rows * float(ordered[-1]):
-            return None
-        at = int(cut[best])
-        return [(index, self.slice_batch(take_rows(batch, index, rows), 0, len(index)))
-                for index in (order[:at], order[at:])]
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
