@@ -1,0 +1,119 @@
+"""Embedding tables trained with the gradient of the rows looked up (finetune.training.rowgrads)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import finetune
+from finetune.training.rowgrads import RowGradients
+
+
+class TwoTables(nn.Module):
+    """A word table (padding row 0) looked up several times per loss, and a small table beside it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.words = nn.Embedding(50, 8, padding_idx=0)
+        self.kinds = nn.Embedding(3, 8)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, ids, kinds):
+        return self.out(torch.tanh(self.words(ids) + self.kinds(kinds))).sum(1)
+
+
+def _loss(model, generator_seed=0):
+    g = torch.Generator().manual_seed(generator_seed)
+    total = 0
+    for length in (5, 3, 7):  # three lookups of different shapes, padding (id 0) in each
+        ids = torch.randint(0, 50, (4, length), generator=g)
+        ids[:, -1] = 0
+        kinds = torch.randint(0, 3, (4, length), generator=g)
+        total = total + model(ids, kinds).pow(2).mean()
+    return total
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradients_equal_the_dense_ones_over_several_lookups_and_micro_batches():
+    model = TwoTables()
+    for seed in (0, 1):  # two micro-batches accumulate
+        _loss(model, seed).backward()
+    dense = _grads(model)
+    model.zero_grad(set_to_none=True)
+    with RowGradients(model, 'cpu') as rows:
+        assert len(rows.hooks) == 2
+        for step in range(2):  # the buffer is reused by the next step, and cleared first
+            model.zero_grad(set_to_none=True)
+            for seed in (0, 1):
+                _loss(model, seed).backward()
+            got = _grads(model)
+            assert set(got) == set(dense)
+            for name in dense:
+                assert not got[name].is_sparse
+                torch.testing.assert_close(got[name], dense[name], rtol=1e-5, atol=1e-6)
+        assert torch.all(model.words.weight.grad[0] == 0)  # the padding row learns nothing
+        assert model.words.weight.grad.abs().sum() > 0
+
+
+def test_detach_restores_the_modules_and_copies_made_meanwhile_train_densely():
+    model = TwoTables()
+    with RowGradients(model, 'cpu'):
+        assert type(model.words) is not nn.Embedding and isinstance(model.words, nn.Embedding)
+        twin = copy.deepcopy(model)
+        _loss(twin).backward()  # a copy is not attached: nn.Embedding's own dense gradient
+        assert not twin.words.weight.grad.is_sparse
+        with torch.no_grad():  # no graph: the plain lookup
+            assert torch.equal(model.words(torch.tensor([[1, 2]])), model.words.weight[[1, 2]].unsqueeze(0))
+    assert type(model.words) is nn.Embedding and type(model.kinds) is nn.Embedding
+    _loss(model).backward()
+    assert not model.words.weight.grad.is_sparse
+
+
+def test_only_trainable_plain_tables_on_the_cpu_are_attached():
+    model = TwoTables()
+    model.kinds.weight.requires_grad_(False)
+    with RowGradients(model, 'cuda') as rows:  # a GPU's allocator makes dense tables cheap: nothing to do
+        assert rows.modules == [] and type(model.words) is nn.Embedding
+    with RowGradients(model, 'cpu') as rows:
+        assert [m for m, _ in rows.modules] == [model.words]
+    model.words = nn.Embedding(50, 8, sparse=True)
+    model.kinds = nn.Embedding(3, 8, max_norm=1.0)
+    with RowGradients(model, 'cpu') as rows:
+        assert rows.modules == []
+
+
+def test_fit_trains_the_word_table_and_gives_back_plain_modules(tmp_path):
+    model = finetune.build_model('fake-text')
+    table = model.backbone.embed
+    before = table.weight.detach().clone()
+    pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays'),
+             ('a red car', 'the blue car'), ('the sky is blue', 'the sea is green')] * 4
+    finetune.fit(model, pairs, loss='InfoNCE', epochs=1, batch_size=4, progress=False, log=lambda m: None)
+    assert type(table) is nn.Embedding
+    changed = (table.weight.detach() != before).any(1)
+    assert changed[1:].any() and not changed[0]  # rows learned; the padding row stayed
+
+
+@pytest.mark.parametrize('accumulation', [1, 2])
+def test_fit_with_and_without_row_gradients_ends_at_the_same_weights(monkeypatch, accumulation):
+    pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays'),
+             ('a red car', 'the blue car'), ('the sky is blue', 'the sea is green'),
+             ('a cat is sad', 'the old cat'), ('big house', 'a small house'), ('the woman plays piano', 'guitar'),
+             ('new tree', 'an old tree')]
+    weights = []
+    for attach in (True, False):
+        if not attach:
+            monkeypatch.setattr(RowGradients, 'attach', lambda self: self)
+        torch.manual_seed(0)
+        model = finetune.build_model('fake-text')
+        finetune.fit(model, pairs, loss='InfoNCE', epochs=2, batch_size=4, seed=3, progress=False,
+                     gradient_accumulation_steps=accumulation, log=lambda m: None)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-5)
