@@ -42,7 +42,7 @@ from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .module import TrainingModule
 from .optim import make_optimizer, make_scheduler, parameter_groups
-from .rowgrads import RowGradients
+from .cpu_kernels import CpuKernels
 from .state import Run, TrainingError, TrainState
 
 #: the learning rate of a family that declares none
@@ -316,7 +316,7 @@ class Trainer:
         self.last_step_end, self.step_seconds = self.started, None
         self.skipped_in_a_row = 0
         try:
-            with RowGradients(self.unwrapped, self.accelerator.device):  # embedding tables: gradients of used rows
+            with CpuKernels(self.unwrapped, self.accelerator.device):  # cheaper embedding gradients and dropout
                 for epoch in range(self.state.epoch, self.config.epochs):
                     self.state.epoch = epoch
                     self.run_epoch(epoch)

@@ -1,4 +1,5 @@
-"""Embedding tables trained with the gradient of the rows looked up (finetune.training.rowgrads)."""
+"""The CPU training paths of finetune.training.cpu_kernels: embedding gradients of the rows looked up, dropout
+masks from 16 random bits."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 import finetune
-from finetune.training.rowgrads import RowGradients
+from finetune.training.cpu_kernels import MASK_LEVELS, CpuKernels, QuickDropout, RowGradients, dropout_mask
 
 
 class TwoTables(nn.Module):
@@ -46,7 +47,8 @@ def test_gradients_equal_the_dense_ones_over_several_lookups_and_micro_batches()
         _loss(model, seed).backward()
     dense = _grads(model)
     model.zero_grad(set_to_none=True)
-    with RowGradients(model, 'cpu') as rows:
+    with CpuKernels(model, 'cpu') as kernels:
+        rows = kernels.parts[0]
         assert len(rows.hooks) == 2
         for step in range(2):  # the buffer is reused by the next step, and cleared first
             model.zero_grad(set_to_none=True)
@@ -63,7 +65,7 @@ def test_gradients_equal_the_dense_ones_over_several_lookups_and_micro_batches()
 
 def test_detach_restores_the_modules_and_copies_made_meanwhile_train_densely():
     model = TwoTables()
-    with RowGradients(model, 'cpu'):
+    with CpuKernels(model, 'cpu'):
         assert type(model.words) is not nn.Embedding and isinstance(model.words, nn.Embedding)
         twin = copy.deepcopy(model)
         _loss(twin).backward()  # a copy is not attached: nn.Embedding's own dense gradient
@@ -78,14 +80,15 @@ def test_detach_restores_the_modules_and_copies_made_meanwhile_train_densely():
 def test_only_trainable_plain_tables_on_the_cpu_are_attached():
     model = TwoTables()
     model.kinds.weight.requires_grad_(False)
-    with RowGradients(model, 'cuda') as rows:  # a GPU's allocator makes dense tables cheap: nothing to do
-        assert rows.modules == [] and type(model.words) is nn.Embedding
-    with RowGradients(model, 'cpu') as rows:
-        assert [m for m, _ in rows.modules] == [model.words]
+    with CpuKernels(model, 'cuda') as kernels:  # a GPU's allocator makes dense tables cheap: nothing to do
+        assert kernels.parts == [] and type(model.words) is nn.Embedding
+    rows = RowGradients(model).attach()
+    assert [m for m, _ in rows.swapped.modules] == [model.words]
+    rows.detach()
     model.words = nn.Embedding(50, 8, sparse=True)
     model.kinds = nn.Embedding(3, 8, max_norm=1.0)
-    with RowGradients(model, 'cpu') as rows:
-        assert rows.modules == []
+    rows = RowGradients(model).attach()
+    assert rows.swapped.modules == [] and rows.hooks == []
 
 
 def test_fit_trains_the_word_table_and_gives_back_plain_modules(tmp_path):
@@ -102,6 +105,7 @@ def test_fit_trains_the_word_table_and_gives_back_plain_modules(tmp_path):
 
 @pytest.mark.parametrize('accumulation', [1, 2])
 def test_fit_with_and_without_row_gradients_ends_at_the_same_weights(monkeypatch, accumulation):
+    """(The dropout masks are the same in both runs: only the embedding gradients differ.)"""
     pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays'),
              ('a red car', 'the blue car'), ('the sky is blue', 'the sea is green'),
              ('a cat is sad', 'the old cat'), ('big house', 'a small house'), ('the woman plays piano', 'guitar'),
@@ -117,3 +121,63 @@ def test_fit_with_and_without_row_gradients_ends_at_the_same_weights(monkeypatch
         weights.append({k: v.clone() for k, v in model.state_dict().items()})
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize('p', [0.1, 0.5, 0.9])
+def test_dropout_masks_drop_with_probability_p_and_keep_the_expectation(p):
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000)
+    mask = dropout_mask(x, p)
+    dropped = round(p * MASK_LEVELS)
+    scale = MASK_LEVELS / (MASK_LEVELS - dropped)
+    values = mask.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(scale)
+    share = float((mask == 0).float().mean())
+    sigma = (p * (1 - p) / x.numel()) ** 0.5
+    assert abs(share - p) < 5 * sigma  # a biased generator (e.g. a bit always 0) lands far outside
+    assert float(mask.mean()) == pytest.approx(1.0, abs=5 * sigma * scale)
+    halves = mask.view(2, -1)  # both 16-bit halves of each 32-bit draw are used, and both are uniform
+    for half in (mask[0::2], mask[1::2], halves[0], halves[1]):
+        assert abs(float((half == 0).float().mean()) - p) < 8 * sigma
+
+
+def test_dropout_masks_repeat_with_the_seed_and_follow_the_dtype():
+    x = torch.randn(3, 5, 7, dtype=torch.bfloat16)
+    torch.manual_seed(4)
+    first = dropout_mask(x, 0.25)
+    torch.manual_seed(4)
+    assert torch.equal(first, dropout_mask(x, 0.25))
+    assert first.dtype == torch.bfloat16 and first.shape == x.shape
+    assert not torch.equal(first, dropout_mask(x, 0.25))
+
+
+def test_quick_dropout_in_training_only_with_its_gradient():
+    model = nn.Sequential(nn.Linear(6, 6), nn.Dropout(0.5), nn.Dropout(0.0), nn.Dropout(0.3, inplace=True))
+    quick = QuickDropout(model).attach()
+    assert [m for m, _ in quick.swapped.modules] == [model[1]]
+    x = torch.randn(64, 6, requires_grad=True)
+    model.train()
+    torch.manual_seed(1)
+    y = model[1](x)
+    torch.manual_seed(1)
+    expected = x * dropout_mask(x, 0.5)
+    assert torch.equal(y, expected)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() * 2.0)
+    model.eval()
+    assert torch.equal(model[1](x), x)
+    quick.detach()
+    assert type(model[1]) is nn.Dropout
+
+
+def test_fit_uses_quick_dropout_and_gives_back_plain_modules(monkeypatch):
+    calls = []
+    real = dropout_mask
+    monkeypatch.setattr('finetune.training.cpu_kernels.dropout_mask', lambda x, p: calls.append(p) or real(x, p))
+    model = finetune.build_model('fake-text')
+    pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays'),
+             ('a red car', 'the blue car'), ('the sky is blue', 'the sea is green')]
+    finetune.fit(model, pairs, loss='InfoNCE', epochs=1, batch_size=4, progress=False, log=lambda m: None)
+    assert calls and set(calls) == {0.1}
+    assert type(model.backbone.dropout) is nn.Dropout

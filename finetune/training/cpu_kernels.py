@@ -1,0 +1,200 @@
+"""Two of torch's CPU training paths replaced by cheaper ones with the same result, while ``fit`` trains.
+
+**Embedding gradients of the rows looked up** (:class:`RowGradients`). ``nn.Embedding``'s backward builds a
+dense gradient the size of its whole table for every lookup: a text encoder's 30,522 x 384 word table costs a
+fresh 47 MB of zeros each time a batch side (and each length group) goes through it, and the sum of those
+tables again. On a CPU, freshly allocated memory is paid for in page faults: filling a new table takes about
+20 times as long as clearing one already in use, and with four lookups a step this was about 15% of a MiniLM
+training step. While attached, each trainable embedding table looks its rows up through a function whose
+backward hands autograd a sparse gradient (the looked-up rows; the sparse gradients of several lookups add up
+cheaply). When autograd has accumulated it into the table's ``.grad``, a hook writes it, dense, into one buffer
+kept for that table across steps. The optimizer, gradient clipping and DistributedDataParallel see the same
+dense gradient as before, summed in another order (equal to float rounding). Tables built with ``sparse=True``,
+``max_norm`` or ``scale_grad_by_freq`` keep their own backward.
+
+**Dropout masks from 16 random bits** (:class:`QuickDropout`). ``nn.Dropout`` draws its mask with
+``bernoulli_``, which on a CPU costs about 4 ns per element: 10% of a MiniLM training step. While attached,
+each ``nn.Dropout`` draws 16 uniform bits per element (two per 32-bit draw of torch's generator, so seeded runs
+repeat) and drops an element when they fall under ``round(p * 65536)``: the drop probability is `p` to within
+1/131,072, and the kept elements are scaled by the exact inverse of the keep probability, so the expected output
+is the input, as with ``nn.Dropout``. About 2.5 times as fast.
+
+Both are for the CPU only (on a GPU, a fresh table is cheap and dropout is a fused kernel), and only while
+training: a module copied meanwhile, and every module after :meth:`detach`, works as torch's own.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: the modules whose forward is currently replaced (a copy of one, made meanwhile, is not)
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()
+#: the patched subclass of each (module class, replacement forward)
+_PATCHED: dict[tuple[type, Callable], type] = {}
+
+#: the number of distinct values of the random bits a dropout mask compares (16 bits)
+MASK_LEVELS = 1 << 16
+
+
+class _Swapped:
+    """Modules of a model given another forward while attached: their class is swapped for a subclass whose
+    forward calls `forward(module, x)` for a module in :data:`_ACTIVE` that takes a gradient, and the class's
+    own forward otherwise."""
+
+    def __init__(self) -> None:
+        self.modules: list[tuple[nn.Module, type]] = []
+
+    def swap(self, module: nn.Module, forward: Callable[[nn.Module, Any], Any]) -> None:
+        cls = type(module)
+        if (cls, forward) not in _PATCHED:
+            def patched(self, x):
+                if self in _ACTIVE and torch.is_grad_enabled() and self.training:
+                    return forward(self, x)
+                return cls.forward(self, x)
+            _PATCHED[cls, forward] = type(cls.__name__, (cls,), {'forward': patched, '__module__': cls.__module__})
+        self.modules.append((module, cls))
+        module.__class__ = _PATCHED[cls, forward]
+        _ACTIVE.add(module)
+
+    def restore(self) -> None:
+        for module, cls in self.modules:
+            _ACTIVE.discard(module)
+            module.__class__ = cls
+        self.modules = []
+
+
+# ---------------------------------------------------------------------------------------- embedding gradients
+class _RowLookup(torch.autograd.Function):
+    """``F.embedding(ids, weight, padding_idx)`` whose gradient for `weight` is sparse: the looked-up rows."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.size, ctx.dtype, ctx.padding_idx = weight.shape, weight.dtype, padding_idx
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if not ctx.needs_input_grad[1]:
+            return None, None, None
+        (ids,) = ctx.saved_tensors
+        rows = ids.reshape(-1)
+        values = grad.reshape(rows.numel(), -1).to(ctx.dtype)
+        if ctx.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
+            keep = rows != ctx.padding_idx
+            rows, values = rows[keep], values[keep]
+        with torch.sparse.check_sparse_tensor_invariants(False):
+            sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.size, is_coalesced=False)
+        return None, sparse, None
+
+
+def _row_lookup(module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    if not module.weight.requires_grad:
+        return F.embedding(ids, module.weight, module.padding_idx)
+    return _RowLookup.apply(ids, module.weight, module.padding_idx)
+
+
+class RowGradients:
+    """Attach to `model`'s trainable embedding tables (see the module's doc) with :meth:`attach`; :meth:`detach`
+    puts them back as they were."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.swapped = model, _Swapped()
+        self.hooks: list[Any] = []
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def eligible(module: nn.Module) -> bool:
+        return (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward
+                and module.weight.requires_grad and not module.sparse and module.max_norm is None
+                and not module.scale_grad_by_freq)
+
+    def attach(self) -> RowGradients:
+        weights = set()
+        for module in self.model.modules():
+            if not self.eligible(module):
+                continue
+            self.swapped.swap(module, _row_lookup)
+            if id(module.weight) not in weights:  # a table shared by two modules: one hook
+                weights.add(id(module.weight))
+                self.hooks.append(module.weight.register_post_accumulate_grad_hook(self._densify))
+        return self
+
+    def _densify(self, weight: torch.Tensor) -> None:
+        """After autograd accumulated into ``weight.grad``: a sparse gradient becomes the dense buffer's."""
+        grad = weight.grad
+        if grad is None or not grad.is_sparse:
+            return  # already dense: a later micro-batch added its rows into the buffer in place
+        buffer = self.buffers.get(id(weight))
+        if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype:
+            buffer = self.buffers[id(weight)] = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+        else:
+            buffer.zero_()
+        buffer.add_(grad)
+        weight.grad = buffer
+
+    def detach(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.swapped.restore()
+        self.hooks, self.buffers = [], {}
+
+
+# ------------------------------------------------------------------------------------------------- dropout
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask for `x`: 0 with probability ``round(p * 65536) / 65536``, else the inverse of the keep
+    probability; in `x`'s dtype and shape, from torch's default generator."""
+    n = x.numel()
+    dropped = round(p * MASK_LEVELS)
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2 ** 31, 2 ** 31)
+    levels = bits.view(torch.int16)[:n].view(x.shape)  # uniform on -32768 .. 32767
+    keep = levels >= dropped - MASK_LEVELS // 2
+    return keep.to(x.dtype).mul_(MASK_LEVELS / (MASK_LEVELS - dropped))
+
+
+def _quick_dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    return x * dropout_mask(x, module.p)
+
+
+class QuickDropout:
+    """Attach to `model`'s ``nn.Dropout`` modules (see the module's doc) with :meth:`attach`; :meth:`detach`
+    puts them back as they were."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.swapped = model, _Swapped()
+
+    @staticmethod
+    def eligible(module: nn.Module) -> bool:
+        return (isinstance(module, nn.Dropout) and type(module).forward is nn.Dropout.forward
+                and 0 < module.p < 1 and not module.inplace)
+
+    def attach(self) -> QuickDropout:
+        for module in self.model.modules():
+            if self.eligible(module):
+                self.swapped.swap(module, _quick_dropout)
+        return self
+
+    def detach(self) -> None:
+        self.swapped.restore()
+
+
+class CpuKernels:
+    """``with CpuKernels(model, device):`` trains `model` with :class:`RowGradients` and :class:`QuickDropout`
+    attached when `device` is a CPU; nothing elsewhere."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str):
+        on = torch.device(device).type == 'cpu'
+        self.parts = [RowGradients(model), QuickDropout(model)] if on else []
+
+    def __enter__(self) -> CpuKernels:
+        for part in self.parts:
+            part.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for part in self.parts:
+            part.detach()
