@@ -100,21 +100,25 @@ def rss_gib() -> float:
     return 0.0
 
 
-def padding_fraction(batches, rows, tokenizer, max_length: int, groups: bool = False) -> float:
-    """Padded positions / all positions over `batches` (lists of row indices), both sides padded per batch;
-    with `groups`, each side as the transformers backbone embeds it in training (its length groups)."""
+def padding_fraction(batches, rows, backbone, max_length: int, groups: bool = False) -> float:
+    """Padded positions / all positions over `batches` (lists of row indices), each side padded per batch; with
+    `groups`, as the transformers backbone embeds a step in training: both sides joined in one batch, in its
+    length groups."""
     import torch
-    from finetune_transformers.backbone import HFTextBackbone
-    lengths = [[min(max_length, len(tokenizer(text)['input_ids'])) for text in side] for side in zip(*rows)]
+    lengths = [[min(max_length, len(backbone.tokenizer(text)['input_ids'])) for text in side] for side in zip(*rows)]
     real = padded = 0
     for batch in batches:
+        masks = []
         for side in lengths:
             sizes = [side[i] for i in batch]
             real += sum(sizes)
-            mask = torch.tensor([[1] * n + [0] * (max(sizes) - n) for n in sizes])
-            parts = HFTextBackbone.length_groups(HFTextBackbone.__new__(HFTextBackbone),
-                                                 {'attention_mask': mask}) if groups else None
-            padded += sum(int(p['attention_mask'].numel()) for _, p in parts) if parts else mask.numel()
+            masks.append({'attention_mask': torch.tensor([[1] * n + [0] * (max(sizes) - n) for n in sizes])})
+        if groups:
+            joined = backbone.join_batches(masks)
+            parts = backbone.length_groups(joined)
+            padded += sum(int(p['attention_mask'].numel()) for _, p in (parts or [(None, joined)]))
+        else:
+            padded += sum(int(m['attention_mask'].numel()) for m in masks)
     return 1 - real / padded
 
 
@@ -177,10 +181,12 @@ def main() -> None:
     untouched = SentenceTransformer(path, device='cpu')
     max_length = args.max_length or untouched.max_seq_length
     untouched.max_seq_length = max_length
-    padding = {'plain': padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)}
+    backbone = finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}}).backbone
+    padding = {'plain': padding_fraction(list(sampler), rows, backbone, max_length)}
     sampler.group_by_length(text_lengths(train))
-    padding['grouped'] = padding_fraction(list(sampler), rows, untouched.tokenizer, max_length)
-    padding['split'] = padding_fraction(list(sampler), rows, untouched.tokenizer, max_length, groups=True)
+    padding['grouped'] = padding_fraction(list(sampler), rows, backbone, max_length)
+    padding['split'] = padding_fraction(list(sampler), rows, backbone, max_length, groups=True)
+    del backbone
 
     def ndcg(model) -> float:
         return finetune.evaluate(model, EVAL_CSV, batch_size=EVAL_BATCH_SIZE)['ndcg@10']
@@ -255,8 +261,8 @@ def main() -> None:
           f'finetune AdamW (torch default); DataLoader workers: '
           + ('each library\'s default' if args.num_workers is None else str(args.num_workers)))
     print(f'padding fraction of the batches: no-duplicates {padding["plain"]:.3f} (sentence-transformers, '
-          f'finetune without grouping), grouped by length {padding["grouped"]:.3f}, and embedded in length groups '
-          f'{padding["split"]:.3f} (finetune default)')
+          f'finetune without grouping), grouped by length {padding["grouped"]:.3f}, and both sides joined in '
+          f'length groups {padding["split"]:.3f} (finetune default)')
     print(f'{"":24s} {"precision":>9s} {"samples/s":>10s} {"seconds":>8s} {"peak RSS GiB":>12s} '
           f'{"nDCG@10 before":>15s} {"after":>7s}')
     for (name, precision), entry in results.items():

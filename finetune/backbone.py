@@ -7,6 +7,7 @@ The core puts a pooler, an optional head and L2 normalization on top; it never l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -15,8 +16,10 @@ from torch import nn
 
 from .poolers import MAP, TOKENS  # noqa: F401  (re-exported for plugins)
 
-#: in training, a batch with row lengths is embedded as two groups of rows (shorter, longer) when that saves this
-#: share of its token positions, each group holding at least LENGTH_SPLIT_ROWS rows
+#: in training, a batch with row lengths is embedded in up to LENGTH_GROUPS groups of rows of similar length
+#: (:func:`length_cuts`); each group beyond the first must save LENGTH_SPLIT_SAVING of the token positions left,
+#: and each holds LENGTH_SPLIT_ROWS rows or more
+LENGTH_GROUPS = 3
 LENGTH_SPLIT_SAVING = 0.15
 LENGTH_SPLIT_ROWS = 4
 
@@ -106,25 +109,34 @@ class Backbone(nn.Module):
         return None
 
     def length_groups(self, batch: Any) -> list[tuple[torch.Tensor, Any]] | None:
-        """In training, the batch as two groups of rows, shorter and longer, each cut to its own longest row:
-        ``[(row indices, that group's batch), ...]``, when splitting there saves at least
-        :data:`LENGTH_SPLIT_SAVING` of its token positions (each group keeping :data:`LENGTH_SPLIT_ROWS` rows or
-        more); None to embed the batch whole (no :meth:`row_lengths`, or too little to save). The rows never
-        interact, so the groups' embeddings, put back in row order, are those of the whole batch."""
+        """In training, the batch as groups of rows of similar length (up to :data:`LENGTH_GROUPS`; see
+        :func:`length_cuts`), each cut to its own longest row: ``[(row indices, that group's batch), ...]``;
+        None to embed the batch whole (no :meth:`row_lengths`, or too little to save). The rows never interact,
+        so the groups' embeddings, put back in row order, are those of the whole batch."""
         lengths = self.row_lengths(batch)
-        if lengths is None or len(lengths) < 2 * LENGTH_SPLIT_ROWS:
+        if lengths is None:
             return None
         rows = len(lengths)
         order = torch.argsort(lengths, stable=True)
-        ordered = lengths[order]
-        cut = torch.arange(LENGTH_SPLIT_ROWS, rows - LENGTH_SPLIT_ROWS + 1)
-        cost = cut * ordered[cut - 1] + (rows - cut) * ordered[-1]  # token positions of the two groups
-        best = int(cost.argmin())
-        if float(cost[best]) > (1 - LENGTH_SPLIT_SAVING) * rows * float(ordered[-1]):
+        cuts = length_cuts(lengths[order])
+        if not cuts:
             return None
-        at = int(cut[best])
-        return [(index, self.slice_batch(take_rows(batch, index, rows), 0, len(index)))
-                for index in (order[:at], order[at:])]
+        bounds = [0, *cuts, rows]
+        return [(order[a:b], self.slice_batch(take_rows(batch, order[a:b], rows), 0, b - a))
+                for a, b in zip(bounds, bounds[1:])]
+
+    def join_batches(self, batches: Sequence[Any]) -> Any | None:
+        """The rows of several batches of this backbone as one batch, in order (padded sequences padded again
+        to the longest), or None (the default) where the family cannot join them. Training embeds the sides
+        of a step that this backbone embeds (queries and documents) as one joined batch, in
+        :meth:`length_groups`: fewer, larger passes. Only for families whose rows never interact (as for
+        :meth:`row_lengths`); for such a family, the sides' cached features (a frozen backbone's) are joined
+        too (:func:`join_features`)."""
+        return None
+
+    def joins_batches(self) -> bool:
+        """Whether this family joins batches (overrides :meth:`join_batches`)."""
+        return type(self).join_batches is not Backbone.join_batches
 
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be one of this backbone's items (``'does not exist'``, ...), or None.
@@ -203,6 +215,42 @@ class Towers:
     logit_scale: float | None = None
 
 
+def length_cuts(ordered: torch.Tensor) -> list[int]:
+    """Where to cut rows sorted by length (`ordered`, ascending) into groups, each padded to its own longest
+    row: the positions of the cuts, none for one group. Of the best ways to cut into 1 to
+    :data:`LENGTH_GROUPS` groups, the one with the fewest token positions, where each group beyond the first
+    must save :data:`LENGTH_SPLIT_SAVING` of them; groups hold :data:`LENGTH_SPLIT_ROWS` rows or more, and
+    cuts fall between rows of different lengths."""
+    rows, least = len(ordered), LENGTH_SPLIT_ROWS
+    if rows < 2 * least:
+        return []
+    lengths = ordered.double()
+    cut = torch.arange(least, rows - least + 1)
+    cut = cut[ordered[cut - 1] < ordered[cut]]
+    if not len(cut):
+        return []
+    ends = torch.cat([cut, torch.tensor([rows])])  # where a group may end; a group [start, end) pads to end - 1
+    starts = torch.cat([torch.tensor([0]), cut])
+    size = ends[None, :] - starts[:, None]  # rows of the group from starts[i] to ends[j]
+    group = torch.where(size >= least, size * lengths[ends - 1][None, :], torch.tensor(math.inf, dtype=torch.float64))
+    best = group[0].clone()  # the cheapest way to cover rows [0, ends[j]) with g groups
+    choices = [(float(best[-1]), [])]
+    back: list[torch.Tensor] = []
+    for _ in range(LENGTH_GROUPS - 1):
+        # a further group from ends[i] (= starts[i + 1]) to ends[j]
+        total = best[:-1, None] + group[1:, :]
+        best, arg = total.min(0)
+        back.append(arg)
+        if not math.isfinite(float(best[-1])):
+            break
+        where, at = [], len(ends) - 1
+        for arg_g in reversed(back):
+            at = int(arg_g[at])
+            where.append(int(ends[at]))
+        choices.append((float(best[-1]), sorted(where)))
+    return min(choices, key=lambda choice: choice[0] / (1 - LENGTH_SPLIT_SAVING) ** len(choice[1]))[1]
+
+
 def take_rows(x: Any, index: torch.Tensor, rows: int) -> Any:
     """The rows `index` of a model input of `rows` rows: every tensor whose first dimension is `rows` (in a dict
     / list / tuple too) indexed along it; anything else passed as it is."""
@@ -234,6 +282,25 @@ def slice_batch(x: Any, start: int, stop: int) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(slice_batch(v, start, stop) for v in x)
     return x
+
+
+def join_features(parts: Sequence[Features]) -> Features | None:
+    """Cached backbone outputs as one batch, in order: token sequences padded with zeros (mask 0) on the right
+    to the longest, as the feature cache pads them; None where they cannot be stacked."""
+    tensors = [p.tensor for p in parts]
+    if any(t.dim() != tensors[0].dim() or t.shape[2:] != tensors[0].shape[2:] for t in tensors):
+        return None
+    masked = [p.mask is not None for p in parts]
+    if not any(masked):
+        if any(t.shape[1:] != tensors[0].shape[1:] for t in tensors):
+            return None
+        return Features(torch.cat(tensors))
+    if not all(masked) or tensors[0].dim() != 3:
+        return None
+    length = max(t.shape[1] for t in tensors)
+    pad = torch.nn.functional.pad
+    return Features(torch.cat([pad(t, (0, 0, 0, length - t.shape[1])) for t in tensors]),
+                    torch.cat([pad(p.mask, (0, length - p.mask.shape[1])) for p in parts]))
 
 
 def rows_of(x: Any) -> int:

@@ -70,6 +70,15 @@ class FakeText(Backbone):
             mask[i, :len(row)] = 1
         return {'input_ids': input_ids, 'attention_mask': mask}
 
+    def join_batches(self, batches):
+        """Token batches as one, padded (with 0, on the right) to the longest: the core embeds the sides of a
+        training step together."""
+        if not all(isinstance(b, dict) and set(b) == {'input_ids', 'attention_mask'} for b in batches):
+            return None
+        length = max(b['input_ids'].shape[1] for b in batches)
+        return {k: torch.cat([nn.functional.pad(b[k], (0, length - b[k].shape[1])) for b in batches])
+                for k in ('input_ids', 'attention_mask')}
+
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, dict) or 'input_ids' not in batch:
             raise InputError('fake-text expects a tokenized batch (a dict with input_ids); use encode(texts).')

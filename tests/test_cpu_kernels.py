@@ -181,3 +181,73 @@ def test_fit_uses_quick_dropout_and_gives_back_plain_modules(monkeypatch):
     finetune.fit(model, pairs, loss='InfoNCE', epochs=1, batch_size=4, progress=False, log=lambda m: None)
     assert calls and set(calls) == {0.1}
     assert type(model.backbone.dropout) is nn.Dropout
+
+
+def test_cpu_gradient_clipping_matches_torch_and_flags_non_finite_norms():
+    from accelerate import Accelerator
+
+    from finetune.training.guard import gradients_ok
+    accelerator = Accelerator(cpu=True)
+    model = TwoTables()
+    _loss(model).backward()
+    twin = copy.deepcopy(model)
+    _loss(twin).backward()
+    torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.01, foreach=False)  # torch's per-tensor clip, on a copy
+    expected = [p.grad for p in twin.parameters()]
+    assert gradients_ok(model, accelerator, 0.01, 'fp32')
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+    assert float(total) == pytest.approx(0.01, rel=1e-4)
+    model.out.weight.grad[0, 0] = float('inf')
+    assert not gradients_ok(model, accelerator, 0.01, 'fp32')
+
+
+# ------------------------------------------------------------------------------ length groups, joined features
+def _cuts_by_search(ordered):
+    """Every way to cut into 1..LENGTH_GROUPS groups (cuts between different lengths, groups of
+    LENGTH_SPLIT_ROWS rows or more): the cheapest after the per-group saving rule."""
+    import itertools
+
+    from finetune import backbone
+    rows, least = len(ordered), backbone.LENGTH_SPLIT_ROWS
+    places = [c for c in range(least, rows - least + 1) if ordered[c - 1] < ordered[c]]
+    best = []
+    for count in range(backbone.LENGTH_GROUPS):
+        for cuts in itertools.combinations(places, count):
+            bounds = [0, *cuts, rows]
+            if all(b - a >= least for a, b in zip(bounds, bounds[1:])):
+                cost = sum((b - a) * ordered[b - 1] for a, b in zip(bounds, bounds[1:]))
+                best.append((cost / (1 - backbone.LENGTH_SPLIT_SAVING) ** count, list(cuts)))
+    return min(best)[0] if best else None
+
+
+def test_length_cuts_are_the_cheapest_by_the_rule():
+    import random
+
+    from finetune.backbone import length_cuts
+    rng = random.Random(0)
+    for _ in range(200):
+        rows = rng.randint(8, 36)
+        ordered = sorted(rng.randint(1, rng.choice([4, 30])) for _ in range(rows))
+        cuts = length_cuts(torch.tensor(ordered))
+        bounds = [0, *cuts, rows]
+        cost = sum((b - a) * ordered[b - 1] for a, b in zip(bounds, bounds[1:])) / 0.85 ** len(cuts)
+        assert cost == pytest.approx(_cuts_by_search(ordered)), ordered
+        assert all(b - a >= 4 for a, b in zip(bounds, bounds[1:]))
+    assert length_cuts(torch.tensor([3] * 20)) == [] and length_cuts(torch.tensor([1, 9] * 3)) == []
+    assert length_cuts(torch.tensor([1] * 12 + [12] * 12 + [40] * 12)) == [12, 24]
+    assert length_cuts(torch.tensor([2] * 10 + [8] * 10 + [30] * 10)) == [20]  # a third group saves too little
+
+
+def test_join_features_pads_tokens_and_stacks_maps():
+    from finetune.backbone import Features, join_features
+    a = Features(torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.long))
+    b = Features(torch.full((1, 5, 4), 2.0), torch.ones(1, 5, dtype=torch.long))
+    joined = join_features([a, b])
+    assert joined.tensor.shape == (3, 5, 4) and joined.mask.tolist() == [[1, 1, 1, 0, 0]] * 2 + [[1] * 5]
+    assert float(joined.tensor[:2, 3:].abs().sum()) == 0 and torch.equal(joined.tensor[2], b.tensor[0])
+    maps = join_features([Features(torch.ones(2, 4, 3, 3)), Features(torch.zeros(1, 4, 3, 3))])
+    assert maps.tensor.shape == (3, 4, 3, 3) and maps.mask is None
+    assert join_features([Features(torch.ones(2, 4, 3, 3)), Features(torch.ones(1, 4, 2, 2))]) is None
+    assert join_features([a, Features(torch.ones(1, 5, 4))]) is None  # one masked, one not

@@ -82,3 +82,24 @@ def test_a_new_kind_is_one_class(triplets_kind):
     assert run.history[-1]['loss'] < run.history[0]['loss']
     metrics = finetune.evaluate(run.model, data)  # the base class evaluates (anchor, positive) as pairs
     assert 0 < metrics['ndcg@10'] <= 1
+
+
+@pytest.mark.parametrize('name', ['labeled', 'pairs', 'scored', 'text-image', 'margin-triplets'])
+def test_each_kind_declares_the_inputs_its_loss_inputs_embed(name):
+    """`embedded` (what training joins and embeds at once) lists what loss_inputs embeds, in its order: a
+    missing entry would lose the joining, an extra one would embed an input for nothing."""
+    kind = get_kind(name)
+    batch = {'a': object(), 'b': object(), 'c': object(), 'groups': torch.tensor([0, 0, 1, 1]),
+             'scores': torch.rand(4)}
+    names = {id(batch[k]): k for k in ('a', 'b', 'c')}
+    seen = []
+
+    def embed(side, x, logits=False):
+        seen.append((side, names[id(x)]))
+        return torch.randn(4, 3)
+
+    class PlainLoss:
+        takes_pairs = needs_classifier_head = False
+
+    kind.loss_inputs(embed, batch, PlainLoss())
+    assert tuple(seen) == kind.embedded

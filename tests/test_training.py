@@ -562,3 +562,40 @@ def test_a_short_last_accumulation_window_averages_over_its_own_batches(monkeypa
     # (GradCache too scales the loss it backpropagates into the cached embeddings, once per batch)
     weights = [b / l for b, l in zip(backward_seen, losses_seen)]
     assert weights == pytest.approx([1 / 4] * 4 + [1 / 2] * 2)
+
+
+def test_a_step_embeds_the_sides_of_one_backbone_joined_with_the_same_loss_and_gradients(monkeypatch):
+    """A one-tower model embeds queries and documents as one batch (Backbone.join_batches), once; the loss and
+    the gradients are those of embedding each side apart."""
+    from finetune.data import get_kind
+    from finetune.losses import build_loss
+    from finetune.training.module import TrainingModule
+    torch.manual_seed(0)
+    model = finetune.build_model('fake-text', {'output_dim': 8})
+    model.train()
+    model.backbone.dropout.p = 0.0
+    pairs = text_pairs()[:6]
+    batch = get_kind('pairs').collate([(q, d, i) for i, (q, d) in enumerate(pairs)], model.preprocess,
+                                      model.preprocess)
+    assert batch['a']['input_ids'].shape[1] != batch['b']['input_ids'].shape[1]  # joining pads one side
+    module = TrainingModule(model, build_loss('InfoNCE', None, 'pairs'), get_kind('pairs'))
+    calls = []
+    model.backbone.register_forward_hook(lambda m, args, out: calls.append(args[0]['input_ids'].shape[0]))
+    joined = module(batch)
+    joined.backward()
+    assert calls == [12]
+    got = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    monkeypatch.setattr(TrainingModule, 'joined', lambda self, batch: None)
+    apart = module(batch)
+    apart.backward()
+    assert calls == [12, 6, 6]
+    assert float(joined) == pytest.approx(float(apart), abs=1e-6)
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, module.get_parameter(name).grad, atol=1e-6, rtol=1e-5, msg=name)
+    monkeypatch.undo()
+    module.eval()
+    calls.clear()
+    with torch.no_grad():
+        module(batch)
+    assert calls == [6, 6]  # out of training, the sides are embedded as given

@@ -98,6 +98,10 @@ class DataKind:
         return NoDuplicatesBatchSampler(keys, batch_size, seed=seed)
 
     # -------------------------------------------------------------- loss
+    #: the model inputs of a batch that :meth:`loss_inputs` embeds without logits, as (side, batch key); training
+    #: embeds those of one backbone together (:meth:`finetune.backbone.Backbone.join_batches`)
+    embedded: tuple[tuple[str, str], ...] = (('a', 'a'), ('b', 'b'))
+
     def loss_inputs(self, embed: Embed, batch: dict, loss: Any, logit_scale: Any = None):
         """The :class:`~finetune.losses.LossInputs` of `batch`; `embed(side, x, logits=False)` embeds a side."""
         from ..losses import LossInputs
@@ -172,6 +176,8 @@ class LabeledKind(DataKind):
         """Class-balanced batches: several items of each class, so every item has a positive."""
         from ..samplers import ClassBalancedBatchSampler
         return ClassBalancedBatchSampler(data.groups, batch_size, items_per_class=items_per_class, seed=seed)
+
+    embedded = (('a', 'a'),)
 
     def loss_inputs(self, embed, batch, loss, logit_scale=None):
         """Embeddings and labels; a classifier loss also gets the head's logits, and an in-batch contrastive
@@ -311,6 +317,8 @@ class MarginTripletsKind(DataKind):
         keys = [(('a', _key(q)), ('b', _key(p)), ('b', _key(n)))
                 for q, p, n in zip(data.a, data.b, data.extra['negative'])]
         return NoDuplicatesBatchSampler(keys, batch_size, seed=seed)
+
+    embedded = (('a', 'a'), ('b', 'b'), ('b', 'c'))
 
     def loss_inputs(self, embed, batch, loss, logit_scale=None):
         from ..losses import LossInputs

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbone import inverse_order
+from ..backbone import Features, inverse_order, join_features, rows_of
 from ..data.kinds import DataKind
 from ..losses import Loss
 
@@ -59,6 +59,30 @@ class TrainingModule(nn.Module):
         """Rows ``start:stop`` of one side's model input, cut by the backbone that embeds that side."""
         return self._backbone(side).slice_batch(x, start, stop)
 
+    def joined(self, batch: dict[str, Any]):
+        """In training, when one backbone embeds several inputs of `batch` (queries and documents of a one-tower
+        model) and can join them (:meth:`~finetune.backbone.Backbone.join_batches`): an ``embed`` that gives
+        each of them its rows of the joined batch's embeddings, embedded once (in length groups: fewer,
+        larger passes). Else None."""
+        wanted = [(side, batch[key]) for side, key in self.kind.embedded if key in batch]
+        if not self.training or len(wanted) < 2 or len({self.towers.get(side) for side, _ in wanted}) > 1:
+            return None
+        side, backbone, inputs = wanted[0][0], self._backbone(wanted[0][0]), [x for _, x in wanted]
+        if all(isinstance(x, Features) for x in inputs):  # a frozen backbone's cached outputs
+            joined = join_features(inputs) if backbone.joins_batches() else None
+        else:
+            joined = backbone.join_batches(inputs)
+        if joined is None:
+            return None
+        parts = self.embed(side, joined).split([rows_of(x) for _, x in wanted])
+        found = {id(x): part for (_, x), part in zip(wanted, parts)}
+
+        def embed(side: str, x: Any, logits: bool = False):
+            part = None if logits else found.get(id(x))
+            return part if part is not None else self.embed(side, x, logits)
+        return embed
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = self.kind.loss_inputs(self.embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
+        embed = self.joined(batch) or self.embed
+        inputs = self.kind.loss_inputs(embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
         return self.loss(inputs)

@@ -77,20 +77,51 @@ class HFTextBackbone(Backbone):
 
     def slice_batch(self, batch: Mapping[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
         """Rows ``start:stop``, without the token columns that are padding in all of them (a chunk of short
-        texts in a batch with a long one is as short as its own longest text)."""
+        texts in a batch with a long one is as short as its own longest text). Padding on the left stays: there,
+        a token's absolute position counts from the batch's first column."""
         part = super().slice_batch(batch, start, stop)
         mask = part.get('attention_mask') if isinstance(part, Mapping) else None
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.any(0).all()):
+        if (not isinstance(mask, torch.Tensor) or mask.dim() != 2 or self._pads_left()
+                or bool(mask.any(0).all())):
             return part
-        keep = mask.any(0)  # padding on one side: the kept columns are contiguous
+        keep = mask.any(0)  # padding on the right: the kept columns are the first ones
         return {k: v[:, keep] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == mask.shape else v
                 for k, v in part.items()}
 
+    def _pads_left(self) -> bool:
+        return getattr(self.tokenizer, 'padding_side', 'right') == 'left'
+
     def row_lengths(self, batch: Any) -> torch.Tensor | None:
         """Each row's token count (its attention mask's sum); a transformer encoder's rows never interact, so
-        training may embed them in length groups (:meth:`~finetune.backbone.Backbone.length_groups`)."""
+        training may embed them in length groups (:meth:`~finetune.backbone.Backbone.length_groups`). None for
+        a tokenizer that pads on the left, where cutting a group's padding would move its tokens' positions."""
         mask = batch.get('attention_mask') if isinstance(batch, Mapping) else None
-        return mask.sum(1) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if self._pads_left() or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        return mask.sum(1)
+
+    def join_batches(self, batches: Sequence[Any]) -> dict[str, torch.Tensor] | None:
+        """Tokenized batches as one, each padded on the right to the longest (token ids with the tokenizer's pad
+        token, the rest with 0); None unless every batch holds the same (rows, length) tensors, and for a
+        tokenizer that pads on the left (more padding would move the tokens' positions)."""
+        if self._pads_left() or not batches or not all(
+                isinstance(b, Mapping) and isinstance(b.get('attention_mask'), torch.Tensor)
+                and b['attention_mask'].dim() == 2 for b in batches):
+            return None
+        keys = set(batches[0])
+        if any(set(b) != keys or any(not isinstance(v, torch.Tensor) or v.shape != b['attention_mask'].shape
+                                     for v in b.values()) for b in batches):
+            return None
+        length = max(b['attention_mask'].shape[1] for b in batches)
+        pad_id = getattr(self.tokenizer, 'pad_token_id', None) or 0
+
+        def padded(value: torch.Tensor, key: str) -> torch.Tensor:
+            missing = length - value.shape[1]
+            if not missing:
+                return value
+            return torch.cat([value, value.new_full((value.shape[0], missing), pad_id if key == 'input_ids' else 0)],
+                             dim=1)
+        return {k: torch.cat([padded(b[k], k) for b in batches]) for k in batches[0]}
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:

@@ -288,7 +288,8 @@ def test_a_folder_sentence_transformers_writes_today_loads_the_same(tiny_bert_di
 
 def test_training_embeds_rows_of_similar_length_apart_with_the_same_result(tiny_bert_dir, monkeypatch):
     """A batch of 12 short texts and 4 long ones is embedded in training as two groups, each cut to its own
-    longest text; loss and gradients equal the whole batch's (dropout off), and rows come back in order."""
+    longest text, and the documents join the queries in one batch; loss and gradients equal those of each side
+    embedded whole (dropout off), and rows come back in order."""
     from finetune.data.kinds import get_kind
     from finetune.losses import build_loss
     from finetune.training.module import TrainingModule
@@ -317,6 +318,7 @@ def test_training_embeds_rows_of_similar_length_apart_with_the_same_result(tiny_
     got = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     module.zero_grad(set_to_none=True)
     monkeypatch.setattr(HFTextBackbone, 'length_groups', lambda self, batch: None)
+    monkeypatch.setattr(TrainingModule, 'joined', lambda self, batch: None)  # each side whole, apart
     whole = module(batch)
     whole.backward()
     assert float(value) == pytest.approx(float(whole), abs=1e-6)
@@ -329,3 +331,27 @@ def test_training_embeds_rows_of_similar_length_apart_with_the_same_result(tiny_
         monkeypatch.setattr(HFTextBackbone, 'length_groups', lambda self, batch: calls.append(1))
         module.embed('a', batch['a'])
         assert calls == []
+
+
+def test_tokenized_batches_join_padded_on_the_right_and_left_padding_keeps_its_batches(tiny_bert_dir):
+    model = tiny(tiny_bert_dir)
+    backbone = model.backbone
+    short, long = backbone.preprocess(['the dog', 'a cat']), backbone.preprocess(['the red dog eats old bread'])
+    joined = backbone.join_batches([short, long])
+    assert set(joined) == set(short) and joined['input_ids'].shape == (3, long['input_ids'].shape[1])
+    extra = long['input_ids'].shape[1] - short['input_ids'].shape[1]
+    assert torch.all(joined['input_ids'][:2, -extra:] == backbone.tokenizer.pad_token_id)
+    assert torch.all(joined['attention_mask'][:2, -extra:] == 0)
+    assert torch.equal(joined['input_ids'][2], long['input_ids'][0])
+    model.eval()
+    with torch.no_grad():  # each row embeds as it did in its own batch
+        torch.testing.assert_close(model(joined)[:2], model(short), atol=1e-5, rtol=1e-4)
+    assert backbone.join_batches([short, {'input_ids': short['input_ids']}]) is None
+    assert backbone.join_batches([short, torch.zeros(2, 3)]) is None
+    # padding on the left: a token's position counts from the first column, so more (or less) padding would
+    # change the embeddings: no joining, no length groups, no columns cut from a chunk
+    backbone.tokenizer.padding_side = 'left'
+    short, long = backbone.preprocess(['the dog', 'a cat']), backbone.preprocess(['the red dog eats old bread'])
+    both = backbone.preprocess(['the dog', 'the red dog eats old bread'])
+    assert backbone.join_batches([short, long]) is None and backbone.row_lengths(both) is None
+    assert backbone.slice_batch(both, 0, 1)['input_ids'].shape == (1, both['input_ids'].shape[1])
