@@ -224,6 +224,7 @@ def length_cuts(ordered: torch.Tensor) -> list[int]:
     rows, least = len(ordered), LENGTH_SPLIT_ROWS
     if rows < 2 * least:
         return []
+    ordered = ordered.cpu()  # a batch's lengths on an accelerator: a few numbers, searched here
     lengths = ordered.double()
     cut = torch.arange(least, rows - least + 1)
     cut = cut[ordered[cut - 1] < ordered[cut]]

@@ -251,3 +251,27 @@ def test_join_features_pads_tokens_and_stacks_maps():
     assert maps.tensor.shape == (3, 4, 3, 3) and maps.mask is None
     assert join_features([Features(torch.ones(2, 4, 3, 3)), Features(torch.ones(1, 4, 2, 2))]) is None
     assert join_features([a, Features(torch.ones(1, 5, 4))]) is None  # one masked, one not
+
+
+def test_swapped_modules_pickle_and_copy_as_their_own_class():
+    import pickle
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Dropout(0.2))
+    with CpuKernels(model, 'cpu'):
+        assert type(model[0]) is not nn.Embedding
+        copied = copy.deepcopy(model)
+        unpickled = pickle.loads(pickle.dumps(model))
+        for twin in (copied, unpickled):
+            assert type(twin[0]) is nn.Embedding and type(twin[1]) is nn.Dropout
+            assert torch.equal(twin[0].weight, model[0].weight)
+        assert type(model[0]) is not nn.Embedding  # the original stays attached
+        assert model[1](input=torch.ones(4)).shape == (4,)  # called by keyword, as torch's forward allows
+
+
+def test_edge_cases_of_the_cpu_paths():
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Dropout(0.99999999))
+    with CpuKernels(model, 'cpu'):
+        model.train()
+        assert torch.equal(model[1](torch.ones(6)), torch.zeros(6))  # drops all, as p rounds to 1
+        out = model[0](torch.zeros(0, 2, dtype=torch.long))  # no rows looked up
+        (out.sum() + model[0](torch.tensor([1])).sum()).backward()
+        assert model[0].weight.grad.shape == (5, 3) and float(model[0].weight.grad[1].sum()) == 3.0

@@ -86,19 +86,26 @@ def _chunked_reference(module: TrainingModule, batch, size: int):
     return value
 
 
-def test_dropout_draws_the_same_masks_in_both_passes():
+@pytest.mark.parametrize('cpu_kernels', [False, True])
+def test_dropout_draws_the_same_masks_in_both_passes(cpu_kernels):
+    """Also with fit's CPU paths attached (cpu_kernels.QuickDropout): the first pass runs without a graph, the
+    second with one, and both must draw their masks the same way."""
+    from contextlib import nullcontext
+
+    from finetune.training.cpu_kernels import CpuKernels
     module = _training_module('fake-text', 'InfoNCE', 'pairs')
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.5
     batch = _pairs_batch(module.model, text_pairs()[:8])
-    torch.manual_seed(1)
-    reference = _chunked_reference(module, batch, 3)
-    after_reference = torch.rand(1)
-    expected = _grads(module)
-    module.zero_grad(set_to_none=True)
-    torch.manual_seed(1)
-    value = _cached(module, batch, 3)
+    with CpuKernels(module.model, 'cpu') if cpu_kernels else nullcontext():
+        torch.manual_seed(1)
+        reference = _chunked_reference(module, batch, 3)
+        after_reference = torch.rand(1)
+        expected = _grads(module)
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        value = _cached(module, batch, 3)
     assert float(value) == pytest.approx(float(reference), abs=1e-6)
     _assert_same_grads(_grads(module), expected)
     assert torch.rand(1).item() == after_reference.item()  # the random stream goes on as without the cache

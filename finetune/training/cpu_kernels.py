@@ -20,7 +20,7 @@ repeat) and drops an element when they fall under ``round(p * 65536)``: the drop
 is the input, as with ``nn.Dropout``. About 2.5 times as fast.
 
 Both are for the CPU only (on a GPU, a fresh table is cheap and dropout is a fused kernel), and only while
-training: a module copied meanwhile, and every module after :meth:`detach`, works as torch's own.
+training: a module copied (or pickled) meanwhile, and every module after :meth:`detach`, works as torch's own.
 """
 from __future__ import annotations
 
@@ -40,10 +40,15 @@ _PATCHED: dict[tuple[type, Callable], type] = {}
 MASK_LEVELS = 1 << 16
 
 
+def _new_module(cls: type) -> nn.Module:
+    """An empty module of class `cls`, for pickle and deepcopy to set the state of."""
+    return cls.__new__(cls)
+
+
 class _Swapped:
     """Modules of a model given another forward while attached: their class is swapped for a subclass whose
-    forward calls `forward(module, x)` for a module in :data:`_ACTIVE` that takes a gradient, and the class's
-    own forward otherwise."""
+    forward calls `forward(module, input)` for a module in :data:`_ACTIVE`, and the class's own forward
+    otherwise. The subclass pickles and copies as the class itself, so a copy made meanwhile is a plain module."""
 
     def __init__(self) -> None:
         self.modules: list[tuple[nn.Module, type]] = []
@@ -51,11 +56,15 @@ class _Swapped:
     def swap(self, module: nn.Module, forward: Callable[[nn.Module, Any], Any]) -> None:
         cls = type(module)
         if (cls, forward) not in _PATCHED:
-            def patched(self, x):
-                if self in _ACTIVE and torch.is_grad_enabled() and self.training:
-                    return forward(self, x)
-                return cls.forward(self, x)
-            _PATCHED[cls, forward] = type(cls.__name__, (cls,), {'forward': patched, '__module__': cls.__module__})
+            def patched(self, input):  # noqa: A002 - the name torch's forward takes it by
+                if self in _ACTIVE:
+                    return forward(self, input)
+                return cls.forward(self, input)
+
+            def reduce(self, protocol):  # pickle and deepcopy: the module as of its own class
+                return _new_module, (cls,), self.__getstate__()
+            _PATCHED[cls, forward] = type(cls.__name__, (cls,), {'forward': patched, '__reduce_ex__': reduce,
+                                                                 '__module__': cls.__module__})
         self.modules.append((module, cls))
         module.__class__ = _PATCHED[cls, forward]
         _ACTIVE.add(module)
@@ -83,7 +92,7 @@ class _RowLookup(torch.autograd.Function):
             return None, None, None
         (ids,) = ctx.saved_tensors
         rows = ids.reshape(-1)
-        values = grad.reshape(rows.numel(), -1).to(ctx.dtype)
+        values = grad.reshape(-1, ctx.size[1]).to(ctx.dtype)
         if ctx.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
             keep = rows != ctx.padding_idx
             rows, values = rows[keep], values[keep]
@@ -93,8 +102,8 @@ class _RowLookup(torch.autograd.Function):
 
 
 def _row_lookup(module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    if not module.weight.requires_grad:
-        return F.embedding(ids, module.weight, module.padding_idx)
+    if not (module.training and torch.is_grad_enabled() and module.weight.requires_grad):
+        return nn.Embedding.forward(module, ids)
     return _RowLookup.apply(ids, module.weight, module.padding_idx)
 
 
@@ -110,8 +119,8 @@ class RowGradients:
     @staticmethod
     def eligible(module: nn.Module) -> bool:
         return (isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward
-                and module.weight.requires_grad and not module.sparse and module.max_norm is None
-                and not module.scale_grad_by_freq)
+                and isinstance(module.weight, nn.Parameter) and module.weight.requires_grad and not module.sparse
+                and module.max_norm is None and not module.scale_grad_by_freq)
 
     def attach(self) -> RowGradients:
         weights = set()
@@ -150,6 +159,8 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     probability; in `x`'s dtype and shape, from torch's default generator."""
     n = x.numel()
     dropped = round(p * MASK_LEVELS)
+    if dropped >= MASK_LEVELS:
+        return torch.zeros_like(x)
     bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-2 ** 31, 2 ** 31)
     levels = bits.view(torch.int16)[:n].view(x.shape)  # uniform on -32768 .. 32767
     keep = levels >= dropped - MASK_LEVELS // 2
@@ -157,7 +168,9 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _quick_dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    return x * dropout_mask(x, module.p)
+    """In training, with or without a graph: GradCache's first pass (no graph) and its second must draw the
+    same masks from the same random state."""
+    return x * dropout_mask(x, module.p) if module.training else x
 
 
 class QuickDropout:
@@ -191,8 +204,12 @@ class CpuKernels:
         self.parts = [RowGradients(model), QuickDropout(model)] if on else []
 
     def __enter__(self) -> CpuKernels:
-        for part in self.parts:
-            part.attach()
+        try:
+            for part in self.parts:
+                part.attach()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
