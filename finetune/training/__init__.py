@@ -36,7 +36,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
 
     Batches are tokenized / decoded in `num_workers` DataLoader processes (default: none for text data, whose
-    fast tokenizers cost less than starting a worker; otherwise half the CPU cores, 1 to 4). Retrieval metrics on `eval_data` are computed before and after training (``run.metrics``).
+    fast tokenizers cost less than starting a worker; otherwise half the CPU cores, 1 to 4). Retrieval metrics
+    on `eval_data` are computed before and after training (``run.metrics``).
     With `output_dir`, a checkpoint is written every `save_steps` optimizer steps and at each epoch end
     (``output_dir/checkpoint-<step>``, the last `save_total_limit` kept) and the final model to
     ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint

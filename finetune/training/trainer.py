@@ -36,13 +36,13 @@ from ..samplers import ShardedBatches, SkipBatches
 from . import checkpoint as ckpt
 from .choose import Chooser
 from .config import TrainingConfig
+from .cpu_kernels import CpuKernels
 from .features import attach as attach_feature_cache
 from .gradcache import CachedStep, all_reduce_gradients
 from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .module import TrainingModule
 from .optim import make_optimizer, make_scheduler, parameter_groups
-from .cpu_kernels import CpuKernels
 from .state import Run, TrainingError, TrainState
 
 #: the learning rate of a family that declares none

@@ -114,14 +114,9 @@ class HFTextBackbone(Backbone):
             return None
         length = max(b['attention_mask'].shape[1] for b in batches)
         pad_id = getattr(self.tokenizer, 'pad_token_id', None) or 0
-
-        def padded(value: torch.Tensor, key: str) -> torch.Tensor:
-            missing = length - value.shape[1]
-            if not missing:
-                return value
-            return torch.cat([value, value.new_full((value.shape[0], missing), pad_id if key == 'input_ids' else 0)],
-                             dim=1)
-        return {k: torch.cat([padded(b[k], k) for b in batches]) for k in batches[0]}
+        pad = torch.nn.functional.pad
+        return {k: torch.cat([pad(b[k], (0, length - b[k].shape[1]), value=pad_id if k == 'input_ids' else 0)
+                              for b in batches]) for k in batches[0]}
 
     def check_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping) or 'input_ids' not in batch or 'attention_mask' not in batch:
