@@ -12,7 +12,8 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import time
+import uuid
 from typing import Any, Callable, Iterator
 
 from .errors import ArtifactError, FinetuneError, OptionError, WeightsLoadError
@@ -54,12 +55,15 @@ def save_model(model, directory: str, metrics: dict | None = None, extra: dict |
                write_more: Callable[[str], None] | None = None) -> str:
     """Write `model` to `directory` atomically (a temporary folder renamed into place); returns the path.
 
-    `write_more(folder)` may add files (a checkpoint's optimizer state) before the folder is renamed. A crash
-    mid-way leaves any earlier artifact at `directory` untouched; a kill between the two renames that replace
-    an earlier artifact leaves it as ``<directory>.old``, which :func:`load` falls back to. Temporary folders
-    left by killed writes are removed by the next save beside them. Raises ArtifactError for a model whose
-    name a saved model could not rebuild from (see :func:`load`), OSError when the disk refuses.
+    `write_more(folder)` may add files (a checkpoint's optimizer state) before the folder is renamed. Every file
+    reaches the disk (fsync) before the rename. A crash mid-way leaves any earlier artifact at `directory`
+    untouched; a kill between the two renames that replace an earlier artifact leaves it as
+    ``<directory>.old``, which :func:`load` falls back to. Temporary folders left by killed writes are removed
+    by the next save beside them. Raises ArtifactError for an existing `directory` that is not an artifact (it
+    is never replaced: nothing of the user's is deleted) and for a model whose name a saved model could not
+    rebuild from (see :func:`load`), OSError when the disk refuses.
     """
+    check_replaceable(directory)
     with folder_written_atomically(directory) as tmp:
         _write_model(model, tmp, metrics, extra)
         if write_more is not None:
@@ -67,27 +71,63 @@ def save_model(model, directory: str, metrics: dict | None = None, extra: dict |
     return os.path.abspath(directory)
 
 
+def is_artifact(folder: str) -> bool:
+    """Whether `folder` holds a model finetune saved (its config read as data, never run)."""
+    try:
+        with open(os.path.join(folder, CONFIG_FILE), encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and ('name' in config or 'export' in config)
+
+
+def check_replaceable(directory: str, what: str = 'directory') -> None:
+    """ArtifactError unless saving a model to `directory` loses nothing of the user's: it must not exist, be
+    empty, or hold an earlier artifact (and the same for ``<directory>.old``, the copy a replacement keeps
+    between its two renames). `what` names the argument in the message."""
+    directory = os.fspath(directory)
+    for path in (directory, directory.rstrip(os.sep) + '.old'):
+        if not os.path.lexists(path):
+            continue
+        if not os.path.isdir(path):
+            raise ArtifactError(f'{what}: {path!r} is a file; expected a folder for the model (a new one, or an '
+                                f'earlier saved model to replace).')
+        if os.listdir(path) and not is_artifact(path):
+            raise ArtifactError(f'{what}: {path!r} exists and is not a saved finetune model (no {CONFIG_FILE} in '
+                                f'it); saving there would replace everything in it. Choose a new folder, or remove '
+                                f'that one yourself.')
+
+
 @contextlib.contextmanager
 def folder_written_atomically(directory: str) -> Iterator[str]:
-    """A temporary folder beside `directory` to write into; when the block ends without an exception it replaces
-    `directory` (kept as ``<directory>.old`` between the two renames), else it is removed: `directory` is then
-    complete or as it was. Temporary folders of killed writes beside it are removed first."""
+    """A temporary folder beside `directory` to write into; when the block ends without an exception its files
+    are synced to the disk and it replaces `directory` (kept as ``<directory>.old`` between the two renames),
+    else it is removed: `directory` is then complete or as it was. The temporary folder is locked while it is
+    written (``<temporary>.lock``); temporaries of killed writes beside it (unlocked, older than a minute) are
+    removed first."""
+    from .files import FileLock, sync_folder, sync_tree
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_temporaries(parent)
-    tmp = tempfile.mkdtemp(prefix=f'{TEMP_PREFIX}{os.getpid()}-', dir=parent)
+    tmp = os.path.join(parent, f'{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}')
+    lock = FileLock(tmp + LOCK_SUFFIX, f'the temporary folder {tmp!r}').acquire()
     try:
+        os.mkdir(tmp)
         yield tmp
+        sync_tree(tmp)
         old = directory + '.old'
         if os.path.exists(directory):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
         os.replace(tmp, directory)
+        sync_folder(parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -> str:
@@ -152,29 +192,42 @@ def write_config(folder: str, config: dict[str, Any]) -> None:
 
 
 TEMP_PREFIX = '.finetune-'
-_TEMP = re.compile(rf'^{re.escape(TEMP_PREFIX)}(\d+)-')
+LOCK_SUFFIX = '.lock'
+_TEMP = re.compile(rf'^{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z_]+(?:{re.escape(LOCK_SUFFIX)})?$')
+#: a temporary this much younger is never judged (its writer may be taking its lock this instant)
+STALE_AFTER_SECONDS = 60.0
+#: a temporary without a lock file (written by an older version) is stale after this long
+UNLOCKED_STALE_AFTER_SECONDS = 3600.0
 
 
 def _remove_stale_temporaries(parent: str) -> None:
-    """Remove the temporary folders in `parent` that a killed write left (their writer's process is gone)."""
+    """Remove the temporary folders (and their lock files) in `parent` that killed writes left: a temporary is
+    stale when nobody holds its lock and it is older than a minute; one without a lock file when it is older
+    than an hour. The process id in the name decides nothing (it may have been reused)."""
+    from .files import is_locked
     try:
         entries = os.listdir(parent)
     except OSError:
         return
+    now = time.time()
     for entry in entries:
-        match = _TEMP.match(entry)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+        if not _TEMP.match(entry):
+            continue
+        path = os.path.join(parent, entry)
+        base = path[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else path
+        lock_path = base + LOCK_SUFFIX
+        try:
+            age = now - os.path.getmtime(lock_path if os.path.exists(lock_path) else path)
+        except OSError:
+            continue
+        if os.path.exists(lock_path):
+            stale = age > STALE_AFTER_SECONDS and not is_locked(lock_path)
+        else:
+            stale = age > UNLOCKED_STALE_AFTER_SECONDS
+        if stale:
+            shutil.rmtree(base, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
 
 
 def _looks_like_path(segment: str) -> bool:

@@ -141,6 +141,8 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
 @click.option('--seed', default=42, show_default=True, type=int)
 @click.option('--metrics-log', default=None, help='Write step and evaluation metrics to this .csv/.jsonl file.')
 @click.option('--output', default=None, help='Folder for the fine-tuned model and its checkpoints.')
+@click.option('--overwrite-output-dir', is_flag=True,
+              help="Remove another run's checkpoints from --output (otherwise such a folder is refused).")
 @click.option('--save-steps', default=None, type=int, help='Also write a checkpoint every N optimizer steps.')
 @click.option('--resume-from', default=None,
               help='A checkpoint folder, or an --output folder for its latest checkpoint: go on from there (options '
@@ -164,8 +166,7 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
                 trust_remote_code, guard_data, **settings) -> None:
     """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
     from .callbacks import MetricsLogger
-    from .evaluation import format_metrics_table
-    from .training import Default, fit
+    from .training import Default, SaveError, fit
 
     def job():
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
@@ -184,16 +185,23 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         model, data = _model_for_fit(model_name, train_data, trust_remote_code, model_option, resume_from)
         if resume_from and trust_remote_code:  # the saved files never turn it on: only this flag
             given['model_options'] = {'trust_remote_code': True}
-        run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
-                  resume_from=resume_from if resume_from else Default(None), guard_data=guard_data, **given)
-        if run.metrics.get('after'):
-            Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after'],
-                                                 guard=run.metrics.get('guard')))
-        if run.save_error:
-            _fail(run.save_error)
+        try:
+            run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
+                      resume_from=resume_from if resume_from else Default(None), guard_data=guard_data, **given)
+        except SaveError as exc:  # the table of what was trained, then the error (exit status 2)
+            _print_table(exc.run)
+            raise
+        _print_table(run)
         if run.config.get('output_dir'):
             click.echo(f'model saved to {run.config["output_dir"]}/model (load it with finetune.load)')
     _run(job)
+
+
+def _print_table(run) -> None:
+    from .evaluation import format_metrics_table
+    if run.metrics.get('after'):
+        Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after'],
+                                             guard=run.metrics.get('guard')))
 
 
 def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option, resume_from):
@@ -241,6 +249,8 @@ def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_toler
     from .merging import choose_alpha, merge
 
     def job():
+        from .artifacts import check_replaceable, save_model
+        check_replaceable(output, '--output')  # before any work: a folder that is not a saved model stays as it is
         base_model = _load_model(base, trust_remote_code)
         tuned_model = _load_model(tuned, trust_remote_code)
         a = _alpha_or_auto(alpha, '--alpha')
@@ -248,7 +258,6 @@ def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_toler
             a, table = choose_alpha(base_model, tuned_model, eval_data, guard_data, guard_tolerance)
             Console().print(table)
         merged = merge(base_model, tuned_model, a)
-        from .artifacts import save_model
         save_model(merged, output, extra={'wise_ft': {'alpha': a}})
         click.echo(f'merged with alpha {a:g}, saved to {output} (load it with finetune.load)')
     _run(job)

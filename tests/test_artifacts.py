@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -159,13 +161,124 @@ def test_a_kill_between_the_renames_of_a_replacement_leaves_a_loadable_model(art
     assert path.is_dir() and not os.path.exists(str(path) + '.old')
 
 
-def test_temporary_folders_of_a_killed_write_are_removed_by_the_next_save(artifact, tmp_path):
+def _aged(path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_temporary_folders_of_a_killed_write_are_judged_by_lock_and_age(artifact, tmp_path):
+    """A killed write leaves '.finetune-<pid>-<id>' and its unlocked lock file: removed once a minute old,
+    whatever the process id in its name (a reused id, even this process's, decides nothing). A temporary whose
+    lock a live process holds is kept however old; one without a lock file (an older version's) after an hour."""
+    from finetune.artifacts import LOCK_SUFFIX
     path, model = artifact
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
-    stale = tmp_path / f'.finetune-{int(dead.stdout)}-abc'
-    stale.mkdir()
-    (stale / 'model.safetensors').write_bytes(b'half')
-    mine = tmp_path / f'.finetune-{os.getpid()}-xyz'  # a write of this process, still going on
-    mine.mkdir()
+
+    def temporary(name: str, age: float, lock: bool = True):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / 'model.safetensors').write_bytes(b'half')
+        if lock:
+            (tmp_path / (name + LOCK_SUFFIX)).write_text('{"pid": 1}')
+            _aged(tmp_path / (name + LOCK_SUFFIX), age)
+        _aged(folder, age)
+        return folder
+    killed = temporary(f'.finetune-{os.getpid()}-abc', 120)  # this very process id, but nobody holds the lock
+    young = temporary('.finetune-1-young', 5)  # its writer may be taking the lock this instant
+    held = temporary('.finetune-999999-held', 7200)  # a dead-looking id, but the lock is held: still written
+    holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f"""
+        import sys, time
+        from finetune.files import FileLock
+        FileLock({str(held) + LOCK_SUFFIX!r}).acquire()
+        print('locked', flush=True)
+        time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        _aged(str(held) + LOCK_SUFFIX, 7200)
+        old_unlocked = temporary('.finetune-2-oldversion', 7200, lock=False)
+        new_unlocked = temporary('.finetune-3-recent', 600, lock=False)
+        finetune.save_model(model, str(tmp_path / 'again'))
+        assert not killed.exists() and not os.path.exists(str(killed) + LOCK_SUFFIX)
+        assert not old_unlocked.exists()
+        assert young.exists() and held.exists() and new_unlocked.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone its temporary is stale too
     finetune.save_model(model, str(tmp_path / 'again'))
-    assert not stale.exists() and mine.exists()
+    assert not held.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.finetune-')) == [
+        '.finetune-1-young', '.finetune-1-young' + LOCK_SUFFIX, '.finetune-3-recent']
+
+
+def test_a_save_syncs_every_file_and_folder_before_the_rename(artifact, tmp_path, monkeypatch):
+    path, model = artifact
+    synced, renames = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f'/proc/self/fd/{fd}'))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        renames.append((src, dst, list(synced)))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, 'fsync', fsync)
+    monkeypatch.setattr(os, 'replace', replace)
+    target = tmp_path / 'synced'
+    finetune.save_model(model, str(target))
+    (src, dst, before), = renames
+    assert dst == str(target)
+    files = {name for name in os.listdir(target)}
+    assert {'model.safetensors', 'finetune_config.json'} <= files
+    assert all(os.path.join(src, name) in before for name in files if os.path.isfile(target / name))
+    assert src in before  # the folder's own entries
+    assert str(tmp_path) in synced[len(before):]  # and the parent after the rename
+
+
+@pytest.mark.parametrize('content', ['file', 'folder', 'old'])
+def test_saving_over_something_that_is_not_an_artifact_is_refused(artifact, tmp_path, content):
+    path, model = artifact
+    target = tmp_path / 'mine'
+    if content == 'file':
+        target.write_text('my notes')
+    elif content == 'folder':
+        target.mkdir()
+        (target / 'thesis.tex').write_text('years of work')
+    else:  # '<dir>.old' is where a replacement keeps the earlier folder: a user's folder of that name stays too
+        target.mkdir()
+        (tmp_path / 'mine.old').mkdir()
+        (tmp_path / 'mine.old' / 'photo.jpg').write_bytes(b'jpeg')
+    with pytest.raises(ArtifactError, match='not a saved finetune model|is a file'):
+        finetune.save_model(model, str(target))
+    if content == 'file':
+        assert target.read_text() == 'my notes'
+    elif content == 'folder':
+        assert os.listdir(target) == ['thesis.tex']
+    else:
+        assert os.listdir(tmp_path / 'mine.old') == ['photo.jpg']
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.finetune-')]
+
+
+def test_an_empty_folder_and_an_earlier_artifact_are_replaced(artifact, tmp_path):
+    path, model = artifact
+    (tmp_path / 'empty').mkdir()
+    finetune.save_model(model, str(tmp_path / 'empty'))
+    finetune.save_model(model, str(path))  # an earlier artifact
+    assert finetune.load(str(tmp_path / 'empty')).output_dim == model.output_dim
+
+
+def test_run_save_and_the_cli_merge_refuse_a_folder_that_is_not_an_artifact(artifact, tmp_path):
+    from click.testing import CliRunner
+
+    from finetune.cli import main
+    from finetune.training import Run
+    path, model = artifact
+    target = tmp_path / 'docs'
+    target.mkdir()
+    (target / 'keep.txt').write_text('mine')
+    run = Run(model, {}, [], 'rows', {})
+    with pytest.raises(ArtifactError, match='not a saved finetune model'):
+        run.save(str(target))
+    result = CliRunner().invoke(main, ['merge', str(path), str(path), '--alpha', '0.5', '--output', str(target)])
+    assert result.exit_code == 2 and 'not a saved finetune model' in result.output
+    assert os.listdir(target) == ['keep.txt']

@@ -1,6 +1,7 @@
 """Step checkpoints and exact resume (finetune/training/checkpoint.py, the Trainer's save and restore)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -164,18 +165,42 @@ def test_a_failed_checkpoint_write_is_logged_and_training_goes_on(tmp_path, monk
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [2, 3]
 
 
-def test_the_run_is_returned_when_the_final_save_fails(tmp_path, monkeypatch):
-    from finetune.training import Run
+def test_a_failed_final_save_raises_and_the_error_holds_the_trained_model(tmp_path, monkeypatch):
+    from finetune.training import Run, SaveError
 
     def refuse(self, directory):
         raise OSError(30, 'Read-only file system', directory)
     monkeypatch.setattr(Run, 'save', refuse)
-    logs = []
-    run = finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(tmp_path),
-                       **dict(EXACT, log=logs.append))
+    with pytest.raises(SaveError) as info:
+        finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(tmp_path), **EXACT)
+    message = str(info.value)
+    assert 'could not save the final model' in message and 'Read-only file system' in message
+    assert 'error.run.save(' in message
+    run = info.value.run
     assert run.model is not None and len(run.history) == 3
-    assert 'could not save the final model' in run.save_error and 'run.save(' in run.save_error
-    assert any(line.startswith('error: could not save the final model') for line in logs)
+    monkeypatch.undo()
+    run.save(str(tmp_path / 'elsewhere'))  # nothing trained is lost
+    _assert_same_weights(_weights(finetune.load(str(tmp_path / 'elsewhere'))), _weights(run.model))
+    assert not (tmp_path / '.finetune.lock').exists()  # the lock is given back however the run ends
+
+
+def test_the_cli_exits_non_zero_when_the_final_save_fails(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from finetune.cli import main
+    from finetune.training import Run
+    data = tmp_path / 'pairs.csv'
+    data.write_text('query,doc\n' + ''.join(f'{a},{b}\n' for a, b in text_pairs()))
+
+    def refuse(self, directory):
+        raise OSError(28, 'No space left on device', directory)
+    monkeypatch.setattr(Run, 'save', refuse)
+    result = CliRunner().invoke(main, ['fit', '--model', 'fake-text', '--train-data', str(data), '--output',
+                                       str(tmp_path / 'out'), '--batch-size', '8', '--device', 'cpu',
+                                       '--precision', 'fp32', '--num-workers', '0'])
+    assert result.exit_code == 2, result.output
+    assert 'could not save the final model' in result.output and 'No space left' in result.output
+    assert 'model saved to' not in result.output
 
 
 def test_a_checkpoint_of_the_first_format_resumes_at_its_epoch(uninterrupted, tmp_path):
@@ -212,3 +237,118 @@ def test_only_the_caller_turns_on_remote_code_for_a_resumed_model(uninterrupted,
     assert asked == [False, True]
     with pytest.raises(OptionError, match='only trust_remote_code may be given.*not pooler'):
         finetune.fit(None, text_pairs(), resume_from=checkpoint, model_options={'pooler': 'max'}, **fresh)
+
+
+# ---------------------------------------------------------------- files go only where the caller says
+
+
+def _point_state_at(checkpoint, **config) -> None:
+    """Rewrite the settings saved in `checkpoint`'s trainer state (as a checkpoint received from elsewhere)."""
+    path = checkpoint / 'trainer_state.pt'
+    state = torch.load(path, weights_only=True)
+    state['config'].update(config)
+    torch.save(state, path)
+
+
+def test_a_resumed_run_never_writes_or_deletes_where_the_checkpoint_says(uninterrupted, tmp_path):
+    out, _, final = uninterrupted
+    victim = tmp_path / 'victim'  # a folder of someone else's checkpoints, named inside the received file
+    for step in (1, 2, 3):
+        shutil.copytree(out / f'checkpoint-{step}', victim / f'checkpoint-{step}')
+    received = tmp_path / 'downloads' / 'checkpoint-4'
+    shutil.copytree(out / 'checkpoint-4', received)
+    _point_state_at(received, output_dir=str(victim), save_total_limit=1)
+    logs = []
+    run = finetune.fit(None, text_pairs(), resume_from=str(received), log=logs.append)
+    _assert_same_weights(_weights(run.model), final)
+    assert sorted(os.listdir(victim)) == ['checkpoint-1', 'checkpoint-2', 'checkpoint-3']  # untouched
+    beside = tmp_path / 'downloads'
+    assert (beside / 'model').is_dir() and run.config['output_dir'] == str(beside)
+    # save_total_limit was not taken from the file either: the default (2) kept this run's last two
+    assert [s for s, _ in ckpt.list_checkpoints(str(beside))] == [5, 6]
+    assert any(f'resuming from {received}' in line for line in logs)
+    elsewhere = tmp_path / 'mine'
+    run = finetune.fit(None, text_pairs(), resume_from=str(out / 'checkpoint-4'), output_dir=str(elsewhere),
+                       save_total_limit=3, log=lambda m: None)
+    assert (elsewhere / 'model').is_dir() and [s for s, _ in ckpt.list_checkpoints(str(elsewhere))] == [5, 6]
+
+
+def test_a_new_run_into_a_folder_of_another_runs_checkpoints_is_refused(tmp_path):
+    out = tmp_path / 'out'
+    finetune.fit('fake-text', text_pairs(), epochs=2, output_dir=str(out), save_steps=1, **EXACT)
+    assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [5, 6]
+    with pytest.raises(OptionError) as info:
+        finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(out), save_steps=1, **EXACT)
+    assert 'checkpoints of another run (checkpoint-5, checkpoint-6)' in str(info.value)
+    assert 'overwrite_output_dir=True' in str(info.value)
+    logs = []
+    run = finetune.fit('fake-text', text_pairs(), epochs=1, output_dir=str(out), save_steps=1,
+                       overwrite_output_dir=True, **dict(EXACT, log=logs.append))
+    assert any('removed 2 checkpoint(s) of another run' in line for line in logs)
+    # its own checkpoints are kept (before, the old run's higher steps made the limit delete each new one)
+    assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [2, 3]
+    assert {ckpt.run_id_of(p) for _, p in ckpt.list_checkpoints(str(out))} == {run.config['run_id']}
+    resumed = finetune.fit(None, text_pairs(), resume_from=str(out), log=lambda m: None)
+    assert resumed.config['run_id'] == run.config['run_id']  # resume picks up the new run, not the old
+
+
+def test_the_checkpoint_limit_removes_only_this_runs_checkpoints(uninterrupted, tmp_path):
+    out, _, _ = uninterrupted
+    for step in (1, 2, 3):
+        shutil.copytree(out / f'checkpoint-{step}', tmp_path / f'checkpoint-{step}')
+    mine = ckpt.run_id_of(str(tmp_path / 'checkpoint-1'))
+    config = json.loads((tmp_path / 'checkpoint-2' / 'finetune_config.json').read_text())
+    config['training']['run_id'] = 'someone-else'
+    (tmp_path / 'checkpoint-2' / 'finetune_config.json').write_text(json.dumps(config))
+    removed = ckpt.remove_old_checkpoints(str(tmp_path), 1, lambda run_id: run_id == mine)
+    assert removed == [str(tmp_path / 'checkpoint-1')]
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-2', 'checkpoint-3']
+
+
+def test_a_model_folder_that_is_not_a_saved_model_is_refused_before_training(tmp_path):
+    steps = []
+
+    class Count(Callback):
+        def on_step_end(self, state):
+            steps.append(state.step)
+    (tmp_path / 'model').mkdir()
+    (tmp_path / 'model' / 'notes.md').write_text('mine')
+    with pytest.raises(OptionError, match="model' exists and is not a saved finetune model; fit writes its final model there"):
+        finetune.fit('fake-text', text_pairs(), output_dir=str(tmp_path), callbacks=[Count()], **EXACT)
+    assert steps == [] and os.listdir(tmp_path / 'model') == ['notes.md']
+
+
+def test_a_second_fit_into_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    out = tmp_path / 'out'
+    script = tmp_path / 'busy.py'
+    script.write_text(textwrap.dedent(f'''
+        import sys, time
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import finetune
+        from finetune.callbacks import Callback
+        from test_training import text_pairs
+
+        class Wait(Callback):
+            def on_step_end(self, state):
+                print('training', flush=True)
+                time.sleep(120)
+
+        finetune.fit('fake-text', text_pairs(), output_dir={str(out)!r}, batch_size=8, device='cpu',
+                     precision='fp32', num_workers=0, callbacks=[Wait()], log=lambda m: None)
+    '''))
+    busy = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout.readline().strip() == 'training'
+        with pytest.raises(OptionError) as info:
+            finetune.fit('fake-text', text_pairs(), output_dir=str(out), **EXACT)
+        assert f'in use by another fit (process {busy.pid} on' in str(info.value)
+        assert '.finetune.lock' in str(info.value)
+    finally:
+        busy.kill()  # SIGKILL: the lock file stays, but nobody holds it any more
+        busy.wait()
+    assert (out / '.finetune.lock').exists()
+    logs = []
+    finetune.fit('fake-text', text_pairs(), output_dir=str(out), overwrite_output_dir=True,
+                 **dict(EXACT, log=logs.append))
+    assert any(f'took over the lock of process {busy.pid}' in line for line in logs)
+    assert not (out / '.finetune.lock').exists() and (out / 'model').is_dir()

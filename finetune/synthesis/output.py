@@ -113,15 +113,15 @@ def read_meta(path: str, settings: dict) -> tuple[set[str], bool]:
 
 
 def write_meta(path: str, settings: dict, without_rows: Iterable[str]) -> None:
-    """Write the settings file of `path` (through a temporary file and a rename: never half written)."""
-    meta = meta_path(path)
-    with open(meta + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump({'settings': settings, 'without_rows': sorted(without_rows)}, f, ensure_ascii=False, indent=1)
-    os.replace(meta + '.tmp', meta)
+    """Write the settings file of `path` (through a synced temporary file and a rename: never half written)."""
+    from ..files import write_text_atomically
+    write_text_atomically(meta_path(path), json.dumps({'settings': settings, 'without_rows': sorted(without_rows)},
+                                                      ensure_ascii=False, indent=1))
 
 
 class RowWriter:
-    """Appends the rows of one query at a time to a JSON-lines file and flushes them (None: writes nothing)."""
+    """Appends the rows of one query at a time to a JSON-lines file and flushes them (None: writes nothing); the
+    file is synced to the disk when closed."""
 
     def __init__(self, path: str | None, append: bool):
         self.file = open(path, 'a' if append else 'w', encoding='utf-8') if path else None
@@ -133,4 +133,6 @@ class RowWriter:
 
     def close(self) -> None:
         if self.file is not None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
             self.file.close()

@@ -13,7 +13,7 @@ from ..callbacks import Callback
 from .config import Default, TrainingConfig
 from .hardware import PRECISIONS, cpu_supports_bf16, resolve_device, resolve_precision, seed_everything
 from .optim import OPTIMIZERS, SCHEDULERS
-from .state import Run, TrainingError, TrainState
+from .state import Run, SaveError, TrainingError, TrainState
 from .trainer import Trainer
 
 
@@ -26,10 +26,11 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         device: str = Default('auto'), precision: str = Default('auto'), num_workers: int | None = Default(None),
         seed: int = Default(42), num_items_per_class: int = Default(4), callbacks: Sequence[Callback] | None = None,
         eval_every: int | None = Default(None), data_kind: str | None = Default(None),
-        output_dir: str | None = Default(None), save_steps: int | None = Default(None),
-        save_total_limit: int = Default(2), resume_from: str | None = Default(None),
-        progress: bool | None = Default(None), ks: Sequence[int] = Default((1, 5, 10)),
-        log: Callable[[str], None] | None = None, guard_data=None, select_best: bool = Default(True),
+        output_dir: str | None = Default(None), overwrite_output_dir: bool = Default(False),
+        save_steps: int | None = Default(None), save_total_limit: int = Default(2),
+        resume_from: str | None = Default(None), progress: bool | None = Default(None),
+        ks: Sequence[int] = Default((1, 5, 10)), log: Callable[[str], None] | None = None, guard_data=None,
+        select_best: bool = Default(True),
         metric_for_best: str | None = Default(None), wise_ft: float | str | None = Default(None),
         guard_tolerance: float = Default(0.01), group_by_length: bool | str = Default('auto'),
         feature_cache: bool | str | dict = Default('auto')) -> Run:
@@ -43,6 +44,11 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint
     exactly where it stopped (arguments left out take the checkpoint's values; the saved files never turn on
     remote code, so a model that needs it resumes with ``model_options={'trust_remote_code': True}``).
+    Files go only where the caller says: a resumed run writes to its `output_dir`, else beside the checkpoint it
+    resumes (never to a folder named in the checkpoint). One run writes an `output_dir` at a time (a second is
+    refused while the first holds ``output_dir/.finetune.lock``); a folder holding another run's checkpoints
+    is refused unless `overwrite_output_dir` (which removes them); a ``model`` folder there that is not a saved
+    model is refused before training; checkpoints beyond `save_total_limit` are removed only among this run's.
 
     Never worse than the base: with `eval_data`, the base model and the model at each epoch end (or every
     `eval_every` steps) are candidates, and the one with the best `metric_for_best` (default per data kind:
@@ -64,7 +70,8 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
 
     Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data
     that cannot be read or does not fit the model, OptionError for bad settings, TrainingError when a step
-    turns NaN (the last good model is kept).
+    turns NaN (the last good model is kept), SaveError when the final model cannot be written to
+    ``output_dir/model`` (``error.run`` holds the trained model).
     """
     config = TrainingConfig.from_arguments(
         loss=loss, loss_options=loss_options, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -72,14 +79,15 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         scheduler=scheduler, warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm,
         gradient_accumulation_steps=gradient_accumulation_steps, device=device, precision=precision,
         num_workers=num_workers, seed=seed, num_items_per_class=num_items_per_class, eval_every=eval_every,
-        data_kind=data_kind, output_dir=output_dir, save_steps=save_steps, save_total_limit=save_total_limit,
-        resume_from=resume_from, progress=progress, ks=ks, select_best=select_best, metric_for_best=metric_for_best,
-        wise_ft=wise_ft, guard_tolerance=guard_tolerance, group_by_length=group_by_length,
-        feature_cache=feature_cache)
+        data_kind=data_kind, output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, save_steps=save_steps,
+        save_total_limit=save_total_limit, resume_from=resume_from, progress=progress, ks=ks, select_best=select_best,
+        metric_for_best=metric_for_best, wise_ft=wise_ft, guard_tolerance=guard_tolerance,
+        group_by_length=group_by_length, feature_cache=feature_cache)
     trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log,
                       guard_data=guard_data)
     return trainer.train()
 
 
-__all__ = ['fit', 'Trainer', 'TrainingConfig', 'Default', 'Run', 'TrainState', 'TrainingError', 'PRECISIONS',
-           'OPTIMIZERS', 'SCHEDULERS', 'cpu_supports_bf16', 'resolve_device', 'resolve_precision', 'seed_everything']
+__all__ = ['fit', 'Trainer', 'TrainingConfig', 'Default', 'Run', 'TrainState', 'TrainingError', 'SaveError',
+           'PRECISIONS', 'OPTIMIZERS', 'SCHEDULERS', 'cpu_supports_bf16', 'resolve_device', 'resolve_precision',
+           'seed_everything']

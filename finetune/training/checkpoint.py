@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -107,9 +107,36 @@ def save_checkpoint(model, directory: str, state: dict[str, Any], metrics: dict,
                       write_more=lambda folder: torch.save(state, os.path.join(folder, TRAINER_STATE)))
 
 
-def remove_old_checkpoints(output_dir: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` complete checkpoints of `output_dir`; returns the removed paths."""
-    found = list_checkpoints(output_dir)
+def run_id_of(path: str) -> str | None:
+    """The id of the run that wrote the checkpoint or model folder `path` (None for one written before runs had
+    ids, or unreadable); read from its JSON config as data."""
+    import json
+
+    from ..artifacts import CONFIG_FILE
+    try:
+        with open(os.path.join(path, CONFIG_FILE), encoding='utf-8') as f:
+            config = json.load(f)
+        run_id = config.get('run_id', (config.get('training') or {}).get('run_id'))
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
+def foreign_checkpoints(output_dir: str, is_ours: Callable[[str | None], bool]) -> list[str]:
+    """The complete checkpoints in `output_dir` (step folders and a format-1 ``checkpoint``) that another run
+    wrote, by `is_ours(run id)`."""
+    found = [path for _, path in list_checkpoints(output_dir)]
+    legacy = os.path.join(output_dir, 'checkpoint')
+    if is_checkpoint(legacy):
+        found.append(legacy)
+    return [path for path in found if not is_ours(run_id_of(path))]
+
+
+def remove_old_checkpoints(output_dir: str, keep: int, is_ours: Callable[[str | None], bool] = lambda _: True
+                           ) -> list[str]:
+    """Delete all but the newest `keep` complete checkpoints of `output_dir` that this run wrote (by
+    `is_ours(run id)`; another run's are never touched); returns the removed paths."""
+    found = [(step, path) for step, path in list_checkpoints(output_dir) if is_ours(run_id_of(path))]
     removed = []
     for _, path in found[:max(0, len(found) - keep)]:
         shutil.rmtree(path, ignore_errors=True)

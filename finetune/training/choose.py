@@ -158,20 +158,23 @@ class Chooser:
         path = os.path.join(t.config.output_dir, folder)
         extra = {'candidate': {'label': candidate.label, 'step': candidate.step, 'metrics': candidate.metrics,
                                'guard_metrics': candidate.guard_metrics}} if candidate else {}
+        extra['run_id'] = t.run_id
         try:
             save_model(t.unwrapped, path, extra=extra)
         except Exception as exc:  # noqa: BLE001 - the choice is kept in memory either way
             t.say(f'warning: could not write {path} ({type(exc).__name__}: {exc})')
 
     def _resume(self) -> None:
-        """After a resume: the best candidate and the base written by the interrupted run, if there are any."""
+        """After a resume: the best candidate and the base written by the interrupted run, if there are any (in the
+        folder of the checkpoint resumed, and written by that run: another run's are never offered)."""
         from ..artifacts import read_config
         from safetensors.torch import load_file
         t = self.trainer
-        output_dir = t.config.output_dir
+        from .checkpoint import run_id_of
+        written_to = os.path.dirname(os.path.abspath(t.resume_state['directory']))
         for folder in ('best', 'base'):
-            path = os.path.join(output_dir, folder) if output_dir else None
-            if path is None or not os.path.isdir(path):
+            path = os.path.join(written_to, folder)
+            if not os.path.isdir(path) or not t.is_ours(run_id_of(path)):
                 continue
             state = load_file(os.path.join(path, 'model.safetensors'))
             if folder == 'base':

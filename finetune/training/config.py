@@ -38,9 +38,11 @@ KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate
                   'optimizer', 'optimizer_options', 'scheduler', 'warmup_ratio', 'max_grad_norm',
                   'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind',
                   'group_by_length')
-#: settings a resumed run takes from its checkpoint when left out, and may change freely
-INHERITED_ON_RESUME = ('output_dir', 'save_steps', 'save_total_limit', 'eval_every', 'num_workers', 'select_best',
-                       'metric_for_best', 'wise_ft', 'guard_tolerance', 'feature_cache')
+#: settings a resumed run takes from its checkpoint when left out, and may change freely. Never where files go or
+#: which are deleted (output_dir, save_total_limit): a resumed run writes where its caller says, else beside the
+#: checkpoint it resumes, and keeps save_total_limit's default unless told otherwise
+INHERITED_ON_RESUME = ('save_steps', 'eval_every', 'num_workers', 'select_best', 'metric_for_best', 'wise_ft',
+                       'guard_tolerance', 'feature_cache')
 
 
 def _number(value: Any) -> bool:
@@ -90,6 +92,7 @@ class TrainingConfig:
     eval_every: int | None = None
     data_kind: str | None = None
     output_dir: str | None = None
+    overwrite_output_dir: bool = False
     save_steps: int | None = None
     save_total_limit: int = 2
     resume_from: str | None = None
@@ -145,8 +148,9 @@ class TrainingConfig:
                                   f'{type(value).__name__}.')
         _optional_str('loss', self.loss, 'a loss name such as "InfoNCE"')
         _optional_str('metric_for_best', self.metric_for_best, 'a metric name such as "ndcg@10"')
-        if not isinstance(self.select_best, bool):
-            raise OptionError(f'select_best: expected True or False, got {self.select_best!r}.')
+        for name in ('select_best', 'overwrite_output_dir'):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f'{name}: expected True or False, got {getattr(self, name)!r}.')
         if self.wise_ft is not None and self.wise_ft != 'auto':
             from ..merging import check_alpha
             try:

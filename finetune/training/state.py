@@ -11,6 +11,15 @@ class TrainingError(FinetuneError):
     """Training could not go on (NaN loss, ...); the message says what was kept."""
 
 
+class SaveError(FinetuneError):
+    """Training finished but its final model could not be written; ``run`` holds the result (``run.model``, the
+    metrics), to save elsewhere with ``run.save(folder)``."""
+
+    def __init__(self, message: str, run: Run):
+        super().__init__(message)
+        self.run = run
+
+
 @dataclass
 class TrainState:
     """What callbacks see: progress, the last loss, and hooks back into the loop."""
@@ -45,13 +54,12 @@ class TrainState:
 
 
 class Run:
-    """The result of :func:`finetune.fit`: the trained ``model``, ``metrics`` {'before', 'after'}, the
-    ``history`` of steps and evaluations, and ``save_error`` (None, or why the final save failed)."""
+    """The result of :func:`finetune.fit`: the trained ``model``, ``metrics`` {'before', 'after'}, and the
+    ``history`` of steps and evaluations."""
 
     def __init__(self, model, metrics: dict[str, dict], history: list[dict], data_description: str, config: dict):
         self.model, self.metrics, self.history = model, metrics, history
         self.data_description, self.config = data_description, config
-        self.save_error: str | None = None
 
     def save(self, directory: str) -> str:
         """Write the fine-tuned model (safetensors + JSON config with the metrics); returns the path."""

@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
+import uuid
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -43,7 +46,7 @@ from .guard import LastGood, gradients_ok, on_every_process
 from .hardware import resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 from .module import TrainingModule
 from .optim import make_optimizer, make_scheduler, parameter_groups
-from .state import Run, TrainingError, TrainState
+from .state import Run, SaveError, TrainingError, TrainState
 
 #: the learning rate of a family that declares none
 FALLBACK_LEARNING_RATE = 1e-4
@@ -65,6 +68,11 @@ class Trainer:
         self.say = log_function(log)
         self.resume_state: dict[str, Any] | None = None
         self.metrics: dict[str, dict] = {}
+        #: the id written into each checkpoint and kept folder of this run (a resumed run keeps its checkpoint's)
+        self.run_id: str = uuid.uuid4().hex
+        #: a resumed run of a checkpoint written before runs had ids owns the id-less checkpoints beside it
+        self.owns_unnamed = False
+        self.output_lock: FolderLock | None = None
 
     # ================================================================ setup
     def setup(self) -> None:
@@ -91,8 +99,7 @@ class Trainer:
         self.prepare_engine()
         self.scheduler = make_scheduler(self.config.scheduler, self.optimizer, self.total_steps,
                                         int(self.config.warmup_ratio * self.total_steps))
-        if self.config.output_dir is not None:
-            ckpt.check_output_dir(self.config.output_dir, ckpt.checkpoint_bytes(self.module))
+        self.claim_output_dir()
         self.chooser = Chooser(self)
         self.state = self.make_state()
         self.feature_cache = attach_feature_cache(self)  # frozen backbone: features computed once, or None
@@ -105,7 +112,63 @@ class Trainer:
         state = ckpt.read_trainer_state(directory)
         state['directory'] = directory
         self.config, self.resume_differences = self.config.for_resume(state['config'])
+        saved_id = ckpt.run_id_of(directory)  # as the checkpoints beside it are judged: from its JSON config
+        self.run_id = saved_id or self.run_id
+        self.owns_unnamed = saved_id is None
+        if 'output_dir' not in self.config.explicit:  # never a path read from the file: beside the checkpoint
+            self.config = replace(self.config, output_dir=os.path.dirname(os.path.abspath(directory)))
         return state
+
+    def is_ours(self, run_id: str | None) -> bool:
+        """Whether a checkpoint or kept folder with `run_id` was written by this run (or the run it resumes)."""
+        return run_id == self.run_id or (run_id is None and self.owns_unnamed)
+
+    def claim_output_dir(self) -> None:
+        """Before the first step, with an output_dir: room for a checkpoint, the folder locked for this run alone
+        (the main process holds ``.finetune.lock``), its ``model`` folder replaceable, and no other run's
+        checkpoints in it (removed only with ``overwrite_output_dir=True``). Raises OptionError."""
+        from ..artifacts import check_replaceable
+        from ..errors import ArtifactError
+        from ..files import FolderBusyError, FolderLock
+        c = self.config
+        if c.output_dir is None:
+            return
+        ckpt.check_output_dir(c.output_dir, ckpt.checkpoint_bytes(self.module))
+        if self.accelerator.is_main_process:
+            lock = FolderLock(c.output_dir, f'output_dir={c.output_dir!r}')
+            try:
+                self.output_lock = lock.acquire()
+            except FolderBusyError as exc:
+                raise OptionError(str(exc)) from None
+            if lock.took_over:
+                self.say(f'output_dir: took over the lock of process {lock.took_over.get("pid")} (ended without '
+                         f'releasing it)')
+        model_dir = os.path.join(c.output_dir, 'model')
+        try:
+            check_replaceable(model_dir)
+        except ArtifactError:
+            raise OptionError(f'output_dir={c.output_dir!r}: {model_dir!r} exists and is not a saved finetune model; '
+                              f'fit writes its final model there, which would replace everything in it. Choose '
+                              f'another output_dir, or move that folder away.') from None
+        foreign = ckpt.foreign_checkpoints(c.output_dir, self.is_ours)
+        if foreign and not c.overwrite_output_dir:
+            names = ', '.join(os.path.basename(p) for p in foreign)
+            raise OptionError(f'output_dir={c.output_dir!r} holds checkpoints of another run ({names}): this run\'s '
+                              f'checkpoints would be mixed with them, and resume_from={c.output_dir!r} could pick up '
+                              f'that run. Choose another output_dir, resume that run with '
+                              f'resume_from={c.output_dir!r}, or pass overwrite_output_dir=True to remove them.')
+        if foreign and self.accelerator.is_main_process:
+            for path in foreign:
+                shutil.rmtree(path, ignore_errors=True)
+            self.say(f'overwrite_output_dir: removed {len(foreign)} checkpoint(s) of another run from '
+                     f'{c.output_dir}')
+        self.accelerator.wait_for_everyone()
+
+    def release_output_dir(self) -> None:
+        """Give back the output_dir's lock (at the end of a run, however it ends)."""
+        if self.output_lock is not None:
+            self.output_lock.release()
+            self.output_lock = None
 
     def build_model(self):
         """The model to train: rebuilt from the checkpoint, built from a registry name, or the one given."""
@@ -306,7 +369,14 @@ class Trainer:
     def train(self) -> Run:
         """Set up, evaluate, train, evaluate, save; returns the :class:`Run`. Raises TrainingError when a step
         turns non-finite (the model keeps its last good weights), InputError / OptionError for bad input."""
-        self.setup()
+        try:
+            self.setup()
+            return self.train_set_up()
+        finally:
+            self.release_output_dir()
+
+    def train_set_up(self) -> Run:
+        """Everything of :meth:`train` after :meth:`setup`."""
         self.chooser.start()
         if self.eval_data is not None and self.accelerator.is_main_process:
             self.say(_metric_line('before', self.metrics['before'], self.eval_data.data_kind))
@@ -488,8 +558,8 @@ class Trainer:
         if getattr(self, '_run_config', None) is not None:
             return dict(self._run_config)
         out = self.config.to_dict()
-        out.update(loss=self.loss.name, learning_rate=self.learning_rate, precision=self.precision,
-                   data_kind=self.train_data.kind, steps_per_epoch=self.steps_per_epoch,
+        out.update(run_id=self.run_id, loss=self.loss.name, learning_rate=self.learning_rate,
+                   precision=self.precision, data_kind=self.train_data.kind, steps_per_epoch=self.steps_per_epoch,
                    data=self.train_data.describe())
         self._run_config = out
         return dict(out)
@@ -504,7 +574,7 @@ class Trainer:
         try:
             self._checkpoint_to(path, self.metrics)
             if self.accelerator.is_main_process:
-                ckpt.remove_old_checkpoints(output_dir, self.config.save_total_limit)
+                ckpt.remove_old_checkpoints(output_dir, self.config.save_total_limit, self.is_ours)
         except Exception as exc:  # noqa: BLE001 - a full disk must not end a long run
             self.say(f'warning: could not write the checkpoint {path} ({type(exc).__name__}: {exc}); training goes '
                      f'on')
@@ -517,8 +587,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Run:
-        """The evaluation after training and the final model in ``output_dir/model``. A failed final save is
-        logged and kept in ``run.save_error``: the Run (and its model) is returned either way."""
+        """The evaluation after training and the final model in ``output_dir/model``. A failed final save raises
+        :class:`~finetune.training.SaveError`, which holds the Run (``error.run.model``: nothing trained is lost)."""
         self.unwrapped.eval()
         self.chooser.finish()
         if self.eval_data is not None and self.accelerator.is_main_process:
@@ -529,9 +599,9 @@ class Trainer:
             try:
                 run.save(target)
             except Exception as exc:  # noqa: BLE001 - the trained model must not be lost with the file
-                run.save_error = (f'could not save the final model to {target} ({type(exc).__name__}: {exc}); the '
-                                  f'trained weights are in run.model: save them with run.save(another_folder)')
-                self.say(f'error: {run.save_error}')
+                raise SaveError(f'could not save the final model to {target} ({type(exc).__name__}: {exc}); the '
+                                f'trained model is kept in the error: error.run.model, saved with '
+                                f'error.run.save(another_folder)', run) from exc
         return run
 
     # ================================================================ helpers
