@@ -17,9 +17,8 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from .errors import ArtifactError, FinetuneError, OptionError, WeightsLoadError
+from .files import CONFIG_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported: the files of an artifact
 
-CONFIG_FILE = 'finetune_config.json'
-WEIGHTS_FILE = 'model.safetensors'
 FORMAT_VERSION = 1
 
 

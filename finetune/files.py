@@ -1,7 +1,7 @@
 """Files a run writes, made safe: a lock on a folder one run writes at a time, and writes that reach the disk.
 
 A leaf module (it imports nothing else of the package): artifacts, checkpoints, exports and synthesis output
-all use it.
+all use it, and the names of a saved model's files live here so that any of them can name those files.
 
 - :class:`FolderLock` — ``<folder>/.finetune.lock`` holds the writer's process id, host and start time while
   an advisory lock (``flock``) is held on it. The kernel drops that lock when its process ends however it
@@ -25,6 +25,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = '.finetune.lock'
+#: the files of a saved model (see :mod:`finetune.artifacts`): its JSON config and its safetensors weights
+CONFIG_FILE = 'finetune_config.json'
+WEIGHTS_FILE = 'model.safetensors'
 
 
 class FolderBusyError(RuntimeError):

@@ -3,19 +3,19 @@
 ``merge(base, tuned, alpha)`` takes every weight of `tuned` that `base` also has (same name, same shape) as
 ``(1 - alpha) * base + alpha * tuned``; weights the base does not have (a classifier or projection head added
 for fine-tuning) and non-float buffers (counters) come from `tuned`. The sum is computed in float64 and
-rounded once to the weights' own type, so ``alpha=0`` and ``alpha=1`` reproduce the two models bit for bit. ``alpha=0`` gives the base's weights,
-``alpha=1`` the tuned ones. Fine-tuning tends to trade what the base did well elsewhere for the new data; a
-point in between often keeps most of the gain and loses less.
+rounded once to the weights' own type, so ``alpha=0`` and ``alpha=1`` reproduce the two models bit for bit.
+``alpha=0`` gives the base's weights, ``alpha=1`` the tuned ones. Fine-tuning tends to trade what the base did
+well elsewhere for the new data; a point in between often keeps most of the gain and loses less.
 """
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .errors import InputError, OptionError
+from .validators import number
 
 
 def _state(model: Any, what: str) -> dict[str, torch.Tensor]:
@@ -32,11 +32,8 @@ def _state(model: Any, what: str) -> dict[str, torch.Tensor]:
 
 def check_alpha(alpha: Any) -> float:
     """`alpha` as a float in [0, 1]; OptionError otherwise."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
-            or not 0 <= alpha <= 1:
-        raise OptionError(f'alpha: expected a number in [0, 1] (0: the base model, 1: the fine-tuned one), got '
-                          f'{alpha!r}.')
-    return float(alpha)
+    return number('alpha', alpha, 'a number in [0, 1] (0: the base model, 1: the fine-tuned one)',
+                  lambda v: 0 <= v <= 1)
 
 
 def merged_state(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
@@ -77,36 +74,61 @@ def merge(base: Any, tuned: Any, alpha: float) -> torch.nn.Module:
     return result
 
 
+def offer_interpolations(model: torch.nn.Module, base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
+                         alphas: Sequence[float], measure: Callable[[float], tuple[dict, dict | None]], selection,
+                         label: Callable[[float], str], step: int = 0, trained: bool | None = None,
+                         keep_weights: bool = True) -> Iterator[tuple[float, Any, dict[str, torch.Tensor]]]:
+    """The grid of WiSE-FT, one alpha at a time: `model` is given the weights of `base` and `tuned` interpolated
+    by the alpha (:func:`merged_state`), measured (``measure(alpha)``: its eval and guard metrics, the guard's None
+    without guard data), and offered to `selection` (a :class:`~finetune.training.selection.Selection`) as the
+    candidate ``label(alpha)`` at `step` (`trained`: see ``Selection.offer``); the candidate holds its weights
+    while it is the best, or none without `keep_weights`. Yields ``(alpha, candidate, weights)``. Raises what
+    merged_state raises (InputError for models of different architectures, OptionError for an alpha outside
+    [0, 1])."""
+    from .training.selection import Candidate
+    for alpha in alphas:
+        state = merged_state(base, tuned, alpha)
+        model.load_state_dict(state)
+        metrics, guard_metrics = measure(alpha)
+        candidate = Candidate(label(alpha), step, metrics, guard_metrics)
+        selection.offer(candidate, (lambda s=state: s) if keep_weights else dict, trained=trained)
+        yield alpha, candidate, state
+
+
 def choose_alpha(base: Any, tuned: torch.nn.Module, eval_data: Any, guard_data: Any = None,
                  tolerance: float = 0.01, ks=(1, 5, 10)):
     """WiSE-FT's alpha chosen on `eval_data` over (0, 0.25, 0.5, 0.75, 1) by the rule of model selection
     (:mod:`finetune.training.selection`): the best eval metric among the alphas whose guard metric is at most
     `tolerance` below the base's. Returns ``(alpha, rich table of the grid)``. Raises OptionError without
-    eval data."""
+    eval data, InputError for data the model cannot be measured on (read and checked once for the grid)."""
     from rich.table import Table
 
-    from .data import load_data
-    from .evaluation import evaluate
-    from .training.selection import WISE_FT_GRID, Candidate, Selection
+    from .evaluation import Evaluation
+    from .training.selection import WISE_FT_GRID, Selection
     if eval_data is None:
         raise OptionError("alpha='auto' is chosen on evaluation data: give eval_data (--eval-data), or a number.")
-    evaluation = load_data(eval_data, 'eval_data')
-    guard = load_data(guard_data, 'guard_data') if guard_data is not None else None
-    k = max(ks)
-    metric = evaluation.data_kind.best_metric.format(k=k)
-    guard_metric = guard.data_kind.best_metric.format(k=k) if guard is not None else None
-    selection = Selection(metric, guard_metric, tolerance)
-    base_state, tuned_state = _state(base, 'base'), tuned.state_dict()
     model = copy.deepcopy(tuned)
+    evaluation = Evaluation(model, eval_data, 'eval_data')
+    guard = Evaluation(model, guard_data, 'guard_data') if guard_data is not None else None
+    k = max(ks)
+    metric = evaluation.data.data_kind.best_metric.format(k=k)
+    guard_metric = guard.data.data_kind.best_metric.format(k=k) if guard is not None else None
+    selection = Selection(metric, guard_metric, tolerance)
     table = Table(title='WiSE-FT: alpha (0: the base, 1: the fine-tuned model)')
     for column in ('alpha', metric) + ((f'guard {guard_metric}',) if guard_metric else ()):
         table.add_column(column, justify='right')
-    for alpha in WISE_FT_GRID:
-        model.load_state_dict(merged_state(base_state, tuned_state, alpha))
-        metrics = evaluate(model, evaluation, ks=ks)
-        guard_metrics = evaluate(model, guard, ks=ks) if guard is not None else None
-        selection.offer(Candidate('base' if alpha == 0 else f'alpha {alpha:g}', 0, metrics, guard_metrics),
-                        lambda a=alpha: {'alpha': a})
-        table.add_row(f'{alpha:g}', f'{metrics[metric]:.4f}',
+
+    def measure(alpha: float) -> tuple[dict, dict | None]:
+        return evaluation.run(ks=ks), guard.run(ks=ks) if guard is not None else None
+    chosen = None
+    for alpha, candidate, _ in offer_interpolations(model, _state(base, 'base'), tuned.state_dict(), WISE_FT_GRID,
+                                                    measure, selection, _grid_label, keep_weights=False):
+        chosen = alpha if candidate is selection.best else chosen
+        guard_metrics = candidate.guard_metrics
+        table.add_row(f'{alpha:g}', f'{candidate.metrics[metric]:.4f}',
                       *((f'{guard_metrics[guard_metric]:.4f}',) if guard_metrics else ()))
-    return selection.best.state['alpha'], table
+    return chosen, table
+
+
+def _grid_label(alpha: float) -> str:
+    return 'base' if alpha == 0 else f'alpha {alpha:g}'

@@ -7,11 +7,11 @@ against the schema of whatever they configure.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from . import validators as rules
 from .errors import OptionError, did_you_mean
 
 Validator = Callable[[str, Any], Any]
@@ -30,50 +30,46 @@ class Option:
     schema: tuple['Option', ...] = ()
 
 
+def _label(name: str) -> str:
+    return f'option {name!r}'
+
+
 def _fail(name: str, value: Any, expected: str) -> OptionError:
-    return OptionError(f'option {name!r}: expected {expected}, got {value!r} ({type(value).__name__}).')
+    return rules.expected(_label(name), value, expected)
 
 
 # ---------------------------------------------------------------- validators (each: (name, value) -> value)
+# The rules themselves are finetune.validators'; these name the option in their messages.
 
 def positive_int(allow_none: bool = False) -> Validator:
+    """A validator of a positive int (or None, when `allow_none`); it raises OptionError naming the option."""
+    what = 'a positive integer' + (' or None' if allow_none else '')
+
     def check(name: str, value: Any) -> Any:
-        if value is None and allow_none:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise _fail(name, value, 'a positive integer' + (' or None' if allow_none else ''))
-        return value
+        return rules.integer(_label(name), value, 1, what, none=allow_none)
     return check
 
 
 def positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _fail(name, value, 'a positive finite number')
-    return float(value)
+    """`value` as a float, finite and > 0; OptionError naming the option otherwise."""
+    return rules.positive(_label(name), value, 'a positive finite number')
 
 
 def fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise _fail(name, value, 'a number in [0, 1)')
-    return float(value)
+    """`value` as a float in [0, 1); OptionError naming the option otherwise."""
+    return rules.fraction(_label(name), value)
 
 
 def boolean(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(name, value, 'True or False')
-    return value
+    """`value`, True or False; OptionError naming the option otherwise."""
+    return rules.boolean(_label(name), value)
 
 
 def one_of(choices: Sequence[Any], allow_none: bool = False) -> Validator:
+    """A validator of one of `choices` (strings without case; or None, when `allow_none`); it returns the choice
+    as `choices` spells it and raises OptionError naming the option and the closest choice."""
     def check(name: str, value: Any) -> Any:
-        if value is None and allow_none:
-            return None
-        for choice in choices:
-            if isinstance(value, str) and isinstance(choice, str) and value.lower() == choice.lower():
-                return choice
-        expected = 'one of ' + ', '.join(repr(c) for c in choices) + (' or None' if allow_none else '')
-        hint = did_you_mean(value, [c for c in choices if isinstance(c, str)]) if isinstance(value, str) else ''
-        raise OptionError(f'option {name!r}: expected {expected}, got {value!r}.{hint}')
+        return rules.choice(_label(name), value, choices, none=allow_none)
     return check
 
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .errors import InputError, OptionError
+from .errors import InputError
+from .validators import integer
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise OptionError(f'{name} must be an integer >= {minimum}, got {value!r}.')
-    return int(value)
+    """`value` as an int of at least `minimum` (numpy integers too); OptionError naming `name` otherwise."""
+    return integer(name, int(value) if isinstance(value, np.integer) else value, minimum)
 
 
 def _to_list(values: Any) -> list:

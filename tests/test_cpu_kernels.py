@@ -183,6 +183,37 @@ def test_fit_uses_quick_dropout_and_gives_back_plain_modules(monkeypatch):
     assert type(model.backbone.dropout) is nn.Dropout
 
 
+def test_the_cpu_paths_attach_through_the_trainers_training_context():
+    """The epochs run in Trainer.training_context(): by default the CPU paths are attached there; a subclass
+    that returns another context trains on torch's own modules."""
+    from contextlib import nullcontext
+
+    from finetune.training import Trainer, TrainingConfig
+
+    class Plain(Trainer):
+        def training_context(self):
+            return nullcontext()
+
+    class Watched(Trainer):
+        seen: list = []
+
+        def compute_loss(self, batch):
+            backbone = self.unwrapped.backbone
+            self.seen.append((type(backbone.embed), type(backbone.dropout)))
+            return super().compute_loss(batch)
+
+    class WatchedPlain(Watched, Plain):
+        seen: list = []
+
+    pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays'),
+             ('a red car', 'the blue car'), ('the sky is blue', 'the sea is green')]
+    config = TrainingConfig.from_arguments(epochs=1, batch_size=4, num_workers=0, progress=False)
+    Watched('fake-text', pairs, config=config, log=lambda m: None).train()
+    WatchedPlain('fake-text', pairs, config=config, log=lambda m: None).train()
+    assert Watched.seen and all(e is not nn.Embedding and d is not nn.Dropout for e, d in Watched.seen)
+    assert WatchedPlain.seen and all(e is nn.Embedding and d is nn.Dropout for e, d in WatchedPlain.seen)
+
+
 def test_cpu_gradient_clipping_matches_torch_and_flags_non_finite_norms():
     from accelerate import Accelerator
 

@@ -141,3 +141,38 @@ def test_read_items_for_encoding(tmp_path):
         read_items(str(tmp_path / 'empty.csv'))
     with pytest.raises(InputError, match='cannot read'):
         read_items(str(tmp_path / 'missing.txt'))
+
+
+def test_a_new_format_is_one_reader(tmp_path):
+    """A reader registered before the catch-all 'rows' reader reads its sources; the rest is load_data's."""
+    from finetune.data import readers
+    from finetune.data.readers import Reader, Table, reader_names, register_reader
+
+    class Lines:  # a source of its own: 'query => doc' lines
+        def __init__(self, text):
+            self.text = text
+
+        def __iter__(self):
+            return iter(self.text.splitlines())
+
+    class LinesReader(Reader):
+        name = 'test-lines'
+
+        def accepts(self, source):
+            return isinstance(source, Lines)
+
+        def read(self, source, name, delimiter=','):
+            return Table([line.split(' => ') for line in source], f'{name} (lines)')
+
+    saved = dict(readers._READERS)
+    try:
+        register_reader(LinesReader(), before='rows')
+        assert reader_names()[-2:] == ('test-lines', 'rows')
+        data = load_data(Lines('what barks => a dog\nwhat meows => a cat'))
+        assert (data.kind, data.a, data.source) == ('pairs', ['what barks', 'what meows'], 'train_data (lines)')
+        with pytest.raises(InputError, match="no reader named 'nope'"):
+            register_reader(LinesReader(), before='nope')
+    finally:
+        readers._READERS.clear()
+        readers._READERS.update(saved)
+    assert 'test-lines' not in reader_names()

@@ -12,7 +12,7 @@ import torch
 import finetune
 from finetune.backbone import Backbone, Features
 from finetune.errors import OptionError
-from finetune.training.features import FeatureStore, _Budget
+from finetune.training.feature_store import FeatureStore, MemoryBudget
 from fake_plugin import FakeText
 from test_training import coloured_squares, text_pairs
 
@@ -170,8 +170,8 @@ def test_bad_feature_cache_values_are_clear_errors(value, message):
 def test_the_store_pads_token_sequences_again_and_reads_the_same_from_disk(tmp_path):
     tensor = torch.randn(3, 5, 4)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    memory = FeatureStore(_Budget(10 ** 6), None)
-    disk = FeatureStore(_Budget(0), str(tmp_path / 'store.bin'))
+    memory = FeatureStore(MemoryBudget(10 ** 6), None)
+    disk = FeatureStore(MemoryBudget(0), str(tmp_path / 'store.bin'))
     for store in (memory, disk):
         store.add_batch(Features(tensor, mask), 3)
         store.finish_writing()
@@ -184,7 +184,7 @@ def test_the_store_pads_token_sequences_again_and_reads_the_same_from_disk(tmp_p
         torch.testing.assert_close(store.batch([0, 1, 2]).tensor[1], tensor[1])
     disk.close()
     assert not (tmp_path / 'store.bin').exists()
-    maps = FeatureStore(_Budget(10 ** 6), None)
+    maps = FeatureStore(MemoryBudget(10 ** 6), None)
     maps.add_batch(Features(torch.randn(2, 3, 2, 2).to(torch.bfloat16)), 2)
     assert maps.batch([1, 0]).tensor.dtype == torch.bfloat16 and maps.batch([1]).mask is None
 

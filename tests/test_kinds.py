@@ -51,8 +51,8 @@ class HardNegatives(Loss):
 @pytest.fixture
 def triplets_kind():
     """The kind and its loss, registered for one test and taken out again."""
-    from finetune import losses
     from finetune.data import kinds
+    from finetune.losses import registry as losses
     saved = dict(kinds._KINDS), dict(losses._LOSSES), list(losses._NAMES), list(losses._SPELLINGS)
     kind = register_kind(TripletsKind())
     register_loss('TestHardNegatives', HardNegatives)

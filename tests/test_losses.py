@@ -12,8 +12,9 @@ from torch import nn
 
 from finetune.errors import InputError, OptionError
 from finetune.losses import (DATA_KINDS, ArcFaceLoss, CLIPLoss, CosFaceLoss, CoSENTLoss, CosineSimilarityLoss,
-                             InfoNCELoss, LossInputs, NormalizedSoftmaxLoss, TripletMarginLoss, build_loss,
-                             default_loss, loss_class, loss_names, losses_for, required_model_options)
+                             InfoNCELoss, Loss, LossInputs, NormalizedSoftmaxLoss, TripletMarginLoss, build_loss,
+                             default_loss, loss_class, loss_names, losses_for, register_loss,
+                             required_model_options)
 
 
 def _randn(*shape: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
@@ -461,3 +462,56 @@ def test_pml_adapter_with_a_stand_in_package(monkeypatch):
         build_loss('PML:MarginLoss', {'marg': 2.0}, 'labeled')
     with pytest.raises(OptionError, match="no loss 'MarginLos'.*Did you mean 'MarginLoss'"):
         loss_class('PML:MarginLos')
+
+
+# ---------------------------------------------------------------- a new loss: one subclass in one file
+
+class OneMinusCosine(Loss):
+    """A loss written outside the package: it says what it reads and computes one value per pair."""
+
+    data_kinds = ('pairs', 'a-kind-registered-later')
+    reads = 'pairs'
+
+    def compute(self, inputs):
+        from finetune.losses import rowwise_cosine
+        return 1 - rowwise_cosine(inputs.anchors, inputs.positives)
+
+
+@pytest.fixture
+def outside_loss():
+    from finetune.losses import registry
+    saved = dict(registry._LOSSES), list(registry._NAMES), list(registry._SPELLINGS)
+    register_loss('TestOneMinusCosine', OneMinusCosine, aliases=('TestOMC',))
+    yield OneMinusCosine
+    registry._LOSSES.clear()
+    registry._LOSSES.update(saved[0])
+    registry._NAMES[:], registry._SPELLINGS[:] = saved[1], saved[2]
+
+
+def test_a_loss_registered_from_outside_the_package_is_checked_reduced_and_trained(outside_loss):
+    loss = build_loss('testomc', None, 'pairs')
+    assert isinstance(loss, OneMinusCosine) and 'TestOneMinusCosine' in losses_for('pairs')
+    a, b = _randn(6, 4, seed=1), _randn(6, 4, seed=2)
+    expected = (1 - F.cosine_similarity(a, b)).mean()
+    torch.testing.assert_close(loss(LossInputs(anchors=a, positives=b)), expected)  # the base averaged the rows
+    with pytest.raises(InputError, match='TestOneMinusCosine needs LossInputs.anchors and LossInputs.positives'):
+        loss(LossInputs(anchors=a))  # the base checked what it reads
+    with pytest.raises(InputError, match=r'labels must have shape \(6,\)'):
+        loss(LossInputs(anchors=a, positives=b, labels=torch.zeros(5, dtype=torch.long)))
+    with pytest.raises(OptionError, match="does not fit 'scored' data"):
+        build_loss('TestOneMinusCosine', None, 'scored')  # the fit is checked where the loss is built
+    import finetune
+    from test_training import text_pairs
+    run = finetune.fit('fake-text', text_pairs(), loss='TestOneMinusCosine', batch_size=8, num_workers=0,
+                       device='cpu', precision='fp32', learning_rate=1e-2, log=lambda m: None)
+    assert run.config['loss'] == 'TestOneMinusCosine' and all(h['loss'] >= 0 for h in run.history)
+
+
+def test_a_loss_that_reads_nothing_known_is_refused_with_the_choices():
+    class Odd(Loss):
+        name, data_kinds, reads = 'Odd', ('pairs',), 'columns'
+    with pytest.raises(OptionError, match="Odd.reads: expected one of 'pairs', 'items'"):
+        Odd()(LossInputs(anchors=_randn(2, 3), positives=_randn(2, 3)))
+    with pytest.raises(NotImplementedError, match='implements neither compute'):
+        type('Bare', (Loss,), {'name': 'Bare', 'reads': 'pairs'})()(LossInputs(anchors=_randn(2, 3),
+                                                                              positives=_randn(2, 3)))

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import FinetuneError
 from .kinds import DataKind, get_kind
-from .loading import TrainingData
+from .training_data import TrainingData
 
 #: the key of a batch that carries an error raised while a DataLoader worker made it
 WORKER_ERROR = '__finetune_error__'

@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..errors import InputError
-from .loading import TrainingData, item_modality
+from ..modalities import item_modality
+from .training_data import TrainingData
 
 #: problems listed in full in the message; the rest are counted
 MAX_SHOWN = 5

@@ -17,14 +17,14 @@ Built-in kinds (Jina Finetuner's layouts):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import InputError, did_you_mean
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .loading import TrainingData
+from ..errors import InputError
+from .kind_registry import KINDS_BY_NAME as _KINDS
+from .kind_registry import kind_names, lookup_kind  # noqa: F401  (kind_names: re-exported, read it from here)
+from .training_data import TrainingData, group_ids
 
 #: embed(side, batch_part, logits=False): the side's model applied to one part of a batch ('a' or 'b')
 Embed = Callable[..., Any]
@@ -104,7 +104,7 @@ class DataKind:
 
     def loss_inputs(self, embed: Embed, batch: dict, loss: Any, logit_scale: Any = None):
         """The :class:`~finetune.losses.LossInputs` of `batch`; `embed(side, x, logits=False)` embeds a side."""
-        from ..losses import LossInputs
+        from ..losses.inputs import LossInputs
         return LossInputs(anchors=embed('a', batch['a']), positives=embed('b', batch['b']),
                           labels=batch.get('groups'), scores=batch.get('scores'), logit_scale=logit_scale)
 
@@ -182,7 +182,7 @@ class LabeledKind(DataKind):
     def loss_inputs(self, embed, batch, loss, logit_scale=None):
         """Embeddings and labels; a classifier loss also gets the head's logits, and an in-batch contrastive
         loss (which takes anchor / positive rows) gets items of one class paired up."""
-        from ..losses import LossInputs
+        from ..losses.inputs import LossInputs
         labels = batch['groups']
         needs_logits = getattr(loss, 'needs_classifier_head', False)
         out = embed('a', batch['a'], logits=needs_logits)
@@ -277,7 +277,6 @@ class MarginTripletsKind(DataKind):
     def read_rows(self, rows, header, source, lines):
         """Rows of 4 cells in the order of :attr:`columns`, or, with a `header`, cells picked by column name
         (other columns, such as the teacher's scores, are ignored)."""
-        from .loading import TrainingData, _hashable
         names = [str(h).strip().lower() for h in header] if header else list(self.columns)
         missing = [c for c in self.columns if c not in names]
         if missing:
@@ -297,9 +296,8 @@ class MarginTripletsKind(DataKind):
             positives.append(positive)
             negatives.append(negative)
             margins.append(_margin(margin, where))
-        names_of: dict = {}
-        groups = [names_of.setdefault(_hashable(q), len(names_of)) for q in queries]
-        return TrainingData(self.name, queries, positives, groups, margins, list(names_of), source, lines,
+        groups, distinct = group_ids(queries)
+        return TrainingData(self.name, queries, positives, groups, margins, distinct, source, lines,
                             {'negative': negatives})
 
     def row(self, data, i):
@@ -321,7 +319,7 @@ class MarginTripletsKind(DataKind):
     embedded = (('a', 'a'), ('b', 'b'), ('b', 'c'))
 
     def loss_inputs(self, embed, batch, loss, logit_scale=None):
-        from ..losses import LossInputs
+        from ..losses.inputs import LossInputs
         return LossInputs(anchors=embed('a', batch['a']), positives=embed('b', batch['b']),
                           negatives=embed('b', batch['c']), scores=batch['scores'], labels=batch['groups'],
                           logit_scale=logit_scale)
@@ -363,10 +361,7 @@ def _margin(value: Any, where: str) -> float:
     return margin
 
 
-# ---------------------------------------------------------------- the registry
-_KINDS: dict[str, DataKind] = {}
-
-
+# ---------------------------------------------------------------- the registry (its dict: .kind_registry)
 def register_kind(kind: DataKind) -> DataKind:
     """Make `kind` (an instance of a :class:`DataKind` subclass) known by its name; returns it.
 
@@ -381,19 +376,11 @@ def register_kind(kind: DataKind) -> DataKind:
     return kind
 
 
-def kind_names() -> tuple[str, ...]:
-    """The names of the registered kinds, in registration order."""
-    return tuple(_KINDS)
-
-
 def get_kind(name: str | DataKind) -> DataKind:
     """The registered kind called `name` (a kind passes through); InputError with the closest names."""
     if isinstance(name, DataKind):
         return name
-    if isinstance(name, str) and name.lower() in _KINDS:
-        return _KINDS[name.lower()]
-    raise InputError(f'unknown data kind {name!r}.{did_you_mean(str(name), _KINDS)} Data kinds: '
-                     f'{", ".join(_KINDS)}.')
+    return lookup_kind(name)
 
 
 for _kind in (LabeledKind(), PairsKind(), ScoredKind(), TextImageKind(), MarginTripletsKind()):

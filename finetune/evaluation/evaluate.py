@@ -42,6 +42,26 @@ def check_data_files(model, data: TrainingData, name: str, progress: bool | None
                        progress)
 
 
+class Evaluation:
+    """Evaluation data read, checked and matched to the sides of `model` once, then measured as often as asked:
+    :meth:`run` gives the metrics of `model` as it is then (its weights may change in between: a training run,
+    a grid of WiSE-FT interpolations). Raises InputError for data the model cannot embed, for data on which
+    retrieval metrics say nothing (one class, one document) and, with `check_files`, for files the model
+    cannot read (see :func:`check_data_files`)."""
+
+    def __init__(self, model, data: Any, name: str = 'eval_data', check_files: bool = True,
+                 progress: bool | None = None):
+        self.data = load_data(data, name)
+        self.side_a, self.side_b = side_models(model, self.data)
+        self.data.data_kind.check_measurable(self.data)
+        if check_files:
+            check_data_files(model, self.data, name, progress)
+
+    def run(self, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+        """The retrieval metrics of the model as it is now, by the data's kind (see :func:`evaluate`)."""
+        return self.data.data_kind.evaluate(self.side_a, self.side_b, self.data, batch_size, ks)
+
+
 def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS,
              check_files: bool = True) -> dict[str, float]:
     """Retrieval metrics of `model` on `data` (any source :func:`finetune.data.load_data` reads).
@@ -51,11 +71,6 @@ def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT
     relevant; scored pairs, Spearman (average ranks for ties) and Pearson correlation of cosine similarity
     with the score. Every file the data names is checked first (`check_files`). Raises InputError for data
     the model cannot embed, and for data on which retrieval metrics say nothing (one class, one document).
+    To measure one model on the same data several times, read and check it once: :class:`Evaluation`.
     """
-    data = load_data(data, 'eval_data')
-    side_a, side_b = side_models(model, data)
-    kind = data.data_kind
-    kind.check_measurable(data)
-    if check_files:
-        check_data_files(model, data, 'eval_data')
-    return kind.evaluate(side_a, side_b, data, batch_size, ks)
+    return Evaluation(model, data, 'eval_data', check_files).run(batch_size, ks)

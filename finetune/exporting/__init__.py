@@ -88,7 +88,7 @@ def _is_export(folder: str) -> bool:
     """Whether `folder` holds an export finetune wrote (its record read as data)."""
     import json
 
-    from ..artifacts import CONFIG_FILE
+    from ..files import CONFIG_FILE
     from .writing import RECORD_FILE
     for name in (CONFIG_FILE, RECORD_FILE):
         try:

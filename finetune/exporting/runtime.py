@@ -176,7 +176,7 @@ def load_export(directory: str, config: dict[str, Any], preprocessing):
     """The ONNX model (or towers) in `directory`, whose ``finetune_config.json`` is `config`; `preprocessing`
     is its model rebuilt with empty weights. Raises ArtifactError for an unknown export format or graph names
     outside the folder, ExportError when onnxruntime is missing."""
-    from ..artifacts import CONFIG_FILE
+    from ..files import CONFIG_FILE
     config_path = os.path.join(directory, CONFIG_FILE)
     export = config['export']
     if not isinstance(export, dict) or export.get('format') != 'onnx' or not isinstance(export.get('graphs'), dict):

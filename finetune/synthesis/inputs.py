@@ -53,7 +53,7 @@ def _column(columns: list[str], name: str, where: str, hint: str) -> str:
 
 
 def _file_texts(path: str, name: str) -> list[str]:
-    from ..data.loading import _csv_rows, _delimiter
+    from ..data.readers.files import csv_rows, delimiter_for
     if not os.path.isfile(path):
         what = 'a folder' if os.path.isdir(path) else 'no file'
         raise InputError(f'{name}: {path!r} is {what}; expected a text file (one text per line), a CSV file (its '
@@ -64,7 +64,7 @@ def _file_texts(path: str, name: str) -> list[str]:
                 return [line.rstrip('\r\n') for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f'{name}: cannot read {path!r}: {exc}') from None
-    rows, _ = _csv_rows(path, _delimiter(path))
+    rows, _ = csv_rows(path, delimiter_for(path))
     if not rows:
         return []
     first = [cell.strip() for cell in rows[0]]

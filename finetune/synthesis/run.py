@@ -3,7 +3,6 @@ cross-encoder, make rows and write them."""
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import torch
 
 from ..data.loading import TrainingData
 from ..errors import InputError, OptionError, UnknownModelError
+from ..validators import integer, number
 from .models import SynthesisModels
 from .relations import NEGATIVE_CHOICES
 
@@ -43,35 +43,28 @@ class Settings:
     query_chunk_size: int
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionError(f'{name}: expected an integer >= {minimum}, got {value!r}.')
-    return value
-
-
 def check_settings(corpus_size: int, num_relations: Any, num_candidates: Any, duplicate_threshold: Any,
                    negatives: Any, seed: Any, batch_sizes: tuple[Any, Any, Any]) -> Settings:
     """OptionError / InputError for a bad setting, naming it; `num_candidates` None: twice `num_relations`."""
-    num_relations = _positive_int('num_relations', num_relations, 2)
+    num_relations = integer('num_relations', num_relations, 2)
     if num_relations > corpus_size:
         raise InputError(f'num_relations={num_relations} is larger than the corpus ({corpus_size} distinct '
                          f'documents): a query keeps one positive and num_relations - 1 negatives from it. Use '
                          f'num_relations <= {corpus_size}.')
     if num_candidates is None:
         num_candidates = min(corpus_size, 2 * num_relations)
-    num_candidates = _positive_int('num_candidates', num_candidates, num_relations)
+    num_candidates = integer('num_candidates', num_candidates, num_relations)
     if num_candidates > corpus_size:
         raise InputError(f'num_candidates={num_candidates} is larger than the corpus ({corpus_size} documents).')
-    if isinstance(duplicate_threshold, bool) or not isinstance(duplicate_threshold, (int, float)) \
-            or not -1.0 <= duplicate_threshold <= 1.0 or math.isnan(duplicate_threshold):
-        raise OptionError(f'duplicate_threshold: expected a cosine in [-1, 1], got {duplicate_threshold!r}.')
+    duplicate_threshold = number('duplicate_threshold', duplicate_threshold, 'a cosine in [-1, 1]',
+                                 lambda v: -1 <= v <= 1)
     if negatives not in NEGATIVE_CHOICES:
         raise OptionError(f'negatives: expected one of {", ".join(map(repr, NEGATIVE_CHOICES))}, got {negatives!r}.')
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise OptionError(f'seed: expected an integer, got {seed!r}.')
     names = ('miner_batch_size', 'scorer_batch_size', 'query_chunk_size')
-    sizes = [_positive_int(name, value) for name, value in zip(names, batch_sizes)]
-    return Settings(num_relations, num_candidates, float(duplicate_threshold), negatives, seed, *sizes)
+    sizes = [integer(name, value) for name, value in zip(names, batch_sizes)]
+    return Settings(num_relations, num_candidates, duplicate_threshold, negatives, seed, *sizes)
 
 
 def check_models(models: Any) -> SynthesisModels:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError, OptionError
+from ..files import CONFIG_FILE, WEIGHTS_FILE
 
 TRAINER_STATE = 'trainer_state.pt'
 CHECKPOINT_PREFIX = 'checkpoint-'
@@ -31,7 +32,6 @@ def checkpoint_dir(output_dir: str, step: int) -> str:
 
 def is_checkpoint(path: str) -> bool:
     """True for a complete checkpoint folder (a model and a trainer state)."""
-    from ..artifacts import CONFIG_FILE, WEIGHTS_FILE
     return all(os.path.isfile(os.path.join(path, f)) for f in (CONFIG_FILE, WEIGHTS_FILE, TRAINER_STATE))
 
 
@@ -112,7 +112,6 @@ def run_id_of(path: str) -> str | None:
     ids, or unreadable); read from its JSON config as data."""
     import json
 
-    from ..artifacts import CONFIG_FILE
     try:
         with open(os.path.join(path, CONFIG_FILE), encoding='utf-8') as f:
             config = json.load(f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import OptionError, did_you_mean
-from ..merging import merged_state
+from ..merging import offer_interpolations
 from .selection import WISE_FT_GRID, Candidate, Selection, cpu_state
 
 
@@ -123,14 +123,13 @@ class Chooser:
         known = {0.0: (t.metrics['before'], (t.metrics.get('guard') or {}).get('before')),
                  1.0: (tuned.metrics, tuned.guard_metrics) if tuned is not None else (self.last_metrics,
                                                                                       self.last_guard)}
-        grid, only = [], None
-        for alpha in alphas:
-            state = merged_state(self.base_state, tuned_state, alpha)
-            t.unwrapped.load_state_dict(state)
+
+        def measure(alpha: float) -> tuple[dict, dict | None]:
             # alpha 0 and 1 are the base's and the tuned weights bit for bit: their figures are known
-            metrics, guard = known[alpha] if alpha in known else self.evaluate()
-            candidate = Candidate(f'WiSE-FT alpha {alpha:g}', t.state.step, metrics, guard)
-            trial.offer(candidate, lambda s=state: s, trained=False)
+            return known[alpha] if alpha in known else self.evaluate()
+        grid, only = [], None
+        for alpha, candidate, state in offer_interpolations(t.unwrapped, self.base_state, tuned_state, alphas, measure,
+                                                            trial, _wise_ft_label, t.state.step, trained=False):
             grid.append(dict(candidate.summary(trial.metric, trial.guard_metric), alpha=alpha))
             if len(alphas) == 1:
                 only, only.state = candidate, state
@@ -196,3 +195,7 @@ class Chooser:
                     f'the last trained model {last:.4f})')
         return (f'kept the model of {best.label} ({metric} {best.value(metric):.4f}); the last, step '
                 f'{self.trainer.state.step}, had {last:.4f}')
+
+
+def _wise_ft_label(alpha: float) -> str:
+    return f'WiSE-FT alpha {alpha:g}'

@@ -10,8 +10,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
+from .. import validators as rules
 from ..errors import OptionError
-from .hardware import PRECISIONS
+from .hardware import check_precision
 
 
 class Default:
@@ -43,27 +44,6 @@ KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate
 #: checkpoint it resumes, and keeps save_total_limit's default unless told otherwise
 INHERITED_ON_RESUME = ('save_steps', 'eval_every', 'num_workers', 'select_best', 'metric_for_best', 'wise_ft',
                        'guard_tolerance', 'feature_cache')
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_at_least(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionError(f'{name}: expected an integer >= {minimum}, got {value!r}.')
-
-
-def _positive(name: str, value: Any, none: str = '') -> None:
-    if value is None and none:
-        return
-    if not _number(value) or value <= 0:
-        raise OptionError(f'{name}: expected a positive number{none}, got {value!r}.')
-
-
-def _optional_str(name: str, value: Any, what: str) -> None:
-    if value is not None and not isinstance(value, str):
-        raise OptionError(f'{name}: expected {what}, got {type(value).__name__} {value!r}.')
 
 
 @dataclass(frozen=True)
@@ -121,36 +101,30 @@ class TrainingConfig:
     def validate(self) -> None:
         """OptionError, naming the setting, for any value of the wrong type or range."""
         for name in ('epochs', 'gradient_accumulation_steps', 'save_total_limit'):
-            _int_at_least(name, getattr(self, name), 1)
-        _int_at_least('batch_size', self.batch_size, 2)
-        _int_at_least('num_items_per_class', self.num_items_per_class, 2)
-        _int_at_least('seed', self.seed, 0)
-        for name in ('num_workers', 'eval_every', 'save_steps'):
-            if getattr(self, name) is not None:
-                _int_at_least(name, getattr(self, name), 0 if name == 'num_workers' else 1)
-        _positive('learning_rate', self.learning_rate, ' or None (the family default)')
-        _positive('loss_learning_rate', self.loss_learning_rate)
-        _positive('max_grad_norm', self.max_grad_norm, ' (the largest gradient norm kept), or None to turn '
-                                                         'clipping off')
-        if not _number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise OptionError(f'warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}.')
-        if self.precision not in PRECISIONS:
-            from ..errors import did_you_mean
-            raise OptionError(f'precision: expected one of {", ".join(PRECISIONS)}, got {self.precision!r}.'
-                              f'{did_you_mean(str(self.precision), PRECISIONS)}')
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise OptionError(f'progress: expected True, False or None (a bar on a terminal only), got '
-                              f'{self.progress!r}.')
+            rules.integer(name, getattr(self, name), 1)
+        rules.integer('batch_size', self.batch_size, 2)
+        rules.integer('num_items_per_class', self.num_items_per_class, 2)
+        rules.integer('seed', self.seed, 0)
+        rules.integer('num_workers', self.num_workers, 0, none=True)
+        for name in ('eval_every', 'save_steps'):
+            rules.integer(name, getattr(self, name), 1, none=True)
+        rules.positive('learning_rate', self.learning_rate, 'a positive number or None (the family default)',
+                       none=True)
+        rules.positive('loss_learning_rate', self.loss_learning_rate)
+        rules.positive('max_grad_norm', self.max_grad_norm, 'a positive number (the largest gradient norm kept), or '
+                       'None to turn clipping off', none=True)
+        rules.fraction('warmup_ratio', self.warmup_ratio)
+        check_precision(self.precision)
+        rules.boolean('progress', self.progress, 'True, False or None (a bar on a terminal only)', none=True)
         for name in ('loss_options', 'optimizer_options'):
             value = getattr(self, name)
             if value is not None and not isinstance(value, dict):
                 raise OptionError(f'{name}: expected a dict such as {{"weight_decay": 0.01}}, got '
                                   f'{type(value).__name__}.')
-        _optional_str('loss', self.loss, 'a loss name such as "InfoNCE"')
-        _optional_str('metric_for_best', self.metric_for_best, 'a metric name such as "ndcg@10"')
+        rules.text('loss', self.loss, 'a loss name such as "InfoNCE"')
+        rules.text('metric_for_best', self.metric_for_best, 'a metric name such as "ndcg@10"')
         for name in ('select_best', 'overwrite_output_dir'):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(f'{name}: expected True or False, got {getattr(self, name)!r}.')
+            rules.boolean(name, getattr(self, name))
         if self.wise_ft is not None and self.wise_ft != 'auto':
             from ..merging import check_alpha
             try:
@@ -158,17 +132,16 @@ class TrainingConfig:
             except OptionError:
                 raise OptionError(f"wise_ft: expected None, 'auto' or a number in [0, 1] (0: the base model, 1: "
                                   f"the fine-tuned one), got {self.wise_ft!r}.") from None
-        if not _number(self.guard_tolerance) or self.guard_tolerance < 0:
-            raise OptionError(f'guard_tolerance: expected a number >= 0 (how much of the guard metric a chosen '
-                              f'model may lose), got {self.guard_tolerance!r}.')
+        rules.number('guard_tolerance', self.guard_tolerance, 'a number >= 0 (how much of the guard metric a chosen '
+                     'model may lose)', lambda v: v >= 0)
         if not (isinstance(self.group_by_length, bool) or self.group_by_length == 'auto'):
             raise OptionError(f"group_by_length: expected 'auto' (texts of similar length batched together where "
                               f"the data is text pairs), True or False, got {self.group_by_length!r}.")
         from .features import check_feature_cache
         check_feature_cache(self.feature_cache)
-        _optional_str('data_kind', self.data_kind, 'a data kind name such as "pairs"')
+        rules.text('data_kind', self.data_kind, 'a data kind name such as "pairs"')
         for name in ('output_dir', 'resume_from'):
-            _optional_str(name, getattr(self, name), 'a folder path')
+            rules.text(name, getattr(self, name), 'a folder path')
         from ..evaluation.metrics import _check_ks
         try:
             _check_ks(self.ks)
@@ -213,7 +186,7 @@ def _canonical(name: str, value: Any) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if _number(a) and _number(b):
+    if rules.is_number(a) and rules.is_number(b):
         return math.isclose(float(a), float(b), rel_tol=1e-12)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))

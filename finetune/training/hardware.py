@@ -48,13 +48,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_precision(precision: Any) -> str:
+    """`precision`, one of :data:`PRECISIONS`; raises OptionError (with the closest) for any other value."""
+    if precision not in PRECISIONS:
+        raise OptionError(f'precision: expected one of {", ".join(PRECISIONS)}, got {precision!r}.'
+                          f'{did_you_mean(str(precision), PRECISIONS)}')
+    return precision
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """'bf16', 'fp16' or 'fp32' for `precision` on `device` ('auto': bf16 where the hardware has it).
 
     Raises OptionError for an unknown precision, and for fp16 off CUDA (autocast to fp16 is CUDA's)."""
-    if precision not in PRECISIONS:
-        raise OptionError(f'precision: expected one of {", ".join(PRECISIONS)}, got {precision!r}.'
-                          f'{did_you_mean(str(precision), PRECISIONS)}')
+    check_precision(precision)
     if precision == 'fp16' and not device.startswith('cuda'):
         native = 'native on this CPU' if cpu_supports_bf16() else 'slow on this CPU, which lacks AVX-512 BF16 / AMX'
         raise OptionError(f"precision='fp16': fp16 autocast runs on CUDA devices only, and this run is on "

@@ -6,7 +6,8 @@ checks, the loss, the data loader, the optimizer and schedule, the accelerator),
 training, the epochs of :meth:`~Trainer.training_step` calls with callbacks, evaluations and checkpoints
 between them, and :meth:`~Trainer.finish` (the evaluation after training, the final save, the
 :class:`~finetune.training.Run`). Override e.g. :meth:`~Trainer.compute_loss` for another objective,
-:meth:`~Trainer.make_batch_sampler` for other batches, :meth:`~Trainer.evaluate` for other metrics.
+:meth:`~Trainer.make_batch_sampler` for other batches, :meth:`~Trainer.evaluate` for other metrics,
+:meth:`~Trainer.training_context` for what the epochs run in (the CPU paths attach there).
 
 The engine is Hugging Face ``accelerate`` (devices, autocast, DistributedDataParallel); batches, gradient
 accumulation and the schedule are the loop's own, so that a checkpoint can name exactly where it stands.
@@ -29,8 +30,8 @@ from ..callbacks import Callback, EvaluationCallback, ProgressBar
 from ..data import load_data
 from ..data.batches import Collator, RowsDataset, raise_worker_error
 from ..errors import InputError, OptionError
-from ..evaluation import check_data_files, side_models
-from ..evaluation import evaluate as evaluate_model
+from ..evaluation import Evaluation, check_data_files, side_models
+from ..files import FolderBusyError, FolderLock
 from ..heads import COSINE_CLASSIFIER, CosineClassifier
 from ..logs import log_function
 from ..losses import Loss, build_loss
@@ -73,6 +74,8 @@ class Trainer:
         #: a resumed run of a checkpoint written before runs had ids owns the id-less checkpoints beside it
         self.owns_unnamed = False
         self.output_lock: FolderLock | None = None
+        #: the eval and guard data, read and checked once for every evaluation of the run (see check_data)
+        self.evaluations: list[Evaluation] = []
 
     # ================================================================ setup
     def setup(self) -> None:
@@ -129,7 +132,6 @@ class Trainer:
         checkpoints in it (removed only with ``overwrite_output_dir=True``). Raises OptionError."""
         from ..artifacts import check_replaceable
         from ..errors import ArtifactError
-        from ..files import FolderBusyError, FolderLock
         c = self.config
         if c.output_dir is None:
             return
@@ -220,12 +222,11 @@ class Trainer:
 
     def check_data(self) -> None:
         """Before any work: every file the data names is checked, evaluation data must be measurable, and a
-        batch must fit in the training data."""
+        batch must fit in the training data. The eval and guard data, so checked, are kept as
+        ``self.evaluations`` (:class:`~finetune.evaluation.Evaluation`): every evaluation of the run reuses them."""
         check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
-        for data, name in ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data')):
-            if data is not None:
-                data.data_kind.check_measurable(data)
-                check_data_files(self.model, data, name, self.config.progress)
+        self.evaluations = [Evaluation(self.model, data, name, progress=self.config.progress) for data, name in
+                            ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data')) if data is not None]
         if self.config.batch_size > len(self.train_data):
             raise InputError(f'batch_size={self.config.batch_size} is larger than the training data '
                              f'({len(self.train_data)} rows); use batch_size <= {len(self.train_data)}.')
@@ -386,7 +387,7 @@ class Trainer:
         self.last_step_end, self.step_seconds = self.started, None
         self.skipped_in_a_row = 0
         try:
-            with CpuKernels(self.unwrapped, self.accelerator.device):  # cheaper embedding gradients and dropout
+            with self.training_context():
                 for epoch in range(self.state.epoch, self.config.epochs):
                     self.state.epoch = epoch
                     self.run_epoch(epoch)
@@ -395,6 +396,18 @@ class Trainer:
         finally:
             self._fire('on_train_end')
         return self.finish()
+
+    def training_context(self) -> contextlib.AbstractContextManager:
+        """The context the epochs run in: the place where the CPU paths, and anything like them, attach to the
+        model for training only. Called once, right before the first epoch; what it returns is left after the
+        last one, an error included. Returns an ExitStack of the contexts already entered: the
+        :class:`~finetune.training.cpu_kernels.CpuKernels` (cheaper embedding gradients and dropout on a CPU;
+        nothing elsewhere). Override it to add to that stack (``stack = super().training_context()``, then
+        ``stack.enter_context(...)``), or to return another context (``contextlib.nullcontext()``: torch's own
+        modules). Raises what entering a context raises, the ones entered before it left again."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(CpuKernels(self.unwrapped, self.accelerator.device))
+            return stack.pop_all()
 
     def run_epoch(self, epoch: int) -> None:
         """One epoch of steps, then its callbacks, evaluation and checkpoint."""
@@ -533,8 +546,9 @@ class Trainer:
         self.unwrapped.eval()
         try:
             data = self.eval_data if data is None else data
-            metrics = evaluate_model(self.unwrapped, data, ks=self.config.ks, check_files=False) \
-                if self.accelerator.is_main_process else {}
+            prepared = next((e for e in self.evaluations if e.data is data), None)  # eval or guard data: read once
+            prepared = prepared or Evaluation(self.unwrapped, data, check_files=False)
+            metrics = prepared.run(ks=self.config.ks) if self.accelerator.is_main_process else {}
         finally:
             self.unwrapped.train(was_training)
         if self.accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree

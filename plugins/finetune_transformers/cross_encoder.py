@@ -22,9 +22,9 @@ from finetune.weights import load_into, load_state_dict
 from finetune_hfhub import OFFLINE_ENVS
 
 from .layout import _config_json
+from .names import PREFIX, hf_source
 from .weights import _load_model, _load_tokenizer, _local_only
 
-PREFIX = 'hf'
 NAMED = {
     'crossencoder-base-en': (
         'cross-encoder/ms-marco-MiniLM-L-6-v2',
@@ -102,11 +102,7 @@ def _is_sequence_classifier(config: dict) -> bool:
 
 def resolve(prefix: str, rest: str) -> BackboneSpec:
     """``hf:<folder or hub id>``: a sequence-classification model as a cross-encoder."""
-    source = os.path.expanduser(rest)
-    if not rest:
-        raise UnknownModelError("hf:<folder or hub id>: nothing after 'hf:'.")
-    if os.path.exists(source) and not os.path.isdir(source):
-        raise UnknownModelError(f'hf:{rest}: {source!r} is a file; expected a model folder or a hub id.')
+    source = hf_source(rest)
     config = _config_json(source)  # a folder's, or a hub id's in the local cache (None: not on this machine)
     if config is None and os.path.isdir(source):
         raise UnknownModelError(f'hf:{rest}: the folder holds no config.json, so no transformers model; expected '

@@ -12,8 +12,8 @@ from finetune.registry import CROSS_ENCODER_TASK, BackboneSpec
 
 from .build import build
 from .layout import _config_json, sentence_transformers_layout
+from .names import PREFIX, hf_source
 
-PREFIX = 'hf'
 SYNTHESIS_DEFAULTS = {'sbert-base-en': (CROSS_ENCODER_TASK,)}
 
 NAMED = {
@@ -97,11 +97,7 @@ def _clip_spec(public: str, source: str, config: dict) -> BackboneSpec:
 
 
 def resolve(prefix: str, rest: str) -> BackboneSpec:
-    source = os.path.expanduser(rest)
-    if not rest:
-        raise UnknownModelError("hf:<hub id or directory>: nothing after 'hf:'.")
-    if os.path.exists(source) and not os.path.isdir(source):
-        raise UnknownModelError(f'hf:{rest}: {source!r} is a file; expected a model directory or a hub id.')
+    source = hf_source(rest)
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, 'config.json')) \
             and not os.path.isfile(os.path.join(source, 'modules.json')):
         raise UnknownModelError(f'hf:{rest}: the directory holds no model: expected config.json (a transformers '

@@ -30,7 +30,7 @@ import finetune_openclip.weights  # noqa: E402
 from finetune_openclip.backbone import ImageTower, TextTower  # noqa: E402
 from finetune_openclip.config import KNOWN_PRETRAINED, live_preprocess_defaults  # noqa: E402
 from finetune_openclip.specs import KNOWN_PREPROCESS, NAMED  # noqa: E402
-from finetune_openclip.weights import openclip_state_dict  # noqa: E402
+from finetune_openclip.layout import openclip_state_dict  # noqa: E402
 
 TINY = 'finetune-test-tiny-clip'
 TINY_CFG = {
