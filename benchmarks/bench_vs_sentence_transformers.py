@@ -161,7 +161,7 @@ def main() -> None:
     import finetune
     from finetune.data import load_data
     from finetune.training.hardware import cpu_name
-    from finetune.training.trainer import text_lengths
+    from finetune.training.setup import text_lengths
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

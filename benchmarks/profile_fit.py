@@ -22,12 +22,12 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 #: (label, function name, file fragment): cumulative time of that function in the profile
 PARTS = [
-    ('setup (data, checks, loss, optimizer, engine)', 'setup', 'training/trainer.py'),
+    ('setup (data, checks, loss, optimizer, engine)', 'setup', 'training/setup.py'),
     ('tokenization (the collate of each batch)', '__call__', 'data/batches.py'),
     ('forward (model + loss, under autocast)', 'compute_loss', 'training/trainer.py'),
     ('backward', 'backward', 'accelerate/accelerator.py'),
     ('optimizer step', 'step', 'accelerate/optimizer.py'),
-    ('batch planning (sampler)', '_make_plan', 'finetune/samplers.py'),
+    ('batch planning (sampler)', '_make_plan', 'finetune/sampling/no_duplicates.py'),
 ]
 
 

@@ -55,6 +55,11 @@ def positive_float(name: str, value: Any) -> float:
     return rules.positive(_label(name), value, 'a positive finite number')
 
 
+def non_negative_float(name: str, value: Any) -> float:
+    """`value` as a float, finite and >= 0; OptionError naming the option otherwise."""
+    return rules.number(_label(name), value, 'a finite number >= 0', lambda v: v >= 0)
+
+
 def fraction(name: str, value: Any) -> float:
     """`value` as a float in [0, 1); OptionError naming the option otherwise."""
     return rules.fraction(_label(name), value)

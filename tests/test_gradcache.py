@@ -242,7 +242,7 @@ def test_cached_hard_negatives_equal_the_whole_batch():
 
 def test_length_grouping_sees_the_hard_negatives():
     from finetune.data import load_data
-    from finetune.training.trainer import text_lengths
+    from finetune.training.setup import text_lengths
     data = load_data([('a query', 'its document', 'a much longer negative document', 0.7),
                       ('q', 'd', 'n', 0.1)], kind='margin-triplets')
     assert text_lengths(data) == [(7, 12, 31), (1, 1, 1)]

@@ -293,7 +293,7 @@ def test_epochs_of_different_batch_counts_each_train_every_batch_once():
     """No-duplicates batching may need more batches in one epoch than in another (rows sharing a query or a
     document wait for a batch without it): every epoch's batches are trained, each with its full weight (the
     first epoch's count used to end later epochs early or divide a loss by zero)."""
-    from finetune.training.trainer import text_lengths
+    from finetune.training.setup import text_lengths
     data = run(num_candidates=8)
     sampler = data.data_kind.batch_sampler(data, 4, 42, 4)
     sampler.group_by_length(text_lengths(data))

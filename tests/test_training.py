@@ -523,8 +523,8 @@ def test_fp16_stops_when_the_loss_scaler_skips_every_update(monkeypatch):
     no longer learns, so the run stops there with the NaN guard's message."""
     from accelerate import Accelerator
 
-    from finetune.training import trainer
-    monkeypatch.setattr(trainer, 'resolve_precision', lambda precision, device: 'fp16')
+    from finetune.training import setup, trainer
+    monkeypatch.setattr(setup, 'resolve_precision', lambda precision, device: 'fp16')
     monkeypatch.setattr(trainer, 'MAX_SKIPPED_FP16_STEPS', 3)
     monkeypatch.setattr(Accelerator, 'optimizer_step_was_skipped', property(lambda self: True))
     with pytest.raises(TrainingError, match=r'fp16 gradients overflowed on 3 updates in a row .* at epoch \d, '

@@ -23,17 +23,17 @@ number. With ``hits@k`` relevant documents among the first ``k`` and ``R`` relev
 """
 from __future__ import annotations
 
-import math
-from numbers import Integral, Real
-from typing import Any, Hashable, Iterator, Mapping, Sequence, Union
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..functional import l2_normalize
 from ..errors import InputError
-
-Embeddings = Union[torch.Tensor, np.ndarray]
+from ..functional import l2_normalize
+from .metric_inputs import (Embeddings, _as_embeddings, _as_key_list, _check_ks, _check_positive_int,
+                            _check_same_width, _codes, _pick_device)
+from .ranking import BLOCK_ELEMENTS, _merge, _scores, _top_block, top_k  # noqa: F401 - top_k re-exported
+from .relevance import _CodeRelevance, _Exclusion, _ListedRelevance
 
 #: the per-query metrics reported for every k in ``ks``, in the order they appear in the result
 AT_K_METRICS: tuple[str, ...] = ('precision', 'recall', 'f1', 'hit', 'ndcg')
@@ -41,8 +41,6 @@ AT_K_METRICS: tuple[str, ...] = ('precision', 'recall', 'f1', 'hit', 'ndcg')
 AT_MAX_K_METRICS: tuple[str, ...] = ('mrr', 'map')
 #: the keys of a result that count queries rather than measure them
 COUNT_KEYS: tuple[str, ...] = ('num_queries', 'num_skipped')
-#: the most scores one block (query chunk x document chunk) holds when ``doc_chunk_size`` is None
-BLOCK_ELEMENTS = 1 << 25
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -188,335 +186,8 @@ def scored_metrics(a: Embeddings, b: Embeddings, scores: Sequence[float]) -> dic
             'num_pairs': len(scores)}
 
 
-# ---------------------------------------------------------------- validation
-
-def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-        raise InputError(f'{name}: expected a positive integer{" or None" if allow_none else ""}, '
-                         f'got {value!r} ({type(value).__name__}).')
-    return int(value)
-
-
-def _check_ks(ks: Any) -> tuple[int, ...]:
-    """`ks` as sorted distinct positive ints; a single int is one k. Raises InputError."""
-    if isinstance(ks, Integral) and not isinstance(ks, bool):
-        ks = (ks,)
-    if isinstance(ks, (str, bytes)) or not hasattr(ks, '__iter__'):
-        raise InputError(f'ks: expected a list of positive integers such as (1, 5, 10), got {ks!r}.')
-    values = list(ks)
-    if not values:
-        raise InputError('ks is empty: expected at least one positive integer, e.g. (1, 5, 10).')
-    for k in values:
-        if isinstance(k, bool) or not isinstance(k, Integral) or k <= 0:
-            raise InputError(f'ks: expected positive integers such as (1, 5, 10), got {k!r} '
-                             f'({type(k).__name__}) in {values!r}.')
-    return tuple(sorted({int(k) for k in values}))
-
-
-def _as_embeddings(value: Any, name: str) -> torch.Tensor:
-    """`value` as a 2-D, non-empty, finite tensor on its own device (numpy becomes a CPU tensor).
-
-    Raises InputError naming `name` for anything else.
-    """
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach()
-    else:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as error:
-            raise InputError(f'{name}: expected a (N, D) torch tensor or numpy array of embeddings, got '
-                             f'{type(value).__name__} ({error}).') from None
-        if array.dtype.kind not in 'biuf':
-            raise InputError(f'{name}: expected a (N, D) numeric array of embeddings, got dtype '
-                             f'{array.dtype} ({type(value).__name__}).')
-        if array.dtype.kind in 'biu' or array.dtype == np.float16:
-            array = array.astype(np.float32)
-        array = np.ascontiguousarray(array)
-        if not array.flags.writeable:  # torch warns about tensors over read-only memory
-            array = array.copy()
-        tensor = torch.from_numpy(array)
-    if tensor.is_complex():
-        raise InputError(f'{name}: expected real-valued embeddings, got dtype {tensor.dtype}.')
-    if tensor.ndim != 2:
-        hint = ' For a single embedding, pass x[None] (shape (1, D)).' if tensor.ndim == 1 else ''
-        raise InputError(f'{name}: expected a 2-D (N, D) array with one embedding per row, got shape '
-                         f'{tuple(tensor.shape)}.{hint}')
-    if tensor.shape[0] == 0:
-        raise InputError(f'{name} is empty: expected at least one embedding (shape (N, D) with N >= 1), '
-                         f'got shape {tuple(tensor.shape)}.')
-    if tensor.shape[1] == 0:
-        raise InputError(f'{name}: embeddings of width 0 (shape {tuple(tensor.shape)}); expected D >= 1.')
-    if not tensor.is_floating_point():
-        tensor = tensor.float()
-    finite = torch.isfinite(tensor).all(dim=1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0])
-        what = 'NaN' if bool(torch.isnan(tensor[row]).any()) else 'an infinite value'
-        bad = int((~finite).sum())
-        raise InputError(f'{name} contains NaN or infinity: row {row} holds {what} ({bad} bad row'
-                         f'{"s" if bad != 1 else ""} of {tensor.shape[0]}). Embeddings must be finite; '
-                         f'check the model output or the data for those items.')
-    return tensor
-
-
-def _check_same_width(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise InputError(f'{a_name} have width D={a.shape[1]} but {b_name} have D={b.shape[1]}: both must '
-                         f'be embeddings of the same space (shapes {tuple(a.shape)} and {tuple(b.shape)}).')
-
-
-def _pick_device(device: Any, *tensors: torch.Tensor) -> torch.device:
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise InputError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r} "
-                             f'({error}).') from None
-    for tensor in tensors:
-        if tensor.device.type != 'cpu':
-            return tensor.device
-    return torch.device('cpu')
-
-
-def _is_index(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _index_list(value: Any, what: str, num_docs: int) -> list[int]:
-    """Document indices named by one element of `relevant` / `exclude` (int, iterable or None)."""
-    if value is None:
-        return []
-    if _is_index(value):
-        items = [value]
-    elif isinstance(value, (str, bytes, Mapping)) or not hasattr(value, '__iter__'):
-        raise InputError(f'{what}: expected document indices (a set, list or array of ints, or one int), '
-                         f'got {value!r} ({type(value).__name__}).')
-    else:
-        items = list(value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value)
-    for item in items:
-        _check_doc_index(item, what, num_docs)
-    return [int(i) for i in items]
-
-
-def _check_doc_index(item: Any, what: str, num_docs: int) -> None:
-    if not _is_index(item):
-        raise InputError(f'{what}: document indices must be integers, got {item!r} ({type(item).__name__}).')
-    if not 0 <= item < num_docs:
-        raise InputError(f'{what}: document index {item} is out of range; there are {num_docs} documents '
-                         f'(valid indices 0..{num_docs - 1}).')
-
-
-def _check_length(values: Any, name: str, expected: int, of: str) -> list:
-    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, '__len__'):
-        raise InputError(f'{name}: expected a list with one entry per row of {of} ({expected}), got '
-                         f'{type(values).__name__}.')
-    if len(values) != expected:
-        raise InputError(f'{name} has {len(values)} entries but {of} has {expected} rows: expected one entry '
-                         f'per row.')
-    return list(values)
-
-
-def _as_key_list(values: Any, name: str, expected: int, of: str) -> list:
-    """Labels or ids as a plain list of hashables, one per row of `of`. Raises InputError."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    if isinstance(values, np.ndarray):
-        if values.ndim != 1:
-            raise InputError(f'{name}: expected one label per item (a 1-D sequence), got an array of shape '
-                             f'{values.shape}.')
-        values = values.tolist()
-    return _check_length(values, name, expected, of)
-
-
-def _codes(table: dict[Hashable, int], keys: list, name: str, grow: bool) -> np.ndarray:
-    """Each key's integer code in `table` (new keys added when `grow`, else coded -1)."""
-    codes = np.empty(len(keys), dtype=np.int64)
-    for i, key in enumerate(keys):
-        try:
-            code = table.get(key)
-        except TypeError:
-            raise InputError(f'{name}[{i}] = {key!r} is not hashable; labels and ids must be hashable, such '
-                             f'as ints or strings.') from None
-        if code is None:
-            if grow:
-                code = table[key] = len(table)
-            else:
-                code = -1
-        codes[i] = code
-    return codes
-
-
-# ---------------------------------------------------------------- relevance and exclusion
-
-def _gather_ranges(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For CSR row pointers: (positions of rows' entries, local row of each, rank within its row)."""
-    starts = ptr[rows]
-    counts = ptr[rows + 1] - starts
-    total = int(counts.sum())
-    first = np.cumsum(counts) - counts           # where each row's entries begin in the output
-    within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-    positions = np.repeat(starts, counts) + within
-    local = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
-    return positions, local, within
-
-
-class _Exclusion:
-    """Documents dropped from each query's ranking, as CSR arrays (sorted, distinct per query)."""
-
-    def __init__(self, ptr: np.ndarray, idx: np.ndarray):
-        self.ptr, self.idx = ptr, idx
-        self.counts = np.diff(ptr)
-
-    @classmethod
-    def none(cls, num_queries: int) -> '_Exclusion':
-        return cls(np.zeros(num_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-
-    @classmethod
-    def self_only(cls, count: int) -> '_Exclusion':
-        return cls(np.arange(count + 1, dtype=np.int64), np.arange(count, dtype=np.int64))
-
-    @classmethod
-    def from_lists(cls, exclude: Sequence[Any] | None, num_queries: int, num_docs: int) -> '_Exclusion':
-        if exclude is None:
-            return cls.none(num_queries)
-        exclude = _check_length(exclude, 'exclude', num_queries, 'queries')
-        sets = [sorted(set(_index_list(e, f'exclude[{q}]', num_docs))) for q, e in enumerate(exclude)]
-        ptr = np.zeros(num_queries + 1, dtype=np.int64)
-        ptr[1:] = np.cumsum([len(s) for s in sets])
-        idx = np.fromiter((i for s in sets for i in s), dtype=np.int64, count=int(ptr[-1]))
-        return cls(ptr, idx)
-
-    def contains(self, q: int) -> set[int]:
-        return set(self.idx[self.ptr[q]:self.ptr[q + 1]].tolist())
-
-    def pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(local row, document index) of every excluded pair of the query chunk `rows`."""
-        positions, local, _ = _gather_ranges(self.ptr, rows)
-        return local, self.idx[positions]
-
-
-class _ListedRelevance:
-    """Relevance given per query (sets, lists or graded dicts), held as CSR arrays of positive gains."""
-
-    def __init__(self, relevant: Sequence[Any], num_queries: int, num_docs: int, exclusion: _Exclusion):
-        relevant = _check_length(relevant, 'relevant', num_queries, 'queries')
-        self.num_docs = num_docs
-        counts = np.zeros(num_queries, dtype=np.int64)
-        docs: list[int] = []
-        gains: list[float] = []
-        for q, entry in enumerate(relevant):
-            graded = self._graded(entry, f'relevant[{q}]', num_docs)
-            excluded = exclusion.contains(q) if exclusion.counts[q] else ()
-            kept = sorted((d, g) for d, g in graded.items() if g > 0 and d not in excluded)
-            counts[q] = len(kept)
-            docs += [d for d, _ in kept]
-            gains += [g for _, g in kept]
-        self.ptr = np.zeros(num_queries + 1, dtype=np.int64)
-        self.ptr[1:] = np.cumsum(counts)
-        self.idx = np.asarray(docs, dtype=np.int64)          # ascending within each query
-        self.gain = np.asarray(gains, dtype=np.float64)
-        self.num_relevant = counts
-        owner = np.repeat(np.arange(num_queries), counts)
-        self.gain_desc = self.gain[np.lexsort((-self.gain, owner))]   # largest first within each query
-
-    @staticmethod
-    def _graded(entry: Any, what: str, num_docs: int) -> dict[int, float]:
-        if not isinstance(entry, Mapping):
-            return {d: 1.0 for d in _index_list(entry, what, num_docs)}
-        graded = {}
-        for doc, grade in entry.items():
-            _check_doc_index(doc, what, num_docs)
-            if isinstance(grade, bool) or not isinstance(grade, Real) or not math.isfinite(grade) or grade < 0:
-                raise InputError(f'{what}[{doc}]: a graded relevance must be a finite number >= 0 (0: not '
-                                 f'relevant), got {grade!r}.')
-            graded[int(doc)] = float(grade)
-        return graded
-
-    def gains(self, rows: np.ndarray, top: np.ndarray) -> np.ndarray:
-        positions, local, _ = _gather_ranges(self.ptr, rows)
-        keys = local * self.num_docs + self.idx[positions]     # sorted: rows ascend, docs ascend in a row
-        wanted = np.arange(len(rows), dtype=np.int64)[:, None] * self.num_docs + top
-        if not len(keys):
-            return np.zeros(top.shape)
-        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-        found = keys[at] == wanted
-        return np.where(found, self.gain[positions][at], 0.0)
-
-    def ideal(self, rows: np.ndarray, k: int) -> np.ndarray:
-        positions, local, within = _gather_ranges(self.ptr, rows)
-        keep = within < k
-        out = np.zeros((len(rows), k))
-        out[local[keep], within[keep]] = self.gain_desc[positions[keep]]
-        return out
-
-
-class _CodeRelevance:
-    """Binary relevance by equal codes: document j is relevant to query i when their codes match."""
-
-    def __init__(self, query_codes: np.ndarray, doc_codes: np.ndarray, self_excluded: bool):
-        self.query_codes, self.doc_codes = query_codes, doc_codes
-        per_code = np.bincount(doc_codes, minlength=int(max(doc_codes.max(), query_codes.max())) + 1)
-        self.num_relevant = np.where(query_codes >= 0, per_code[np.maximum(query_codes, 0)], 0)
-        if self_excluded:  # the query is its own document, with its own code, and it is left out
-            self.num_relevant = self.num_relevant - 1
-
-    def gains(self, rows: np.ndarray, top: np.ndarray) -> np.ndarray:
-        return (self.doc_codes[top] == self.query_codes[rows][:, None]).astype(np.float64)
-
-    def ideal(self, rows: np.ndarray, k: int) -> np.ndarray:
-        return (np.arange(k)[None, :] < self.num_relevant[rows][:, None]).astype(np.float64)
-
-
-# ---------------------------------------------------------------- ranking
-
-def _scores(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    """Scores of `queries` (c, D) against normalized `docs` (m, D), one (c, m) block: each row is the
-    cosine similarity times the query's norm, which ranks documents as the cosine does."""
-    return queries @ docs.T
-
-
-def _order(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row by value descending, ties by index ascending."""
-    indices, perm = indices.sort(dim=1)
-    values = values.gather(1, perm)
-    values, perm = values.sort(dim=1, descending=True, stable=True)
-    return values, indices.gather(1, perm)
-
-
-def _top_block(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best (value, column) per row of `scores`, ordered, ties going to the lower column.
-
-    torch.topk picks arbitrarily among values tied at the cut; rows where that happens are redone
-    by taking everything above the cut and the lowest columns at it.
-    """
-    values, indices = torch.topk(scores, k, dim=1, largest=True, sorted=False)
-    cut = values.min(dim=1, keepdim=True).values
-    crowded = (scores >= cut).sum(dim=1) > k
-    if bool(crowded.any()):
-        rows = crowded.nonzero().squeeze(1)
-        sub, sub_cut = scores[rows], cut[rows]
-        above = sub > sub_cut
-        tied = sub == sub_cut
-        room = k - above.sum(dim=1, keepdim=True)
-        keep = above | (tied & (tied.cumsum(dim=1) <= room))
-        columns = keep.nonzero()[:, 1].view(-1, k)
-        indices[rows] = columns
-        values[rows] = sub.gather(1, columns)
-    return _order(values, indices)
-
-
-def _merge(best: tuple[torch.Tensor, torch.Tensor] | None, new: tuple[torch.Tensor, torch.Tensor],
-           k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two ordered top lists; `best` holds only lower document indices than `new`."""
-    if best is None:
-        return new
-    values = torch.cat([best[0], new[0]], dim=1)
-    indices = torch.cat([best[1], new[1]], dim=1)
-    values, perm = values.sort(dim=1, descending=True, stable=True)  # stable: earlier = lower index
-    return values[:, :k], indices.gather(1, perm[:, :k])
-
+# ---------------------------------------------------------------- ranking, a chunk of queries at a time
+# (_scores and BLOCK_ELEMENTS are looked up here, in this module, where the tests swap them)
 
 def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int, exclusion: _Exclusion,
             chunk_size: int, doc_chunk_size: int | None, device: torch.device
@@ -552,37 +223,6 @@ def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int,
             del block
         values, indices = best
         yield ids, indices.cpu().numpy(), torch.isfinite(values).cpu().numpy()
-
-
-def top_k(queries: Embeddings, docs: Embeddings, k: int, *, docs_normalized: bool = False,
-          doc_chunk_size: int | None = None, device: str | torch.device | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """The `k` documents of highest cosine similarity for each query, exactly, in bounded memory.
-
-    `queries` (Q, D) are scored against chunks of `doc_chunk_size` documents of `docs` (M, D) at a time (None: as
-    many as keep one block under :data:`BLOCK_ELEMENTS` scores) and the best k kept per query, so no Q x M
-    matrix is made. With `docs_normalized` the documents are used as they are (no normalized copy of a large
-    corpus is made; they must have unit length). Returns ``(cosines, indices)``, each (Q, min(k, M)), best first,
-    ties going to the lower document index. Raises InputError for bad embeddings or k."""
-    k = _check_positive_int('k', k)
-    doc_chunk_size = _check_positive_int('doc_chunk_size', doc_chunk_size, allow_none=True)
-    queries = _as_embeddings(queries, 'queries')
-    docs = _as_embeddings(docs, 'docs') if not docs_normalized else torch.as_tensor(docs)
-    _check_same_width(queries, 'queries', docs, 'docs')
-    device = _pick_device(device, queries, docs)
-    k = min(k, docs.shape[0])
-    dtype = torch.float64 if torch.float64 in (queries.dtype, docs.dtype) else torch.float32
-    q = l2_normalize(queries.to(device=device, dtype=dtype), dim=1)
-    if not docs_normalized:
-        docs = l2_normalize(docs.to(dtype=dtype), dim=1)
-    doc_chunk = min(doc_chunk_size or max(1, BLOCK_ELEMENTS // max(1, q.shape[0])), docs.shape[0])
-    best = None
-    for d0 in range(0, docs.shape[0], doc_chunk):
-        block = _scores(q, docs[d0:d0 + doc_chunk].to(device=device, dtype=dtype))
-        values, indices = _top_block(block, min(k, block.shape[1]))
-        best = _merge(best, (values, indices + d0), k)
-        del block
-    return best[0].cpu().numpy(), best[1].cpu().numpy()
 
 
 # ---------------------------------------------------------------- metrics

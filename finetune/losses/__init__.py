@@ -38,7 +38,7 @@ code puts ``loss.parameters()`` in an optimizer group of their own.
 """
 from __future__ import annotations
 
-from .base import Loss, non_negative_float
+from .base import Loss
 from .inputs import DATA_KINDS, LABELED, MARGIN_TRIPLETS, PAIRS, SCORED, TEXT_IMAGE, LossInputs
 from .registry import (build_loss, default_loss, loss_class, loss_names, losses_for, register_loss,
                        required_model_options)
@@ -59,5 +59,5 @@ __all__ = [
     'DATA_KINDS', 'LABELED', 'PAIRS', 'SCORED', 'TEXT_IMAGE', 'MARGIN_TRIPLETS', 'MAX_LOGIT_SCALE', 'PML_PREFIX',
     'CONTRASTIVE_OPTIONS', 'register_loss', 'loss_names', 'loss_class', 'losses_for', 'default_loss', 'build_loss',
     'required_model_options', 'in_batch_contrastive', 'gather_across_processes', 'cosine_matrix', 'rowwise_cosine',
-    'distance_matrix', 'non_negative_float',
+    'distance_matrix',
 ]

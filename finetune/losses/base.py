@@ -215,11 +215,3 @@ _READERS: dict[str, Callable[[Loss, LossInputs], LossInputs]] = {
     'pairs': _read_pairs, 'items': _read_items, 'embeddings': _read_embeddings, 'logits': _read_logits,
     'scored': _read_scored, 'triplets': _read_triplets,
 }
-
-
-def non_negative_float(name: str, value: Any) -> float:
-    """A ``loss_options`` validator: a finite number >= 0."""
-    import math
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise OptionError(f'option {name!r}: expected a finite number >= 0, got {value!r} ({type(value).__name__}).')
-    return float(value)

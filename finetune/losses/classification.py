@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from ..errors import InputError, OptionError
 from ..heads import COSINE_CLASSIFIER
-from ..options import Option, fraction, positive_float
-from .base import Loss, check_class_labels, non_negative_float
+from ..options import Option, fraction, non_negative_float, positive_float
+from .base import Loss, check_class_labels
 from .inputs import LABELED, LossInputs
 from .registry import register_loss
 from .similarity import cosine_matrix, full_precision, no_autocast

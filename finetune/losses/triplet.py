@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import Option, one_of
-from .base import Loss, non_negative_float
+from ..options import Option, non_negative_float, one_of
+from .base import Loss
 from .inputs import LABELED, PAIRS, LossInputs
 from .registry import register_loss
 from .similarity import distance_matrix, zero_like_loss

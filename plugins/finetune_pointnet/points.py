@@ -28,19 +28,13 @@ import torch
 
 from finetune.errors import InputError, OptionError
 from finetune.modalities import Modality, is_one_item
-from finetune.options import Option, boolean, one_of
+from finetune.options import Option, boolean, non_negative_float, one_of
 
 POINT_FILE_EXTENSIONS = ('.xyz', '.npy')
 MESH_FILE_EXTENSIONS = ('.off', '.obj', '.ply', '.stl', '.glb', '.gltf')
 AXES = ('x', 'y', 'z')
 #: the fewest points or vertices that still describe a shape
 MIN_POINTS = 3
-
-
-def _non_negative_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise OptionError(f'option {name!r}: expected a number >= 0, got {value!r}.')
-    return float(value)
 
 
 def _scale_range(name: str, value: Any) -> tuple[float, float]:
@@ -71,7 +65,7 @@ def point_preprocess_options() -> tuple[Option, ...]:
                one_of(AXES, allow_none=True)),
         Option('scale_range', 'tuple[2]', (0.8, 1.25), 'range of the random scale factor', _scale_range),
         Option('jitter', 'float', 0.01, 'std of the Gaussian noise added to each point (clipped at 5x)',
-               _non_negative_float),
+               non_negative_float),
     )
 
 

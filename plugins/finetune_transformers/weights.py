@@ -36,7 +36,10 @@ def _load_model(name: str, model_dir: str, local_only: bool, trust: bool, reason
         warnings.simplefilter('ignore')
         try:
             if pretrained is True:
-                return auto_class.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust)
+                # transformers looks for a peft adapter config (when peft is installed) without local_files_only
+                # unless told in adapter_kwargs: offline that look-up would wait on the network
+                return auto_class.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust,
+                                                  adapter_kwargs={'local_files_only': local_only})
             config = AutoConfig.from_pretrained(model_dir, local_files_only=local_only, trust_remote_code=trust)
             return auto_class.from_config(config, trust_remote_code=trust)
         except (OSError, ValueError) as exc:

@@ -1,0 +1,401 @@
+"""The Trainer's set-up: every step before the first training step, as methods a subclass can override.
+
+:class:`SetupSteps` is the base of :class:`~finetune.training.Trainer`; :meth:`SetupSteps.setup` runs, in
+order: device and precision, a checkpoint to resume (:meth:`~SetupSteps.read_checkpoint`), the model, the data
+and its checks, the family's defaults, the loss, the accelerator, the batch sampler and data loader, the
+optimizer and schedule, the output folder (:meth:`~SetupSteps.claim_output_dir`: room, the lock, no other run's
+checkpoints), model selection, the callbacks' state, the feature cache, and the restore of a resumed run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..callbacks import Callback, EvaluationCallback, ProgressBar
+from ..data import load_data
+from ..data.batches import Collator, RowsDataset
+from ..errors import InputError, OptionError
+from ..evaluation import Evaluation, check_data_files, side_models
+from ..files import FolderBusyError, FolderLock
+from ..heads import COSINE_CLASSIFIER, CosineClassifier
+from ..logs import log_function
+from ..losses import Loss, build_loss
+from ..model import EmbeddingModel, MultiTowerModel, build_model
+from ..samplers import ShardedBatches, SkipBatches
+from . import checkpoint as ckpt
+from .choose import Chooser
+from .config import TrainingConfig
+from .features import attach as attach_feature_cache
+from .gradcache import CachedStep
+from .guard import LastGood
+from .hardware import resolve_device, resolve_precision, seed_everything
+from .module import TrainingModule
+from .optim import make_optimizer, make_scheduler, parameter_groups
+from .state import TrainState
+
+#: the learning rate of a family that declares none
+FALLBACK_LEARNING_RATE = 1e-4
+
+
+class SetupSteps:
+    """The steps of a :class:`~finetune.training.Trainer` before the first training step, each a method a
+    subclass can override: device and precision, a checkpoint to resume, the model, the data and its checks, the
+    loss, the batches and their loader, the optimizer and schedule, the accelerator, the output folder."""
+
+    def __init__(self, model, train_data, eval_data=None, config: TrainingConfig | None = None, *,
+                 model_options: dict | None = None, callbacks: Sequence[Callback] | None = None,
+                 log: Callable[[str], None] | None = None, guard_data=None):
+        self.config = config or TrainingConfig()
+        self.model_arg, self.train_arg, self.eval_arg, self.guard_arg = model, train_data, eval_data, guard_data
+        self.model_options = model_options
+        self.callbacks = _check_callbacks(callbacks)
+        self.say = log_function(log)
+        self.resume_state: dict[str, Any] | None = None
+        self.metrics: dict[str, dict] = {}
+        #: the id written into each checkpoint and kept folder of this run (a resumed run keeps its checkpoint's)
+        self.run_id: str = uuid.uuid4().hex
+        #: a resumed run of a checkpoint written before runs had ids owns the id-less checkpoints beside it
+        self.owns_unnamed = False
+        self.output_lock: FolderLock | None = None
+        #: the eval and guard data, read and checked once for every evaluation of the run (see check_data)
+        self.evaluations: list[Evaluation] = []
+
+    # ================================================================ setup
+    def setup(self) -> None:
+        """Everything before the first step; each part is a method of its own."""
+        c = self.config
+        self.device = resolve_device(c.device)
+        if c.resume_from is not None:
+            self.resume_state = self.read_checkpoint(c.resume_from)
+        self.precision = resolve_precision(self.config.precision, self.device)
+        seed_everything(self.config.seed)
+        self.model = self.build_model()
+        self.train_data, self.eval_data, self.guard_data = self.load_data()
+        self.side_a, self.side_b = side_models(self.model, self.train_data)
+        self.check_data()
+        self.apply_family_defaults()
+        self.loss = self.build_loss()
+        self.accelerator = self.make_accelerator()
+        self.batch_sampler = self.make_batch_sampler()
+        self.loader = self.make_data_loader()
+        self.module = TrainingModule(self.model, self.loss, self.train_data.data_kind, self.tower_names())
+        self.optimizer = make_optimizer(self.config.optimizer, parameter_groups(
+            self.model, self.loss, self.learning_rate, self.config.loss_learning_rate), self.config.optimizer_options,
+            (self.model, self.loss))
+        self.prepare_engine()
+        self.scheduler = make_scheduler(self.config.scheduler, self.optimizer, self.total_steps,
+                                        int(self.config.warmup_ratio * self.total_steps))
+        self.claim_output_dir()
+        self.chooser = Chooser(self)
+        self.state = self.make_state()
+        self.feature_cache = attach_feature_cache(self)  # frozen backbone: features computed once, or None
+        if self.resume_state is not None:
+            self.restore(self.resume_state)
+
+    def read_checkpoint(self, path: str) -> dict[str, Any]:
+        """The trainer state of the checkpoint at `path`, with this run's config merged with the saved one."""
+        directory = ckpt.find_checkpoint(path)
+        state = ckpt.read_trainer_state(directory)
+        state['directory'] = directory
+        self.config, self.resume_differences = self.config.for_resume(state['config'])
+        saved_id = ckpt.run_id_of(directory)  # as the checkpoints beside it are judged: from its JSON config
+        self.run_id = saved_id or self.run_id
+        self.owns_unnamed = saved_id is None
+        if 'output_dir' not in self.config.explicit:  # never a path read from the file: beside the checkpoint
+            self.config = replace(self.config, output_dir=os.path.dirname(os.path.abspath(directory)))
+        return state
+
+    def is_ours(self, run_id: str | None) -> bool:
+        """Whether a checkpoint or kept folder with `run_id` was written by this run (or the run it resumes)."""
+        return run_id == self.run_id or (run_id is None and self.owns_unnamed)
+
+    def claim_output_dir(self) -> None:
+        """Before the first step, with an output_dir: room for a checkpoint, the folder locked for this run alone
+        (the main process holds ``.finetune.lock``), its ``model`` folder replaceable, and no other run's
+        checkpoints in it (removed only with ``overwrite_output_dir=True``). Raises OptionError."""
+        from ..artifacts import check_replaceable
+        from ..errors import ArtifactError
+        c = self.config
+        if c.output_dir is None:
+            return
+        ckpt.check_output_dir(c.output_dir, ckpt.checkpoint_bytes(self.module))
+        if self.accelerator.is_main_process:
+            lock = FolderLock(c.output_dir, f'output_dir={c.output_dir!r}')
+            try:
+                self.output_lock = lock.acquire()
+            except FolderBusyError as exc:
+                raise OptionError(str(exc)) from None
+            if lock.took_over:
+                self.say(f'output_dir: took over the lock of process {lock.took_over.get("pid")} (ended without '
+                         f'releasing it)')
+        model_dir = os.path.join(c.output_dir, 'model')
+        try:
+            check_replaceable(model_dir)
+        except ArtifactError:
+            raise OptionError(f'output_dir={c.output_dir!r}: {model_dir!r} exists and is not a saved finetune model; '
+                              f'fit writes its final model there, which would replace everything in it. Choose '
+                              f'another output_dir, or move that folder away.') from None
+        foreign = ckpt.foreign_checkpoints(c.output_dir, self.is_ours)
+        if foreign and not c.overwrite_output_dir:
+            names = ', '.join(os.path.basename(p) for p in foreign)
+            raise OptionError(f'output_dir={c.output_dir!r} holds checkpoints of another run ({names}): this run\'s '
+                              f'checkpoints would be mixed with them, and resume_from={c.output_dir!r} could pick up '
+                              f'that run. Choose another output_dir, resume that run with '
+                              f'resume_from={c.output_dir!r}, or pass overwrite_output_dir=True to remove them.')
+        if foreign and self.accelerator.is_main_process:
+            for path in foreign:
+                shutil.rmtree(path, ignore_errors=True)
+            self.say(f'overwrite_output_dir: removed {len(foreign)} checkpoint(s) of another run from '
+                     f'{c.output_dir}')
+        self.accelerator.wait_for_everyone()
+
+    def release_output_dir(self) -> None:
+        """Give back the output_dir's lock (at the end of a run, however it ends)."""
+        if self.output_lock is not None:
+            self.output_lock.release()
+            self.output_lock = None
+
+    def build_model(self):
+        """The model to train: rebuilt from the checkpoint, built from a registry name, or the one given."""
+        if self.resume_state is not None:
+            from ..artifacts import load
+            options = dict(self.model_options or {})
+            trust = options.pop('trust_remote_code', False)
+            if options:
+                raise OptionError(f'model_options: a resumed run rebuilds the saved model as it was; only '
+                                  f'trust_remote_code may be given (the saved files never turn it on), not '
+                                  f'{", ".join(sorted(options))}.')
+            return load(self.resume_state['directory'], trust_remote_code=trust)
+        model = self.model_arg
+        if isinstance(model, str):
+            return build_model(model, self.model_options)
+        if self.model_options is not None:
+            raise OptionError('model_options: the model is already built; pass model_options to build_model, or '
+                              'give fit() the model name.')
+        if not isinstance(model, (EmbeddingModel, MultiTowerModel)):
+            raise OptionError(f'model: expected a model name or a finetune model, got {type(model).__name__}.')
+        return model
+
+    def load_data(self):
+        """The training and evaluation data, their kind detected (or ``data_kind``), described in one line."""
+        kind = self.config.data_kind
+        train = load_data(self.train_arg, 'train_data', kind=kind)
+        evaluation = load_data(self.eval_arg, 'eval_data', kind=kind) if self.eval_arg is not None else None
+        guard = load_data(self.guard_arg, 'guard_data') if self.guard_arg is not None else None
+        if guard is not None and evaluation is None:
+            raise OptionError('guard_data needs eval_data: the guard shows what a model chosen on eval_data costs '
+                              'elsewhere.')
+        self.say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else '')
+                 + (f'; guard data: {guard.describe()}' if guard else ''))
+        if self.resume_state is not None:
+            self.check_resume_fits(train)
+        return train, evaluation, guard
+
+    def check_resume_fits(self, train) -> None:
+        """OptionError listing every setting (and the data size) that differs from the checkpoint's."""
+        differences = list(self.resume_differences)
+        saved_size = self.resume_state.get('data_size')
+        if saved_size is not None and saved_size != len(train):
+            differences.append(f'train_data: {len(train):,} rows, checkpoint {saved_size:,}')
+        if differences:
+            raise OptionError(f'resume_from={self.resume_state["directory"]!r}: these settings differ from the '
+                              f'checkpoint\'s:\n  ' + '\n  '.join(differences) + '\nLeave an argument out to use '
+                              'the saved value; to train on with other settings, start a new fit from the model: '
+                              'fit(finetune.load(...), ...).')
+
+    def check_data(self) -> None:
+        """Before any work: every file the data names is checked, evaluation data must be measurable, and a
+        batch must fit in the training data. The eval and guard data, so checked, are kept as
+        ``self.evaluations`` (:class:`~finetune.evaluation.Evaluation`): every evaluation of the run reuses them."""
+        check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
+        self.evaluations = [Evaluation(self.model, data, name, progress=self.config.progress) for data, name in
+                            ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data')) if data is not None]
+        if self.config.batch_size > len(self.train_data):
+            raise InputError(f'batch_size={self.config.batch_size} is larger than the training data '
+                             f'({len(self.train_data)} rows); use batch_size <= {len(self.train_data)}.')
+
+    def apply_family_defaults(self) -> None:
+        """The family's preferences where the caller left the choice open: precision and learning rate."""
+        family = self.side_a.backbone
+        if self.config.precision == 'auto' and self.precision != 'fp32' and family.prefers_fp32:
+            self.precision = 'fp32'
+            self.say(f"precision fp32: {self.side_a.name!r} trains in fp32 under precision='auto' (pass "
+                     f"precision='bf16' to override)")
+        rate = self.config.learning_rate
+        if rate is None:
+            declared = [m.backbone.default_learning_rate for m in _towers(self.model)]
+            declared = [r for r in declared if r is not None]
+            rate = min(declared) if declared else FALLBACK_LEARNING_RATE
+        self.learning_rate = float(rate)
+
+    def build_loss(self) -> Loss:
+        """The loss for the data kind (the family's default for it, else the kind's), its options validated;
+        a classifier loss gets its cosine head added to the model."""
+        kind, family = self.train_data.data_kind, self.side_a.backbone
+        name = self.config.loss
+        if name is None:
+            name = family.default_losses.get(kind.name) or kind.default_loss
+            if kind.name in family.default_losses:
+                self.say(f'loss {name}: the default of {self.side_a.name!r} for {kind.name} data')
+        num_classes = len(self.train_data.label_names) if kind.name == 'labeled' else None
+        loss = build_loss(name, self.config.loss_options, kind.name, num_classes=num_classes,
+                          embedding_dim=self.model.output_dim)
+        if getattr(loss, 'needs_classifier_head', False):
+            _ensure_classifier(self.model, num_classes, self.say)
+        return loss
+
+    def make_batch_sampler(self):
+        """The data kind's batch sampler (class-balanced for labeled data, no duplicates for pairs, ...)."""
+        c = self.config
+        sampler = self.train_data.data_kind.batch_sampler(self.train_data, c.batch_size, c.seed,
+                                                          c.num_items_per_class)
+        lengths = text_lengths(self.train_data) if c.group_by_length is not False else None
+        if lengths is not None and hasattr(sampler, 'group_by_length'):
+            sampler.group_by_length(lengths)
+            self.say('batches of texts of similar length (group_by_length=False turns it off)')
+        elif c.group_by_length is True:
+            self.say(f'group_by_length: {self.train_data.kind} data of {"/".join(self.train_data.modalities)} '
+                     f'is not grouped by length (it applies to text rows batched without duplicates)')
+        return sampler
+
+    def make_data_loader(self) -> torch.utils.data.DataLoader:
+        """A DataLoader whose workers tokenize and decode the batches (default: none for text data, whose
+        tokenization costs less than a worker's start and its share of the cores; otherwise half the CPU cores,
+        1 to 4); under several processes each takes every N-th batch."""
+        workers = self.config.num_workers
+        if workers is None:
+            text_only = all(m == 'text' for m in self.train_data.modalities)
+            workers = 0 if text_only else max(1, min(4, (os.cpu_count() or 2) // 2))
+        if workers > 0:  # what the family's preprocessing needs to run in forked workers
+            for tower in _towers(self.model):
+                for name, value in tower.backbone.worker_environment.items():
+                    os.environ.setdefault(name, value)
+        acc = self.accelerator
+        shard = ShardedBatches(self.batch_sampler, acc.num_processes, acc.process_index) \
+            if acc.num_processes > 1 else self.batch_sampler
+        self.skipper = batches = SkipBatches(shard)  # a resumed epoch skips each process's own done batches
+        rows = RowsDataset(self.train_data)
+        loader = torch.utils.data.DataLoader(
+            rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+            collate_fn=Collator(self.train_data.data_kind, self.side_a.preprocess_for_training,
+                                self.side_b.preprocess_for_training if self.side_b is not None else None, rows.where))
+        if len(self.batch_sampler) == 0:
+            raise InputError(f'train_data gives no full batch of {self.config.batch_size}; lower batch_size.')
+        return loader
+
+    def tower_names(self) -> dict[str, str]:
+        """The tower that embeds each side of a batch, for a multi-tower model."""
+        if not isinstance(self.model, MultiTowerModel):
+            return {}
+        names = {id(m): t for t, m in self.model.towers.items()}
+        out = {'a': names[id(self.side_a)]}
+        if self.side_b is not None:
+            out['b'] = names[id(self.side_b)]
+        return out
+
+    def make_accelerator(self):
+        """The accelerate engine: device, autocast at this run's precision, DistributedDataParallel."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import DistributedDataParallelKwargs
+        # accelerate keeps one state per process; a second fit() in the same process may want another precision.
+        # accelerate has no public way to reset it (1.x), hence the private calls; the distributed PartialState,
+        # if any, is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        return Accelerator(cpu=self.device == 'cpu', mixed_precision={'fp32': 'no'}.get(self.precision, self.precision),
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+    def prepare_engine(self) -> None:
+        """The module and the optimizer handed to the accelerator; steps counted."""
+        acc = self.accelerator
+        self.module, self.optimizer = acc.prepare(self.module, self.optimizer)
+        self.batches_per_epoch = math.ceil(len(self.batch_sampler) / acc.num_processes)
+        accumulation = self.config.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accumulation)
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+        self.unwrapped = acc.unwrap_model(self.module).model
+        self.guard = LastGood(acc.unwrap_model(self.module))
+        chunk = getattr(self.loss, 'mini_batch_size', None)
+        self.window = accumulation  # micro-batches in the current accumulation window (fewer at an epoch's end)
+        self.cached_step = None if chunk is None else CachedStep(
+            acc.unwrap_model(self.module), chunk, acc.autocast, lambda v: acc.backward(v / self.window))
+        self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es), '
+                 f'{self.steps_per_epoch} steps per epoch, loss {self.loss.name}')
+
+    def make_state(self) -> TrainState:
+        """The TrainState callbacks see, and the callbacks of this run (evaluation, progress bar)."""
+        state = TrainState(epochs=self.config.epochs, total_steps=self.total_steps,
+                           is_main_process=self.accelerator.is_main_process, _log=self.say)
+        state._checkpoint = self._checkpoint_to
+        if self.eval_data is not None and self.config.eval_every:
+            self.callbacks.append(EvaluationCallback(every_n_steps=self.config.eval_every, each_epoch=False))
+        elif self.chooser.active and self.config.select_best:  # every epoch's model is a candidate
+            self.callbacks.append(EvaluationCallback(each_epoch=True))
+        self.callbacks.append(ProgressBar(self.config.progress))
+        return state
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint: optimizer, schedule, position, metrics so far."""
+        self.optimizer.load_state_dict(saved['optimizer'])
+        self.scheduler.load_state_dict(saved['scheduler'])
+        self.state.epoch = int(saved['epoch'])
+        self.state.batches_done = int(saved['batches_done'])
+        self.state.step = int(saved.get('step', self.state.epoch * self.steps_per_epoch))
+        self.state.history = list(saved.get('history', []))
+        if saved.get('metrics_before'):
+            self.metrics['before'] = dict(saved['metrics_before'])
+        where = f'epoch {self.state.epoch + 1}' + (f', batch {self.state.batches_done + 1}'
+                                                    if self.state.batches_done else '')
+        self.say(f'resuming from {saved["directory"]} at {where} (step {self.state.step})')
+
+
+def text_lengths(data) -> list[tuple[int, ...]] | None:
+    """The length in characters of each text side of each row (a data kind's extra document columns, such as
+    the hard negatives of margin-triplets, included); None when no side is text."""
+    sides = [side for side, modality in zip((data.a, data.b), data.modalities) if modality == 'text']
+    if data.modalities[-1] == 'text':  # extra columns are documents, of the second side's modality
+        sides += [column for column in (data.extra or {}).values()
+                  if len(column) == len(data.a) and all(isinstance(item, str) for item in column)]
+    if not sides:
+        return None
+    return list(zip(*([len(item) for item in side] for side in sides)))
+
+
+def _check_callbacks(callbacks: Any) -> list[Callback]:
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise OptionError(f'callbacks: expected a list of finetune.callbacks.Callback, got '
+                          f'{type(callbacks).__name__}.')
+    bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        raise OptionError(f'callbacks: {", ".join(bad)} is not a finetune.callbacks.Callback; subclass it and '
+                          f'override the hooks you need.')
+    return list(callbacks)
+
+
+def _towers(model) -> list[EmbeddingModel]:
+    return list(model.towers.values()) if isinstance(model, MultiTowerModel) else [model]
+
+
+def _ensure_classifier(model, num_classes: int, log: Callable[[str], None]) -> None:
+    """Give `model` a cosine classifier of `num_classes` rows (recognite's recipe) if it lacks one."""
+    if isinstance(model, MultiTowerModel):
+        raise OptionError('this loss trains through a classifier head, which a multi-tower model has not; use an '
+                          'in-batch contrastive loss (CLIPLoss or InfoNCE).')
+    current = model.classifier
+    if current is not None and current.weight.shape[0] == num_classes:
+        return
+    model.classifier = CosineClassifier(model.output_dim, num_classes,
+                                        scale=model.options['head_options'].get('scale', 16.0))
+    model.options = dict(model.options, head=COSINE_CLASSIFIER,
+                         head_options=dict(model.options['head_options'], num_classes=num_classes,
+                                           scale=model.classifier.scale))
+    log(f'added a cosine classifier head with {num_classes} classes for the loss')
