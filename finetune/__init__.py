@@ -6,7 +6,8 @@ Public API (each call hands on to one module):
 * :func:`build_model` — an :class:`EmbeddingModel` (backbone -> pooler -> head -> L2 normalize);
 * :func:`get_spec` — the registry entry of a name.
 * :func:`synthesize` — training rows from unlabeled queries and a corpus (a relation miner and a cross-encoder);
-* :func:`fit`, :func:`evaluate`, :func:`load`, :func:`merge` — training, metrics, saved models.
+* :func:`fit`, :func:`evaluate`, :func:`load`, :func:`merge` — training, metrics, saved models;
+* :func:`merge_lora` — a model with LoRA adapters (``model_options={'lora': True}``) made plain.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ def fit(model, train_data, eval_data=None, **kwargs):
     return _fit(model, train_data, eval_data, **kwargs)
 
 
-def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10)) -> dict:
-    """Retrieval metrics of `model` on `data`; see :func:`finetune.evaluation.evaluate`."""
+def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10), dim: int | None = None) -> dict:
+    """Retrieval metrics of `model` on `data` (with `dim`, of its embeddings cut to their leading `dim`
+    dimensions); see :func:`finetune.evaluation.evaluate`."""
     from .evaluation import evaluate as _evaluate
-    return _evaluate(model, data, batch_size=batch_size, ks=ks)
+    return _evaluate(model, data, batch_size=batch_size, ks=ks, dim=dim)
 
 
 def load(directory: str, trust_remote_code: bool = False):
@@ -48,6 +50,13 @@ def merge(base, tuned, alpha: float):
     return _merge(base, tuned, alpha)
 
 
+def merge_lora(model):
+    """A copy of `model` with its LoRA adapters folded into the weights they adapt (a plain model that embeds the
+    same); see :func:`finetune.adapters.merge_lora`."""
+    from .adapters import merge_lora as _merge_lora
+    return _merge_lora(model)
+
+
 def export(model_or_path, format: str = 'onnx', output: str | None = None, quantize: str | None = None,
            eval_data=None, trust_remote_code: bool = False, log=None) -> str:
     """Export a model (or a saved model's folder) for deployment: ``'onnx'`` (fp32, or ``quantize='int8'``) or a
@@ -64,9 +73,15 @@ def save_model(model, directory: str) -> str:
     return _save(model, directory)
 
 
-def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy'):
-    """Embed `items` with `model` in batches (``model.encode``); returns ``(len(items), output_dim)``."""
-    return model.encode(items, batch_size=batch_size, convert_to=convert_to)
+def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy', dim: int | None = None):
+    """Embed `items` with `model` in batches (``model.encode``); returns ``(len(items), output_dim)``, or with
+    `dim` ``(len(items), dim)``: the leading `dim` dimensions, L2-normalized again (a Matryoshka model's smaller
+    sizes; another size warns once). Raises InputError for items the model cannot take or a bad `dim`."""
+    if dim is None:
+        return model.encode(items, batch_size=batch_size, convert_to=convert_to)
+    from .dims import check_dim, truncate
+    dim = check_dim(model, dim)
+    return truncate(model.encode(items, batch_size=batch_size, convert_to=convert_to), dim)
 
 
 def synthesize(query_data, corpus_data, models=None, num_relations: int = 3, output=None, **kwargs):
@@ -92,7 +107,9 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 
 
 __all__ = [
-    'fit', 'synthesize', 'evaluate', 'load', 'merge', 'export', 'save_model', 'encode', 'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel', 'MultiTowerModel',
+    'fit', 'synthesize', 'evaluate', 'load', 'merge', 'merge_lora', 'export', 'save_model', 'encode',
+    'describe_models', 'list_models', 'list_model_options', 'build_model', 'get_spec', 'EmbeddingModel',
+    'MultiTowerModel',
     'BackboneSpec', 'BackbonePlugin', 'REGISTRY', 'TASKS', 'FinetuneError', 'UnknownModelError', 'OptionError',
     'PluginError', 'InputError', 'ArtifactError', 'ExportError', 'WeightsNotFoundError', 'WeightsLoadError', '__version__',
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterator
 
+from .adapters import has_lora, is_base_key
 from .errors import ArtifactError, FinetuneError, OptionError, WeightsLoadError
 from .files import CONFIG_FILE, WEIGHTS_FILE  # noqa: F401 - re-exported: the files of an artifact
 
@@ -131,10 +133,13 @@ def folder_written_atomically(directory: str) -> Iterator[str]:
 
 def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -> str:
     """The weights, the config, the model card and the family's own files of `model` into `folder`; returns the
-    saved name."""
-    name = write_backbone_files(model, folder)
+    saved name. A model with LoRA adapters whose base rebuilds offline from its registry name is saved adapter-only
+    (its adapters, pooler and heads; see :func:`adapter_base`)."""
+    base = adapter_base(model)
+    name = base if base is not None else write_backbone_files(model, folder)
     from safetensors.torch import save_file
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if base is None or not is_base_key(k)}
     seen: dict[int, str] = {}  # tensors that share memory (tied weights) must be saved once each
     for key in list(state):
         ptr = state[key].data_ptr()
@@ -143,11 +148,37 @@ def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -
         seen[ptr] = key
     save_file(state, os.path.join(folder, WEIGHTS_FILE))
     config = artifact_config(model, name, metrics, extra)
+    if getattr(model, 'trained_dims', None):  # Matryoshka: the sizes it was trained at
+        config['matryoshka_dims'] = [int(d) for d in model.trained_dims]
+    if base is not None:  # the base's own weights come from its registry name, as when it was trained
+        config['model_options']['pretrained'] = model.options['pretrained']
+        config['adapter'] = {'saved': ADAPTER_ONLY, 'base': base}
     write_config(folder, config)
     from .card import CARD_FILE, model_card
     with open(os.path.join(folder, CARD_FILE), 'w', encoding='utf-8') as f:
         f.write(model_card(config))
     return name
+
+
+#: ``finetune_config.json``'s ``adapter.saved`` of an artifact that holds the adapters and not the base's weights
+ADAPTER_ONLY = 'adapter-only'
+
+
+def adapter_base(model) -> str | None:
+    """The registry name `model`'s base rebuilds from offline when `model` has LoRA adapters and was built with
+    its family's pretrained weights from a plain registry name (an adapter-only save needs nothing else); None
+    otherwise (then the whole model is saved, and the log says why)."""
+    if not has_lora(model):
+        return None
+    from .registry import REGISTRY
+    name = model.name
+    if ':' not in name and not _looks_like_path(name) and REGISTRY.is_named(name) and \
+            model.options.get('pretrained') is True:
+        return name
+    logging.getLogger('finetune').info(
+        '%r has LoRA adapters but its base is not a registry name with its pretrained weights (it cannot be '
+        'rebuilt offline from a name): the whole model is saved, not the adapters alone.', name)
+    return None
 
 
 def write_backbone_files(model, folder: str) -> str:
@@ -387,11 +418,21 @@ def load(directory: str, trust_remote_code: bool = False):
     except Exception as exc:  # noqa: BLE001
         raise WeightsLoadError(f'{directory!r}: could not read {WEIGHTS_FILE}: {exc}') from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if _adapter_only(config):  # the base's weights came with the rebuild
+        missing = [k for k in missing if not is_base_key(k)]
     if missing or unexpected:
         raise WeightsLoadError(f'{directory!r}: the saved weights do not fit the rebuilt model '
                                f'(missing {missing[:5]}, unexpected {unexpected[:5]}).')
     model.artifact_config = config
+    dims = config.get('matryoshka_dims')
+    if isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        model.trained_dims = tuple(dims)
     return model.eval()
+
+
+def _adapter_only(config: dict[str, Any]) -> bool:
+    adapter = config.get('adapter')
+    return isinstance(adapter, dict) and adapter.get('saved') == ADAPTER_ONLY
 
 
 def rebuild(directory: str, config: dict[str, Any], name: str, trust_remote_code: bool, empty: bool = False):
@@ -403,7 +444,8 @@ def rebuild(directory: str, config: dict[str, Any], name: str, trust_remote_code
     from .registry import REGISTRY
     config_path = os.path.join(directory, CONFIG_FILE)
     options = dict(config.get('model_options', {}))
-    options['pretrained'] = False
+    # an adapter-only artifact rebuilds its base with the family's pretrained weights, as it was trained
+    options['pretrained'] = options.get('pretrained') is True if _adapter_only(config) else False
     options.pop('trust_remote_code', None)
     try:
         if any(o.name == 'trust_remote_code' for o in option_schema(REGISTRY.get(name))):

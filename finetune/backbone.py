@@ -64,6 +64,23 @@ class Backbone(nn.Module):
     #: regular expressions over the node names of an exported graph: nodes that int8 quantization leaves in fp32
     #: (layers whose activations have outliers that per-tensor run-time quantization cannot hold)
     int8_fp32_nodes: tuple[str, ...] = ()
+    #: the modules LoRA adapters wrap when ``model_options={'lora': True}`` names none: the last component of
+    #: their names (e.g. ``('query', 'key', 'value', 'dense')``), usually the attention and MLP projections;
+    #: empty where the family has no default (``lora`` then needs ``target_modules``)
+    lora_targets: tuple[str, ...] = ()
+
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """The default LoRA targets of this backbone (:attr:`lora_targets`); a family whose models differ
+        (encoders and decoders, say) may look at its model here."""
+        return tuple(self.lora_targets)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (``model_options=
+        {'gradient_checkpointing': True}``): less memory, about a third more compute, the same gradients. Raises
+        OptionError where the family cannot (the default)."""
+        from .errors import OptionError
+        raise OptionError(f"option 'gradient_checkpointing': the {type(self).__name__} family does not support "
+                          f'it; leave it False.')
 
     def forward(self, batch: Any) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -256,7 +273,7 @@ def take_rows(x: Any, index: torch.Tensor, rows: int) -> Any:
     """The rows `index` of a model input of `rows` rows: every tensor whose first dimension is `rows` (in a dict
     / list / tuple too) indexed along it; anything else passed as it is."""
     if isinstance(x, torch.Tensor):
-        return x.index_select(0, index.to(x.device)) if x.dim() > 0 and x.shape[0] == rows else x
+        return x.index_select(0, batch_to(index, x.device)) if x.dim() > 0 and x.shape[0] == rows else x
     if isinstance(x, dict):
         return {k: take_rows(v, index, rows) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -319,8 +336,11 @@ def rows_of(x: Any) -> int:
 
 
 def batch_to(batch: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or the tensors inside a dict / list / tuple, to `device`."""
+    """Move a tensor, or the tensors inside a dict / list / tuple, to `device`. A host tensor bound for a CUDA
+    device is pinned first (unless it is), so that the copy never makes the host wait for the device."""
     if isinstance(batch, torch.Tensor):
+        if batch.device.type == 'cpu' and torch.device(device).type == 'cuda' and not batch.is_pinned():
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Features):
         return Features(batch_to(batch.tensor, device), batch_to(batch.mask, device))

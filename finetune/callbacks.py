@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any
 
 from .errors import OptionError, did_you_mean
@@ -139,6 +140,7 @@ class ProgressBar(Callback):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._progress = None
         self._task = None
+        self._loss_read = float('-inf')
 
     def on_train_begin(self, state) -> None:
         if not self.enabled or not state.is_main_process:
@@ -152,12 +154,19 @@ class ProgressBar(Callback):
         self._progress.start()
         self._task = self._progress.add_task('fit', total=state.total_steps, epoch=1, loss='-', speed='-')
 
+    #: seconds between two reads of the loss (on an accelerator each read waits for the step to finish)
+    LOSS_EVERY = 0.5
+
     def on_step_end(self, state) -> None:
         if self._progress is None:
             return
-        loss = f'{state.last_loss:.4f}' if state.last_loss is not None and math.isfinite(state.last_loss) else '-'
-        self._progress.update(self._task, completed=state.step, epoch=f'{state.epoch + 1}/{state.epochs}',
-                              loss=loss, speed=f'{state.samples_per_second:.1f}')
+        fields = dict(epoch=f'{state.epoch + 1}/{state.epochs}', speed=f'{state.samples_per_second:.1f}')
+        now = time.monotonic()
+        if now - self._loss_read >= self.LOSS_EVERY or state.step == state.total_steps:
+            self._loss_read = now
+            loss = state.last_loss
+            fields['loss'] = f'{loss:.4f}' if loss is not None and math.isfinite(loss) else '-'
+        self._progress.update(self._task, completed=state.step, **fields)
 
     def on_train_end(self, state) -> None:
         if self._progress is not None:

@@ -1,6 +1,7 @@
 """The ``finetune`` command line, over the same public API as the Python package."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -95,10 +96,25 @@ def _is_artifact(name_or_dir: str) -> bool:
     return os.path.isfile(os.path.join(name_or_dir, 'finetune_config.json'))
 
 
-def _load_model(name_or_dir: str, trust_remote_code: bool = False, model_options: dict | None = None):
-    """A saved model folder (loaded with the caller's trust_remote_code) or a backbone built by name."""
+def _looks_like_path(name: str) -> bool:
+    """Whether a model argument names a folder rather than a registered model: it starts with '.' or '~', or has a
+    path separator outside a family prefix ('hf:org/model' is a name; 'C:\\models' is a path)."""
+    prefix, colon, _ = name.partition(':')
+    if colon and len(prefix) > 1 and not any(s and s in prefix for s in (os.sep, os.altsep)):
+        return False
+    return name.startswith(('.', '~')) or any(s and s in name for s in (os.sep, os.altsep))
+
+
+def _load_model(name_or_dir: str, trust_remote_code: bool = False, model_options: dict | None = None,
+                what: str = '--model'):
+    """A saved model folder (loaded with the caller's trust_remote_code) or a backbone built by name. Raises
+    InputError naming `what` for a path to a folder that does not exist."""
     from . import build_model, load
-    from .errors import OptionError
+    from .errors import InputError, OptionError
+    if _looks_like_path(name_or_dir) and not os.path.exists(os.path.expanduser(name_or_dir)):
+        raise InputError(f'{what}: the folder {name_or_dir!r} does not exist; expected the folder of a saved model '
+                         f'(what run.save() or fit(output_dir=...) wrote: <output_dir>/model).')
+    name_or_dir = os.path.expanduser(name_or_dir)
     if _is_artifact(name_or_dir):
         if model_options:
             raise OptionError('--model-option cannot change a saved model; start from a backbone name.')
@@ -202,6 +218,10 @@ def _print_table(run) -> None:
     if run.metrics.get('after'):
         Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after'],
                                              guard=run.metrics.get('guard')))
+    for dim, metrics in run.metrics.get('dims', {}).items():  # Matryoshka: one table per trained size
+        if dim != run.model.output_dim and metrics.get('after'):
+            Console().print(format_metrics_table(metrics.get('before'), metrics['after'],
+                                                 title=f'retrieval metrics at {dim} dimensions'))
 
 
 def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option, resume_from):
@@ -232,6 +252,31 @@ def _alpha_or_auto(value: str, option: str):
         raise OptionError(f"{option}: expected a number in [0, 1] or 'auto', got {value!r}.") from None
 
 
+@main.command('merge-adapter')
+@click.argument('model_dir')
+@click.option('--output', required=True, help='Folder for the plain model (the adapters folded into its weights).')
+@click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
+def merge_adapter_command(model_dir, output, trust_remote_code) -> None:
+    """Fold the LoRA adapters of the saved model MODEL_DIR into the weights they adapt and save a plain model
+    (no adapters, no base to rebuild) to --output."""
+    from .adapters import has_lora, merge_lora
+    from .artifacts import check_replaceable, load, save_model
+
+    def job():
+        from .errors import ArtifactError, OptionError
+        if not os.path.isdir(model_dir):
+            raise ArtifactError(f'MODEL_DIR {model_dir!r} does not exist; expected the folder of a saved model '
+                                f'(what run.save() or fit(output_dir=...) wrote: <output_dir>/model).')
+        check_replaceable(output, '--output')
+        model = load(model_dir, trust_remote_code=trust_remote_code)
+        if not has_lora(model):
+            raise OptionError(f'{model_dir!r} has no LoRA adapters to merge (it was not trained with '
+                              f"model_options={{'lora': ...}}); it is a plain model already.")
+        save_model(merge_lora(model), output)
+        click.echo(f'adapters merged; the plain model is saved to {output} (load it with finetune.load)')
+    _run(job)
+
+
 @main.command('merge')
 @click.argument('base')
 @click.argument('tuned')
@@ -251,8 +296,8 @@ def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_toler
     def job():
         from .artifacts import check_replaceable, save_model
         check_replaceable(output, '--output')  # before any work: a folder that is not a saved model stays as it is
-        base_model = _load_model(base, trust_remote_code)
-        tuned_model = _load_model(tuned, trust_remote_code)
+        base_model = _load_model(base, trust_remote_code, what='BASE')
+        tuned_model = _load_model(tuned, trust_remote_code, what='TUNED')
         a = _alpha_or_auto(alpha, '--alpha')
         if a == 'auto':
             a, table = choose_alpha(base_model, tuned_model, eval_data, guard_data, guard_tolerance)

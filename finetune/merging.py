@@ -2,8 +2,10 @@
 
 ``merge(base, tuned, alpha)`` takes every weight of `tuned` that `base` also has (same name, same shape) as
 ``(1 - alpha) * base + alpha * tuned``; weights the base does not have (a classifier or projection head added
-for fine-tuning) and non-float buffers (counters) come from `tuned`. The sum is computed in float64 and
-rounded once to the weights' own type, so ``alpha=0`` and ``alpha=1`` reproduce the two models bit for bit.
+for fine-tuning) and non-float buffers (counters) come from `tuned`. Any other difference in names or shapes
+(two models of one family but other depths, say) is refused: an average of the weights they share with the
+rest copied would be a hybrid of neither. The sum is computed in float64 and rounded once to the weights' own
+type, so ``alpha=0`` and ``alpha=1`` reproduce the two models bit for bit.
 ``alpha=0`` gives the base's weights, ``alpha=1`` the tuned ones. Fine-tuning tends to trade what the base did
 well elsewhere for the new data; a point in between often keeps most of the gain and loses less.
 """
@@ -14,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .adapters import is_adapter_input_key, is_adapter_key
 from .errors import InputError, OptionError
 from .validators import number
 
@@ -36,26 +39,68 @@ def check_alpha(alpha: Any) -> float:
                   lambda v: 0 <= v <= 1)
 
 
-def merged_state(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
-                 alpha: float) -> dict[str, torch.Tensor]:
-    """The WiSE-FT state of two state dicts (see the module docstring). Raises InputError when a weight both
-    have differs in shape, or when they share no weight at all (not the same model)."""
-    alpha = check_alpha(alpha)
-    out, shared = {}, 0
-    for name, value in tuned.items():
-        other = base.get(name)
-        if other is None or not value.is_floating_point():
-            out[name] = value.detach().clone()
-            continue
-        if other.shape != value.shape:
-            raise InputError(f'merge: {name!r} is {tuple(other.shape)} in the base model and {tuple(value.shape)} in '
-                             f'the fine-tuned one; WiSE-FT needs the same architecture.')
-        shared += 1
-        mixed = (1 - alpha) * other.detach().to(value.device, torch.float64) + alpha * value.detach().double()
-        out[name] = mixed.to(value.dtype)
-    if not shared:
+#: the heads fine-tuning may add to a model (see finetune.model): weights a base may lack
+_ADDED_HEADS = ('projection.', 'classifier.')
+#: where peft keeps the weight of a layer it wrapped with an adapter: 'x.base_layer.weight' is the base's 'x.weight'
+_WRAPPED = '.base_layer'
+
+
+def _base_name(name: str, base: Mapping[str, torch.Tensor]) -> str | None:
+    """The name in `base` of the tuned model's weight `name` (the same, or that of the layer an adapter wraps)."""
+    if name in base:
+        return name
+    unwrapped = name.replace(_WRAPPED, '')
+    return unwrapped if _WRAPPED in name and unwrapped in base else None
+
+
+def check_same_architecture(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor]) -> None:
+    """InputError unless the two state dicts hold the same weights: the same names (bar heads and adapters the
+    tuned model added) and the same shapes. The message names the first few that differ."""
+    matched = {_base_name(name, base): name for name in tuned}
+    added = [n for n in tuned if _base_name(n, base) is None and not (is_adapter_key(n) or n.startswith(_ADDED_HEADS))]
+    lacking = [n for n in base if n not in matched]
+    reshaped = [(name, other) for other, name in matched.items()
+                if other is not None and base[other].shape != tuned[name].shape]
+    if not set(matched) - {None}:
         raise InputError('merge: the two models share no weight; WiSE-FT interpolates a model with a fine-tuned '
                          'version of itself.')
+    if reshaped:
+        name, other = reshaped[0]
+        raise InputError(f'merge: {name!r} is {tuple(base[other].shape)} in the base model and '
+                         f'{tuple(tuned[name].shape)} in the fine-tuned one ({len(reshaped)} weight(s) differ in '
+                         f'shape); WiSE-FT needs the same architecture.')
+    if added or lacking:
+        parts = [f'{len(names)} only in the {where} ({_first(names)})'
+                 for names, where in ((lacking, 'base model'), (added, 'fine-tuned model')) if names]
+        raise InputError(f'merge: the two models have different weights: {"; ".join(parts)}; WiSE-FT needs the '
+                         f'same architecture: the fine-tuned model and the model it was fine-tuned from.')
+
+
+def _first(names: Sequence[str], shown: int = 4) -> str:
+    return ', '.join(repr(n) for n in names[:shown]) + (', ...' if len(names) > shown else '')
+
+
+def merged_state(base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor],
+                 alpha: float) -> dict[str, torch.Tensor]:
+    """The WiSE-FT state of two state dicts (see the module docstring). Raises OptionError for an alpha outside
+    [0, 1], InputError when the two differ in weight names or shapes (:func:`check_same_architecture`).
+
+    LoRA adapters (:mod:`finetune.adapters`): the update ``B @ A`` of an adapter is scaled by alpha, not
+    interpolated factor by factor: A is the fine-tuned one, B (zero in the base, or absent from a base without
+    adapters) is interpolated."""
+    alpha = check_alpha(alpha)
+    check_same_architecture(base, tuned)
+    out = {}
+    for name, value in tuned.items():
+        known = _base_name(name, base)
+        other = base[known] if known is not None else None
+        if other is None and is_adapter_key(name):
+            other = torch.zeros_like(value)  # a base without adapters: its update is zero
+        if other is None or not value.is_floating_point() or is_adapter_input_key(name):
+            out[name] = value.detach().clone()
+            continue
+        mixed = (1 - alpha) * other.detach().to(value.device, torch.float64) + alpha * value.detach().double()
+        out[name] = mixed.to(value.dtype)
     return out
 
 

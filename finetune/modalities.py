@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import InputError
 from .registry import REGISTRY
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
@@ -133,6 +134,18 @@ def item_modality(item: Any) -> str:
     if isinstance(item, np.ndarray) or type(item).__name__ == 'Tensor':
         return 'image' if len(item.shape) in (2, 3) else 'other'
     return 'other'
+
+
+def array_items(items: Any) -> Any:
+    """The elements of a numpy array of dtype str or object (texts, paths, PIL images) as a list, each one item
+    (a 0-D array is one item); anything else as it is: a numeric array is an item itself (an image, a point
+    cloud) or a stack of them. Raises InputError for a str or object array of more than one dimension."""
+    if not isinstance(items, np.ndarray) or items.dtype.kind not in 'UO':
+        return items
+    if items.ndim > 1:
+        raise InputError(f'items: a {items.ndim}-D array of shape {items.shape}; expected one item '
+                         f'per element: a 1-D array or a list, e.g. array.ravel().')
+    return [items.item()] if items.ndim == 0 else items.tolist()
 
 
 def is_one_item(items: Any, modality: str = 'image') -> bool:

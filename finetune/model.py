@@ -15,9 +15,10 @@ from torch import nn
 from .backbone import Backbone, Features, Towers, batch_to
 from .functional import l2_normalize
 from .errors import InputError, OptionError, did_you_mean
-from .modalities import is_one_item  # noqa: F401 (plugins import it from here)
+from .modalities import array_items, is_one_item  # noqa: F401 (plugins import is_one_item from here)
 from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
                     validate_head_options)
+from .adapters import attach_lora, lora_option
 from .options import (Option, boolean, freeze, mapping, one_of, positive_int, pretrained,
                       validate_mapping)
 from .poolers import Pooler, build_pooler, canonical_pooler_name, pooler_class, pooler_names, \
@@ -49,6 +50,11 @@ CORE_OPTIONS: tuple[Option, ...] = (
            freeze),
     Option('normalize', 'bool', True, 'L2-normalize the embeddings', boolean),
     Option('preprocess_options', 'dict', {}, 'how raw items become model inputs (per family)', mapping),
+    Option('lora', 'bool | dict', False,
+           "LoRA adapters: True (the family's targets, r 16, alpha 32, dropout 0.05) or {'r', 'alpha', 'dropout', "
+           "'target_modules'}; the backbone's own weights are frozen", lora_option),
+    Option('gradient_checkpointing', 'bool', False,
+           'recompute activations in the backward pass: less memory, more compute, same gradients', boolean),
 )
 
 
@@ -205,7 +211,8 @@ def encode_in_batches(items: Any, modality: str, output_dim: int, batch_size: in
     """``encode`` for any runtime: `items` (one item or a sequence) cut into batches of `batch_size`, texts of
     similar lengths together (less padding), each batch embedded by `embed_chunk` (a list of items -> a CPU
     float tensor), the rows put back in the items' order. Raises InputError for a bad `batch_size` or
-    `convert_to` (``'numpy'`` or ``'torch'``)."""
+    `convert_to` (``'numpy'`` or ``'torch'``). A numpy array of texts (dtype str or object) is a sequence of them."""
+    items = array_items(items)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError(f'batch_size: expected a positive integer, got {batch_size!r}.')
     if convert_to not in ('numpy', 'torch'):
@@ -291,8 +298,19 @@ def build_model(name: str, model_options: Mapping[str, Any] | None = None) -> Em
                   for tower, backbone in built.backbones.items()}
         model = MultiTowerModel(towers, built.logit_scale, spec.name, opts)
         _apply_freeze(_TowerBackbones(built.backbones), opts['freeze'], spec.name)
-        return model.eval()
-    return _assemble(built, opts, spec.name).eval()
+        return _training_options(model, list(built.backbones.values()), opts, spec.name).eval()
+    return _training_options(_assemble(built, opts, spec.name), [built], opts, spec.name).eval()
+
+
+def _training_options(model, backbones: list[Backbone], opts: dict[str, Any], name: str):
+    """`model` with gradient checkpointing turned on in its backbones and LoRA adapters attached, as `opts`
+    say; returns it."""
+    if opts['gradient_checkpointing']:
+        for backbone in backbones:
+            backbone.enable_gradient_checkpointing()
+    if opts['lora']:
+        attach_lora(model, backbones, opts['lora'], name)
+    return model
 
 
 class _TowerBackbones(nn.Module):
@@ -398,6 +416,7 @@ def pick_tower(towers: Mapping[str, Any], tower: str) -> Any:
 def encode_with_towers(towers: Mapping[str, Any], name: str, items: Any, batch_size: int, convert_to: str,
                        tower: str | None):
     """``encode`` of a multi-tower model: `items` embedded by `tower`, or by the tower :func:`tower_for` picks."""
+    items = array_items(items)
     if is_one_item(items):
         items = [items]
     items = list(items)

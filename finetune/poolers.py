@@ -6,7 +6,7 @@ Every pooler accepts both layouts a backbone can hand over:
 * token sequences ``(N, L, C)`` with an optional ``mask`` ``(N, L)`` (1 = real token, 0 = padding),
   pooled over the real tokens only, so padding never leaks into an embedding.
 
-Poolers are registered by name (case-insensitive): ``GeM``, ``avg`` (alias ``mean``), ``max``, ``cls``.
+Poolers are registered by name (case-insensitive): ``GeM``, ``avg`` (alias ``mean``), ``max``, ``cls``, ``last``.
 A third party adds one with :func:`register_pooler`.
 """
 from __future__ import annotations
@@ -86,6 +86,29 @@ class ClsPooler(Pooler):
         return x[:, 0]
 
 
+def last_token(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The last real token of each row of `x` ``(N, L, C)``: the last position whose `mask` is 1 (the last
+    position itself with padding on the left, the token before the padding with padding on the right), the last
+    position when `mask` is None; ``(N, C)``. A row with no real token gives its first position."""
+    if mask is None:
+        return x[:, -1]
+    positions = torch.arange(x.shape[1], device=x.device).expand(mask.shape)
+    last = torch.where(mask.bool(), positions, torch.zeros_like(positions)).amax(dim=1)
+    return x[torch.arange(x.shape[0], device=x.device), last]
+
+
+class LastPooler(Pooler):
+    """The last real (unmasked) token of the sequence: a decoder's (LLM's) embedding, whose last token is the
+    only one that has seen the whole text; padding on either side."""
+
+    layouts = (TOKENS,)
+
+    def forward(self, x, mask=None):
+        if _check_layout(x) != TOKENS:
+            raise ValueError('the last pooler needs a token sequence (N, L, C)')
+        return last_token(x, mask)
+
+
 class GeMPooler(Pooler):
     """Generalized mean pooling (Radenović et al.): ``mean(clamp(x, eps) ** p) ** (1 / p)``.
 
@@ -144,6 +167,7 @@ register_pooler('GeM', GeMPooler)
 register_pooler('avg', MeanPooler, aliases=('mean',))
 register_pooler('max', MaxPooler)
 register_pooler('cls', ClsPooler)
+register_pooler('last', LastPooler)
 
 
 def pooler_names() -> list[str]:

@@ -9,6 +9,7 @@ float, a choice as the choices spell it), or raises :class:`~finetune.errors.Opt
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Sequence
 
 from .errors import OptionError, did_you_mean
@@ -21,18 +22,19 @@ def expected(label: str, value: Any, what: str, hint: str = '') -> OptionError:
 
 
 def is_number(value: Any) -> bool:
-    """Whether `value` is a finite int or float (a bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether `value` is a finite real number: an int or a float, or a numpy one such as ``np.float32(0.5)``
+    (numpy registers its scalars as :mod:`numbers`); a bool is not a number here."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def integer(label: str, value: Any, minimum: int = 1, what: str | None = None, none: bool = False) -> int | None:
     """`value`, an int (not a bool) of at least `minimum`; None passes when `none`. Raises OptionError saying
-    `what` was expected (default: 'an integer >= <minimum>')."""
+    `what` was expected (default: 'an integer >= <minimum>'). A numpy integer is returned as an int."""
     if value is None and none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise expected(label, value, what or f'an integer >= {minimum}')
-    return value
+    return int(value)
 
 
 def number(label: str, value: Any, what: str, within: Callable[[float], bool] | None = None,

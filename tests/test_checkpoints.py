@@ -352,3 +352,16 @@ def test_a_second_fit_into_a_folder_in_use_is_refused_and_a_dead_runs_lock_is_ta
                  **dict(EXACT, log=logs.append))
     assert any(f'took over the lock of process {busy.pid}' in line for line in logs)
     assert not (out / '.finetune.lock').exists() and (out / 'model').is_dir()
+
+
+def test_a_trainer_state_of_random_bytes_is_one_line_naming_the_damaged_file(tmp_path):
+    path = tmp_path / ckpt.TRAINER_STATE
+    path.write_bytes(bytes(range(256)) * 3)
+    with pytest.raises(InputError) as caught:
+        ckpt.read_trainer_state(str(tmp_path))
+    message = str(caught.value)
+    assert '\n' not in message and str(path) in message and 'damaged' in message
+    assert 'weights_only' not in message and 'torch.load' not in message
+    path.write_bytes(b'')
+    with pytest.raises(InputError, match='damaged'):
+        ckpt.read_trainer_state(str(tmp_path))

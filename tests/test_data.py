@@ -122,6 +122,28 @@ def test_images_with_text_labels_are_labeled():
     assert data.kind == 'labeled' and data.label_names == ['cat', 'dog'] and data.modalities == ('image',)
 
 
+def test_image_files_with_few_repeating_labels_are_labeled_and_errors_name_the_image_column(tmp_path):
+    labels = ['cat', 'dog', 'cat', 'bird', 'fish', 'dog']  # 6 rows, 4 labels: too few repeats to count alone
+    rows = [(write_png(tmp_path / f'im{i}.png', (30 * i, 0, 0)), label) for i, label in enumerate(labels)]
+    data = load_data(rows)
+    assert data.kind == 'labeled' and data.label_names == ['cat', 'dog', 'bird', 'fish']
+    assert data.modalities == ('image',) and data.a == [path for path, _ in rows]
+    sentences = [(path, f'a photo number {i} of a {label}') for i, (path, label) in enumerate(rows)]
+    assert load_data(sentences).kind == 'text-image'  # captions: sentences, not names
+    import finetune
+    captions = [(path, f'a {label} here') for path, label in rows[1:4]]  # image files first, captions second
+    with pytest.raises(InputError, match="the image column holds image items but 'fake-text' is a text model"):
+        finetune.evaluate(finetune.build_model('fake-text'), captions)
+
+
+def test_unhashable_labels_are_refused_naming_the_row_not_told_apart_by_identity():
+    message = raises('train_data, row 0: the label [1] is a list, which cannot name a class',
+                     [('a dog', [1]), ('a cat', [1]), ('a car', [2])])
+    assert 'for one value, give it alone: 1' in message
+    raises("row 1: the label {'k': 2} is a dict", [('a dog', 1), ('a cat', {'k': 2})], kind='labeled')
+    assert load_data([('a dog', (1,)), ('a cat', (1,)), ('a car', (2,))]).groups == [0, 0, 1]  # tuples are values
+
+
 def test_image_arrays_and_pil_images_are_items():
     arrays = [np.full((8, 8, 3), i, dtype=np.uint8) for i in range(4)]
     data = load_data([(arr, i % 2) for i, arr in enumerate(arrays)])

@@ -91,6 +91,29 @@ def test_hugging_face_datasets():
         load_data(wide)
 
 
+def test_a_dataset_dict_is_refused_with_the_split_to_pass():
+    import datasets
+    split = datasets.Dataset.from_dict({'text': ['a dog', 'a cat'], 'label': [0, 1]})
+    splits = datasets.DatasetDict({'train': split, 'test': split})
+    with pytest.raises(InputError, match=r"train_data: a datasets.DatasetDict with splits 'train', 'test'; pass one "
+                                         r"split, e.g. data\['train'\]"):
+        load_data(splits)
+    with pytest.raises(InputError, match=r"eval_data: .* pass one split, e.g. data\['test'\]"):
+        load_data(splits, 'eval_data')
+
+
+def test_numpy_arrays_of_rows_are_rows():
+    import pandas as pd
+    frame = pd.DataFrame({'query': ['what barks', 'what meows', 'what barks'], 'doc': ['a dog', 'a cat', 'a wolf']})
+    rows = load_data(frame.values)
+    assert rows.kind == 'pairs' and rows.a == list(frame['query']) and rows.b == list(frame['doc'])
+    scored = load_data(np.array([['a', 'b', 0.5], ['c', 'd', 1.0]], dtype=object))
+    assert scored.kind == 'scored' and scored.scores == [0.5, 1.0]
+    assert load_data(np.array([['a dog', 'dog'], ['a cat', 'cat']])).a == ['a dog', 'a cat']  # dtype str
+    with pytest.raises(InputError, match=r'train_data: a 3-D array of shape \(1, 2, 2\); expected a 2-D array of rows'):
+        load_data(np.array([[['a', 'b'], ['c', 'd']]]))
+
+
 @pytest.mark.parametrize('data, message', [
     ([], 'train_data is empty'),
     (None, 'train_data: no data given'),

@@ -201,6 +201,22 @@ def test_cli_unknown_model_exits_2_with_a_hint(runner):
     assert 'Traceback' not in result.output
 
 
+def test_cli_a_model_folder_that_does_not_exist_is_named_not_an_unknown_model(runner, tmp_path):
+    missing = str(tmp_path / 'out' / 'model')
+    csv = tmp_path / 'pairs.csv'
+    csv.write_text('query,doc\nwhat barks,a dog\nwhat meows,a cat\n')
+    for args, what in ((['evaluate', '--model', missing, '--data', str(csv)], '--model'),
+                       (['merge', './no-such-base', missing, '--alpha', '0.5', '--output', str(tmp_path / 'm')], 'BASE'),
+                       (['merge', 'fake-text', '~/no-such-tuned', '--alpha', '0.5', '--output', str(tmp_path / 'm')],
+                        'TUNED')):
+        result = runner.invoke(main, args)
+        output = _squash(result.output)
+        assert result.exit_code == 2 and f'error: {what}: the folder' in output and 'does not exist' in output, output
+        assert 'unknown model' not in output and 'Did you mean' not in output and 'Traceback' not in result.output
+    from finetune.cli import _looks_like_path
+    assert not _looks_like_path('hf:org/model') and not _looks_like_path('fake-text') and _looks_like_path('out/model')
+
+
 def test_cli_models_pattern_without_match_prints_nothing(runner):
     result = runner.invoke(main, ['models', 'zzz_no_such_model*'])
     assert result.exit_code == 0

@@ -558,3 +558,17 @@ def test_embeddings_of_tiny_norm_are_ranked_as_their_directions():
     docs = np.array([[0.0, 2e-32], [5e-33, 0.0]], dtype=np.float32)
     metrics = evaluation.retrieval_metrics(queries, docs, [{1}, {0}], ks=(1,))
     assert metrics['hit@1'] == 1.0
+
+
+def test_a_single_pair_is_told_that_pairs_need_two_documents():
+    import finetune
+    model = finetune.build_model('fake-text')
+    with pytest.raises(InputError, match=r"eval_data: evaluation data of a single row \('what barks', 'a dog'\).*"
+                                         r'\(query, doc\) pairs need at least 2 documents'):
+        finetune.evaluate(model, [('what barks', 'a dog')])
+    with pytest.raises(InputError, match=r"one class \('a dog'\).*as \(query, doc\) pairs, it has one document "
+                                         r"\('a dog'\); pairs need at least 2 documents"):
+        finetune.evaluate(model, [('what barks', 'a dog'), ('what woofs', 'a dog')])
+    from finetune.data import load_data
+    with pytest.raises(InputError, match='one distinct document.*Give at least 2 documents'):
+        finetune.evaluate(model, load_data([('what barks', 'a dog')], 'eval_data', kind='pairs'))

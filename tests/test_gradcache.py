@@ -246,3 +246,16 @@ def test_length_grouping_sees_the_hard_negatives():
     data = load_data([('a query', 'its document', 'a much longer negative document', 0.7),
                       ('q', 'd', 'n', 0.1)], kind='margin-triplets')
     assert text_lengths(data) == [(7, 12, 31), (1, 1, 1)]
+
+
+def test_gradcache_with_matryoshka_trains_the_same_model():
+    """The cached second pass backpropagates the Matryoshka sum: the same model as the whole batch at once."""
+    runs = []
+    for chunk in (None, 3):
+        options = {'matryoshka_dims': [32, 16, 8, 4], **({'mini_batch_size': chunk} if chunk else {})}
+        torch.manual_seed(0)
+        model = _no_dropout(finetune.build_model('fake-text'))
+        runs.append(finetune.fit(model, text_pairs(), epochs=2, batch_size=8, seed=3, num_workers=0, precision='fp32',
+                                 loss_options=options, learning_rate=1e-2, log=lambda m: None))
+    for (name, a), (_, b) in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)

@@ -515,3 +515,57 @@ def test_a_loss_that_reads_nothing_known_is_refused_with_the_choices():
     with pytest.raises(NotImplementedError, match='implements neither compute'):
         type('Bare', (Loss,), {'name': 'Bare', 'reads': 'pairs'})()(LossInputs(anchors=_randn(2, 3),
                                                                               positives=_randn(2, 3)))
+
+
+# ---------------------------------------------------------------- Matryoshka
+
+@pytest.mark.parametrize('name, kind, inputs', [
+    ('InfoNCE', 'pairs', lambda: LossInputs(anchors=_randn(8, 12, seed=1), positives=_randn(8, 12, seed=2))),
+    ('TripletMarginLoss', 'labeled', lambda: LossInputs(embeddings=_randn(8, 12, seed=3),
+                                                        labels=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))),
+    ('CoSENTLoss', 'scored', lambda: LossInputs(anchors=_randn(6, 12, seed=4), positives=_randn(6, 12, seed=5),
+                                                 scores=torch.rand(6, generator=torch.Generator().manual_seed(6),
+                                                                   dtype=torch.float64))),
+    ('MarginMSELoss', 'margin-triplets', lambda: LossInputs(
+        anchors=_randn(6, 12, seed=7), positives=_randn(6, 12, seed=8), negatives=_randn(6, 12, seed=9),
+        scores=torch.rand(6, generator=torch.Generator().manual_seed(1), dtype=torch.float64))),
+])
+def test_a_matryoshka_loss_is_the_weighted_sum_of_the_losses_at_each_dimension(name, kind, inputs):
+    from finetune.functional import l2_normalize
+    batch = inputs()
+    nested = build_loss(name, {'matryoshka_dims': [4, 12, 8], 'matryoshka_weights': [0.5, 1, 2]}, kind,
+                        embedding_dim=12)
+    plain = build_loss(name, None, kind, embedding_dim=12)
+    assert nested.matryoshka_dims == (12, 8, 4) and nested.matryoshka_weights == (1.0, 2.0, 0.5)
+
+    def at(dim):
+        cut = {f: l2_normalize(getattr(batch, f)[:, :dim], dim=-1)
+               for f in ('embeddings', 'anchors', 'positives', 'negatives') if getattr(batch, f) is not None}
+        return plain(LossInputs(**{**batch.__dict__, **cut}))
+    torch.testing.assert_close(nested(batch), at(12) + 2 * at(8) + 0.5 * at(4))
+
+
+def test_arcface_takes_the_leading_dimensions_of_its_class_weights_too():
+    loss = build_loss('ArcFaceLoss', {'matryoshka_dims': [8, 4]}, 'labeled', num_classes=3, embedding_dim=8)
+    embeddings, labels = _randn(6, 8, seed=2), torch.tensor([0, 0, 1, 1, 2, 2])
+    value = loss(LossInputs(embeddings=embeddings, labels=labels))
+    loss.matryoshka_dims = None
+    whole = loss(LossInputs(embeddings=embeddings, labels=labels))
+    small = build_loss('ArcFaceLoss', None, 'labeled', num_classes=3, embedding_dim=4)
+    with torch.no_grad():
+        small.weight.copy_(loss.weight[:, :4])
+    part = small(LossInputs(embeddings=F.normalize(embeddings[:, :4], dim=-1), labels=labels))
+    torch.testing.assert_close(value, whole + part)
+
+
+def test_matryoshka_options_are_checked():
+    with pytest.raises(OptionError, match="'matryoshka_dims': 512 is more than the model's 384 dimensions"):
+        build_loss('InfoNCE', {'matryoshka_dims': [512, 64]}, 'pairs', embedding_dim=384)
+    with pytest.raises(OptionError, match='expected a list of distinct positive dimensions'):
+        build_loss('InfoNCE', {'matryoshka_dims': [64, 64]}, 'pairs', embedding_dim=384)
+    with pytest.raises(OptionError, match='2 weights for 3 matryoshka_dims'):
+        build_loss('InfoNCE', {'matryoshka_dims': [8, 4, 2], 'matryoshka_weights': [1, 1]}, 'pairs')
+    with pytest.raises(OptionError, match="'matryoshka_weights' needs 'matryoshka_dims'"):
+        build_loss('InfoNCE', {'matryoshka_weights': [1.0]}, 'pairs')
+    with pytest.raises(OptionError, match='reads logits of the model classifier head.*ArcFaceLoss'):
+        build_loss('NormalizedSoftmaxLoss', {'matryoshka_dims': [8]}, 'labeled', num_classes=3)

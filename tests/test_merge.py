@@ -82,3 +82,40 @@ def test_the_merge_command(pair, tmp_path):
     result = runner.invoke(main, ['merge', str(tmp_path / 'base'), str(tmp_path / 'tuned'), '--output',
                                   str(tmp_path / 'x')])
     assert result.exit_code == 2 and "alpha='auto' is chosen on evaluation data" in result.output
+
+
+def test_models_whose_weight_names_differ_are_refused_not_averaged_in_part(pair):
+    base, tuned = pair
+    shallower = {k: v for k, v in base.state_dict().items() if k != 'backbone.mix.weight'}  # one layer fewer
+    with pytest.raises(InputError, match=r"1 only in the fine-tuned model \('backbone.mix.weight'\); WiSE-FT needs "
+                                         r'the same architecture'):
+        finetune.merge(shallower, tuned, 0.5)
+    renamed = {k.replace('backbone.', 'backbone.stem.'): v for k, v in base.state_dict().items()}
+    renamed['backbone.embed.weight'] = base.state_dict()['backbone.embed.weight']
+    with pytest.raises(InputError, match=r"3 only in the base model \('backbone.stem.embed.weight', .*; 2 only in "
+                                         r"the fine-tuned model \('backbone.mix.weight', 'backbone.mix.bias'\)"):
+        finetune.merge(renamed, tuned, 0.5)
+
+
+def test_numpy_numbers_are_alphas(pair):
+    base, tuned = pair
+    for alpha in (np.float32(0.5), np.float64(0.5)):
+        np.testing.assert_array_equal(finetune.merge(base, tuned, alpha).encode(TEXTS),
+                                      finetune.merge(base, tuned, 0.5).encode(TEXTS))
+    np.testing.assert_array_equal(finetune.merge(base, tuned, np.int64(1)).encode(TEXTS), tuned.encode(TEXTS))
+    with pytest.raises(OptionError, match=r'alpha: expected a number in \[0, 1\]'):
+        finetune.merge(base, tuned, np.float32(1.5))
+    with pytest.raises(OptionError, match=r'alpha: expected a number in \[0, 1\]'):
+        finetune.merge(base, tuned, np.bool_(True))
+
+
+def test_a_base_without_adapters_merges_with_its_adapted_version_as_with_zero_adapters():
+    torch.manual_seed(4)
+    adapted = finetune.build_model('fake-text', {'lora': {'target_modules': ['mix'], 'r': 4, 'dropout': 0.0}})
+    start = {k: v.clone() for k, v in adapted.state_dict().items()}
+    with torch.no_grad():
+        adapted.backbone.mix.lora_B['default'].weight.normal_()  # as training moves it
+    plain = {k.replace('.base_layer', ''): v for k, v in start.items() if 'lora_' not in k}
+    expected = finetune.merge(start, adapted, 0.5).state_dict()
+    for key, value in finetune.merge(plain, adapted, 0.5).state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)

@@ -42,3 +42,18 @@ def test_a_plugin_declares_a_modality_and_its_task(sound_plugin, tmp_path):
     csv = tmp_path / 'rows.csv'
     csv.write_text('item,label\ndog/0.wav,dog\ndog/1.wav,dog\n')
     assert load_data(str(csv)).a[0] == str(tmp_path / 'dog' / '0.wav')  # its relative paths are resolved
+
+
+def test_numpy_arrays_of_texts_are_texts_and_numeric_arrays_stay_images():
+    texts = ['a red dog', 'cat', 'the old house by the sea']
+    model = finetune.build_model('fake-text')
+    expected = model.encode(texts)
+    for array in (np.array(texts), np.array(texts, dtype=object)):
+        np.testing.assert_allclose(finetune.encode(model, array), expected, atol=1e-6)
+    np.testing.assert_allclose(model.encode(np.array(texts[1])), expected[1:2], atol=1e-6)
+    assert finetune.build_model('fake-clip').encode(np.array(texts)).shape[0] == 3
+    image = finetune.build_model('fake-image')
+    assert image.encode(np.zeros((8, 8, 3), dtype=np.uint8)).shape[0] == 1  # a numeric array is one image
+    with pytest.raises(finetune.errors.InputError, match=r'items: a 2-D array of shape \(1, 3\); expected '
+                                                         r'one item per element'):
+        model.encode(np.array([texts]))

@@ -1,4 +1,4 @@
-"""Poolers: GeM / avg / max / cls on image maps and masked token sequences, and their options."""
+"""Poolers: GeM / avg / max / cls / last on image maps and masked token sequences, and their options."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from finetune.errors import OptionError
-from finetune.poolers import (ClsPooler, GeMPooler, MaxPooler, MeanPooler, build_pooler, canonical_pooler_name,
-                              pooler_class, pooler_names, validate_pooler_options)
+from finetune.poolers import (ClsPooler, GeMPooler, LastPooler, MaxPooler, MeanPooler, build_pooler,
+                              canonical_pooler_name, pooler_class, pooler_names, validate_pooler_options)
 
 
 def _positive(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -177,7 +177,35 @@ def test_cls_refuses_image_maps():
     assert pooler_class('cls').layouts == ('tokens',)
 
 
-@pytest.mark.parametrize('name', ['avg', 'max', 'GeM', 'cls'])
+# ---------------------------------------------------------------- last
+
+def test_last_takes_the_last_real_token_with_padding_on_either_side():
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(13))
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    torch.testing.assert_close(LastPooler()(x, right), torch.stack([x[0, 2], x[1, 4], x[2, 0]]))
+    left = right.flip(1)  # padding on the left: the last position is every row's last real token
+    torch.testing.assert_close(LastPooler()(x, left), x[:, -1])
+    torch.testing.assert_close(LastPooler()(x), x[:, -1])  # no mask: every position is real
+
+
+def test_last_ignores_what_the_padding_holds_and_passes_the_gradient_to_one_token():
+    x = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(14)).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])
+    out = build_pooler('last')(x, mask)
+    changed = x.detach().clone()
+    changed[mask == 0] = 1e6
+    torch.testing.assert_close(LastPooler()(changed, mask), out.detach())
+    out.sum().backward()
+    assert (x.grad.abs().sum(-1) > 0).tolist() == [[False, True, False, False], [False, False, True, False]]
+
+
+def test_last_refuses_image_maps():
+    with pytest.raises(ValueError, match='token'):
+        LastPooler()(torch.randn(2, 3, 4, 4))
+    assert pooler_class('LAST').layouts == ('tokens',) and canonical_pooler_name('Last') == 'last'
+
+
+@pytest.mark.parametrize('name', ['avg', 'max', 'GeM', 'cls', 'last'])
 def test_poolers_reject_other_ranks(name):
     with pytest.raises(ValueError, match='got shape'):
         build_pooler(name)(torch.randn(2, 3))
@@ -237,7 +265,7 @@ def test_pooler_names_are_case_insensitive(spelling, canonical, cls):
 
 def test_pooler_names_lists_the_builtin_spellings():
     names = pooler_names()
-    for name in ('GeM', 'avg', 'mean', 'max', 'cls'):
+    for name in ('GeM', 'avg', 'mean', 'max', 'cls', 'last'):
         assert name in names
 
 

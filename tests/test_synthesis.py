@@ -144,6 +144,19 @@ def test_overwrite_starts_again_and_resume_checks_the_settings(tmp_path):
         rows(run(seed=2, negatives='random'))
 
 
+def test_resume_with_another_corpus_or_other_queries_is_refused_naming_which(tmp_path):
+    out = tmp_path / 'synth.jsonl'
+    first = run(output=str(out), seed=1)
+    meta = json.loads((tmp_path / 'synth.meta.json').read_text())
+    assert set(meta['inputs']) == {'query_data', 'corpus_data'}
+    with pytest.raises(InputError, match=r'made from another corpus_data \(sha256 \w{12}\.\.\. there, \w{12}\.\.\. '
+                                         r'now\).*Resume with the corpus_data that made it'):
+        run(output=str(out), resume=True, seed=1, corpus=CORPUS[:-1])
+    with pytest.raises(InputError, match=r'made from another query_data .* and another corpus_data'):
+        run(output=str(out), resume=True, seed=1, queries=QUERIES[:4], corpus=CORPUS[::-1])
+    assert rows(run(output=str(out), resume=True, seed=1)) == rows(first)
+
+
 def test_queries_without_rows_are_done_on_resume(tmp_path):
     out = tmp_path / 'synth.jsonl'
     queries = ['the red dog', 'blue sea']

@@ -54,7 +54,7 @@ def from_rows(rows: Sequence[Sequence[Any]], source: str, header: Sequence[str] 
         kind = detect.detect_two_columns(a, b, names)
     _check_one_modality(a, 'the item column' if kind == 'labeled' else 'the first column', source, line_offset)
     if kind == 'labeled':
-        groups, labels = group_ids(b)
+        groups, labels = _label_groups(b, source, line_offset)
         return TrainingData('labeled', a, None, groups, None, labels, source, lines)
     _check_one_modality(b, 'the second column', source, line_offset)
     if kind == 'text-image':
@@ -110,6 +110,22 @@ def _scores(rows: Sequence[Sequence[Any]], source: str, line_offset: int | Seque
             raise InputError(f'{_where(source, i, line_offset)}: score {row[2]!r} is not a number in [0, 1].')
         scores.append(float(row[2]))
     return scores
+
+
+def _label_groups(labels: list, source: str, line_offset: int | Sequence[int]) -> tuple[list[int], list]:
+    """The class of each row and the class labels (see :func:`group_ids`); InputError at the first label that is
+    unhashable (a list, a dict, an array): equal labels must make one class, and such values have no equality a
+    class can be keyed by, so they are refused rather than told apart by identity."""
+    for i, label in enumerate(labels):
+        try:
+            hash(label)
+        except TypeError:
+            one = f' (for one value, give it alone: {label[0]!r})' if isinstance(label, (list, tuple)) and \
+                len(label) == 1 else ''
+            raise InputError(f'{_where(source, i, line_offset)}: the label {repr(label)[:80]} is a '
+                             f'{type(label).__name__}, which cannot name a class; expected one label per row, a '
+                             f'string or a number{one}.') from None
+    return group_ids(labels)
 
 
 def _check_one_modality(column: list, what: str, source: str, line_offset: int | Sequence[int]) -> None:

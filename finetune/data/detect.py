@@ -1,5 +1,6 @@
 """Which kind rows are: read off a header's column names where it names them, else off the cells (the modality
-of each column's first item, and whether the second column repeats like labels do).
+of each column's first item, and whether the second column repeats like labels do: short texts that repeat beside
+items of another modality, such as image files, are labels however few the rows).
 
 Only decides; :mod:`finetune.data.build` checks the rows and builds the data.
 """
@@ -56,9 +57,18 @@ def detect_two_columns(a: list, b: list, names: list[str]) -> str:
         return 'text-image'  # an image is no label: texts sharing an image are several captions of it
     # a text column beside items: labels repeat across many rows, captions and documents mostly do not
     labels_repeat = len(set(map(hashable_key, b))) <= max(1, len(b) // 2)
-    if labels_repeat:
+    if labels_repeat or (mod_a != 'text' and names_beside_items(a, b)):
         return 'labeled'
     return across if mod_a != mod_b else 'pairs'
+
+
+def names_beside_items(items: list, texts: list, words: int = 3) -> bool:
+    """Whether `texts`, beside `items` that are no texts (image files, ...), are their labels: some text repeats
+    while no item does, and every text is a name of at most `words` words rather than a sentence. (Captions
+    repeat their image, as several captions of one picture; labels repeat themselves, however few the rows.)"""
+    distinct = set(map(hashable_key, texts))
+    return len(distinct) < len(texts) and len(set(map(hashable_key, items))) == len(items) and \
+        all(isinstance(t, str) and len(t.split()) <= words for t in distinct)
 
 
 def text_first(a: list, b: list) -> tuple[list, list]:

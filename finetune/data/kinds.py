@@ -194,10 +194,18 @@ class LabeledKind(DataKind):
         return LossInputs(embeddings=embeddings, labels=labels, logits=logits, logit_scale=logit_scale)
 
     def check_measurable(self, data):
+        if len(data) == 1:  # one row reads as (item, label) as well as a (query, doc) pair: say what either needs
+            raise InputError(f'{data.source}: evaluation data of a single row ({repr(data.a[0])[:80]}, '
+                             f'{repr(data.label_names[0])[:80]}): every ranking is perfect, so the metrics would be '
+                             f'1.0 whatever the model. (query, doc) pairs need at least 2 documents, (item, label) '
+                             f'rows at least 2 classes.')
         if len(set(data.groups)) < 2:
-            raise InputError(f'{data.source}: evaluation data of one class ({data.label_names[0]!r}): every item '
-                             f'is relevant to every other, so precision and nDCG are 1.0 whatever the model. Give '
-                             f'items of at least 2 classes.')
+            label = data.label_names[0]
+            pairs = f' Read as (query, doc) pairs, it has one document ({label!r}); pairs need at least 2 ' \
+                'documents.' if isinstance(label, str) else ''
+            raise InputError(f'{data.source}: evaluation data of one class ({label!r}): every item is relevant to '
+                             f'every other, so precision and nDCG are 1.0 whatever the model. Give items of at least 2 '
+                             f'classes.{pairs}')
 
     def evaluate(self, side_a, side_b, data, batch_size, ks):
         """Each item queries all the others (itself excluded); items of its label are relevant."""

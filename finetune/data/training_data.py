@@ -57,7 +57,8 @@ class TrainingData:
 
 
 def hashable_key(value: Any) -> Any:
-    """`value` itself where it is hashable, else its id: a key to count distinct cells by."""
+    """`value` itself where it is hashable, else its id: a key to count distinct cells by (items such as image
+    arrays; class labels are hashable, unhashable ones are refused where labels are read)."""
     try:
         hash(value)
         return value

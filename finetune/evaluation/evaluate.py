@@ -18,19 +18,30 @@ def side_models(model, data: TrainingData):
     if getattr(model, 'towers', None) is not None:  # a multi-tower model, torch or exported
         by_modality = {m.modality: m for m in model.towers.values()}
         sides = []
-        for side, modality in zip(('first', 'second'), modalities):
+        for side, modality in zip(_column_names(data), modalities):
             if modality not in by_modality:
                 raise InputError(f'{data.source}: the {side} column holds {modality} items but {model.name!r} '
                                  f'has towers for {", ".join(by_modality)}.')
             sides.append(by_modality[modality])
         return sides[0], (sides[1] if two_sided else None)
-    for side, modality in zip(('first', 'second'), modalities):
+    for side, modality in zip(_column_names(data), modalities):
         if modality != 'other' and modality != model.modality:
             across = f' {data.kind} data pairs two modalities: use a multi-tower model that has both.' \
                 if len(set(modalities)) > 1 else ''
-            raise InputError(f'{data.source}: the {side} column holds {modality} items but {model.name!r} is a '
-                             f'{model.modality} model.{across}')
+            article = 'an' if str(model.modality)[:1] in 'aeiou' else 'a'
+            raise InputError(f'{data.source}: the {side} column holds {modality} items but {model.name!r} is '
+                             f'{article} {model.modality} model.{across}')
     return model, (model if two_sided else None)
+
+
+def _column_names(data: TrainingData) -> tuple[str, ...]:
+    """What messages call the column of each side: 'item' for one-sided kinds (the labels may come first); by
+    what it holds where the sides differ in modality (text-image rows are read texts first, whichever column they
+    were in); else by its place."""
+    if data.data_kind.sides == 1:
+        return ('item',)
+    modalities = data.modalities
+    return tuple(modalities) if len(set(modalities)) == len(modalities) else ('first', 'second')
 
 
 def check_data_files(model, data: TrainingData, name: str, progress: bool | None = None) -> int:
@@ -57,13 +68,19 @@ class Evaluation:
         if check_files:
             check_data_files(model, self.data, name, progress)
 
-    def run(self, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-        """The retrieval metrics of the model as it is now, by the data's kind (see :func:`evaluate`)."""
-        return self.data.data_kind.evaluate(self.side_a, self.side_b, self.data, batch_size, ks)
+    def run(self, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS, dim: int | None = None) -> dict[str, float]:
+        """The retrieval metrics of the model as it is now, by the data's kind (see :func:`evaluate`); with `dim`,
+        of its embeddings cut to their leading `dim` dimensions (:mod:`finetune.dims`)."""
+        side_a, side_b = self.side_a, self.side_b
+        if dim is not None:
+            from ..dims import AtDim, check_dim
+            dim = check_dim(side_a, dim)
+            side_a, side_b = AtDim(side_a, dim), (AtDim(side_b, dim) if side_b is not None else None)
+        return self.data.data_kind.evaluate(side_a, side_b, self.data, batch_size, ks)
 
 
 def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT_KS,
-             check_files: bool = True) -> dict[str, float]:
+             check_files: bool = True, dim: int | None = None) -> dict[str, float]:
     """Retrieval metrics of `model` on `data` (any source :func:`finetune.data.load_data` reads).
 
     What is measured is the data kind's: labeled data, each item queries all others (itself excluded);
@@ -71,6 +88,7 @@ def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT
     relevant; scored pairs, Spearman (average ranks for ties) and Pearson correlation of cosine similarity
     with the score. Every file the data names is checked first (`check_files`). Raises InputError for data
     the model cannot embed, and for data on which retrieval metrics say nothing (one class, one document).
-    To measure one model on the same data several times, read and check it once: :class:`Evaluation`.
+    To measure one model on the same data several times, read and check it once: :class:`Evaluation`. With `dim`,
+    the embeddings are cut to their leading `dim` dimensions (a Matryoshka model's smaller sizes).
     """
-    return Evaluation(model, data, 'eval_data', check_files).run(batch_size, ks)
+    return Evaluation(model, data, 'eval_data', check_files).run(batch_size, ks, dim)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from ..adapters import has_lora, merge_lora
 from ..errors import ExportError
 from . import parity
 from .runtime import require_onnx
@@ -107,7 +108,8 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     ``'onnx'``: the whole embedding pipeline as one ONNX graph per tower (``model.onnx``; ``text.onnx`` and
     ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
     onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
-    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`).
+    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`). LoRA adapters are merged into
+    the weights they adapt first (:func:`finetune.adapters.merge_lora`).
     Other formats come from plugins (``'sentence-transformers'`` for text models of that family).
     The export is written to `output`, by default beside the artifact (``<artifact>-onnx``, ``-onnx-int8``, or
     the format's suffix), only if it passes the parity gate on `eval_data` (or built-in samples).
@@ -121,6 +123,9 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     if fmt is None:
         require_onnx()
     model, source = _source(model_or_path, trust_remote_code)
+    if has_lora(model):  # a deployed model computes the merged weights: no adapters in the graph
+        model = merge_lora(model)
+        say('LoRA adapters merged into the weights for the export')
     if fmt is not None:
         problem = fmt.problem(model)
         if problem is not None:

@@ -20,11 +20,16 @@ A subclass says what it reads (:attr:`Loss.reads`) and gets it checked and shape
 With :attr:`Loss.gather` set (the in-batch contrastive losses' ``gather_across_processes`` option), the rows of
 every process are gathered before ``compute`` (see :func:`~finetune.losses.distributed.gather_across_processes`).
 ``compute`` returns a scalar, or one loss per row / pair / triplet, which the base averages.
+
+Matryoshka (every loss, ``loss_options={'matryoshka_dims': [384, 256, 128, 64]}``, optional
+``'matryoshka_weights'``): the loss is the weighted sum of the loss computed on the leading ``d`` dimensions of
+every embedding, each re-normalized, for each ``d``; the model is embedded once, so the extra dimensions cost
+only loss computations (GradCache and gathered negatives work as they do without).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +37,7 @@ from torch import Tensor, nn
 from ..errors import InputError, OptionError
 from ..heads import COSINE_CLASSIFIER
 from ..options import Option, validate_mapping
+from ..validators import is_number
 from .distributed import gather_across_processes
 from .inputs import LossInputs
 
@@ -64,20 +70,54 @@ class Loss(nn.Module):
         """The ``model_options`` a model needs for this loss (``{}`` for most losses)."""
         return {}
 
+    #: Matryoshka: the leading dimensions the loss is also computed on (None: the full embedding only)
+    matryoshka_dims: tuple[int, ...] | None = None
+    matryoshka_weights: tuple[float, ...] | None = None
+
     @classmethod
     def validate_options(cls, given: dict | None) -> dict[str, Any]:
-        """``loss_options`` checked against :attr:`options`, defaults filled in."""
-        return validate_mapping(f'loss_options for loss {cls.name!r}', given, cls.options)
+        """``loss_options`` checked against :attr:`options` and the Matryoshka options, defaults filled in."""
+        return validate_mapping(f'loss_options for loss {cls.name!r}', given, (*cls.options, *MATRYOSHKA_OPTIONS))
+
+    def set_matryoshka(self, dims: Sequence[int] | None, weights: Sequence[float] | None = None,
+                       embedding_dim: int | None = None) -> None:
+        """Compute the loss over the leading `dims` of the embeddings (each weighted by `weights`, default 1).
+        Raises OptionError for dimensions beyond `embedding_dim`, weights that do not match, or a loss that cannot
+        truncate what it reads (a classifier head's logits)."""
+        if dims is None:
+            if weights is not None:
+                raise OptionError(f"loss_options for loss {self.name!r}: 'matryoshka_weights' needs "
+                                  f"'matryoshka_dims'.")
+            return
+        if self.reads in (None, 'logits'):
+            raise OptionError(
+                f"loss_options for loss {self.name!r}: 'matryoshka_dims' truncates the embeddings a loss reads, but "
+                f"{self.name} reads {'logits of the model classifier head' if self.reads else 'its inputs itself'}; "
+                f"use a loss on embeddings (ArcFaceLoss or CosFaceLoss hold their own class weights).")
+        too_wide = [d for d in dims if embedding_dim is not None and d > embedding_dim]
+        if too_wide:
+            raise OptionError(f"loss_options 'matryoshka_dims': {too_wide[0]} is more than the model's "
+                              f'{embedding_dim} dimensions; expected sizes up to {embedding_dim}.')
+        if weights is not None and len(weights) != len(dims):
+            raise OptionError(f"loss_options 'matryoshka_weights': {len(weights)} weights for {len(dims)} "
+                              f'matryoshka_dims; give one weight per dimension.')
+        order = sorted(range(len(dims)), key=lambda i: -dims[i])
+        self.matryoshka_dims = tuple(dims[i] for i in order)
+        self.matryoshka_weights = tuple(float(weights[i]) if weights is not None else 1.0 for i in order)
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        """The loss of one batch: the inputs checked (InputError naming the field), gathered, computed, reduced."""
+        """The loss of one batch: the inputs checked (InputError naming the field), gathered, computed, reduced
+        (with Matryoshka dimensions, the weighted sum over them)."""
         checked = self.check_inputs(inputs)
         if self.gather:
             anchors, positives, negatives, labels = gather_across_processes(
                 checked.anchors, checked.positives, checked.negatives, checked.labels)
             checked = dataclasses.replace(checked, anchors=anchors, positives=positives, negatives=negatives,
                                           labels=labels)
-        return self.reduce(self.compute(checked))
+        if self.matryoshka_dims is None:
+            return self.reduce(self.compute(checked))
+        return sum(weight * self.reduce(self.compute(truncated(checked, dim)))
+                   for dim, weight in zip(self.matryoshka_dims, self.matryoshka_weights))
 
     def check_inputs(self, inputs: LossInputs) -> LossInputs:
         """`inputs` checked and shaped for :attr:`reads`; raises InputError (OptionError for a model without
@@ -98,6 +138,44 @@ class Loss(nn.Module):
     def reduce(self, losses: Tensor) -> Tensor:
         """The scalar loss: the mean of per-row losses, a scalar as it is."""
         return losses if losses.dim() == 0 else losses.mean()
+
+
+def truncated(inputs: LossInputs, dim: int) -> LossInputs:
+    """`inputs` with every embedding cut to its leading `dim` dimensions and L2-normalized again."""
+    from ..functional import l2_normalize
+    cut = {name: l2_normalize(getattr(inputs, name)[:, :dim], dim=-1)
+           for name in ('embeddings', 'anchors', 'positives', 'negatives') if getattr(inputs, name) is not None}
+    return dataclasses.replace(inputs, **cut)
+
+
+def _dims(name: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value or \
+            any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value) or len(set(value)) < len(value):
+        raise OptionError(f"option {name!r}: expected a list of distinct positive dimensions such as "
+                          f'[384, 256, 128, 64], got {value!r}.')
+    return tuple(value)
+
+
+def _weights(name: str, value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value or \
+            any(not is_number(v) or v <= 0 for v in value):
+        raise OptionError(f"option {name!r}: expected a list of positive numbers, one per matryoshka_dims entry, "
+                          f'got {value!r}.')
+    return tuple(float(v) for v in value)
+
+
+#: the options every loss takes besides its own
+MATRYOSHKA_OPTIONS = (
+    Option('matryoshka_dims', 'list[int] | None', None,
+           'Matryoshka: the loss summed over these leading dimensions of the embeddings, each re-normalized '
+           '(e.g. [384, 256, 128, 64])', _dims),
+    Option('matryoshka_weights', 'list[float] | None', None, 'the weight of each of matryoshka_dims (default 1)',
+           _weights),
+)
 
 
 # ---------------------------------------------------------------- checks, each written once

@@ -86,12 +86,13 @@ class _MarginSoftmaxLoss(Loss):
 
     def compute(self, inputs: LossInputs) -> Tensor:
         embeddings, labels = inputs.embeddings, inputs.labels
-        if embeddings.shape[1] != self.embedding_dim:
+        weight = self.weight[:, :embeddings.shape[1]]  # Matryoshka: the leading dimensions of the class weights too
+        if embeddings.shape[1] != self.embedding_dim and self.matryoshka_dims is None:
             raise InputError(f'{self.name}: embeddings have {embeddings.shape[1]} dimensions, the class weights '
                              f'{self.embedding_dim} (embedding_dim).')
         check_class_labels(self, labels, self.num_classes)
         with no_autocast(embeddings.device):
-            cos = cosine_matrix(embeddings, self.weight)
+            cos = cosine_matrix(embeddings, weight)
             index = labels[:, None]
             logits = cos.scatter(1, index, self.target_logit(cos.gather(1, index))) * self.scale
             return F.cross_entropy(logits, labels)

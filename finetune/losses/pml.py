@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import OptionError, did_you_mean
 from ..options import Option, validate_mapping
-from .base import Loss
+from .base import MATRYOSHKA_OPTIONS, Loss
 from .inputs import LABELED, PAIRS, LossInputs
 
 PML_PREFIX = 'PML:'
@@ -65,7 +65,8 @@ class PMLLoss(Loss):
     @classmethod
     def validate_options(cls, given: dict | None) -> dict[str, Any]:
         # only the keys given: pytorch-metric-learning fills in its own defaults
-        return validate_mapping(f'loss_options for loss {cls.name!r}', given, cls.options, keep_missing=False)
+        return validate_mapping(f'loss_options for loss {cls.name!r}', given, (*cls.options, *MATRYOSHKA_OPTIONS),
+                                keep_missing=False)
 
     def __init__(self, num_classes: int | None = None, embedding_dim: int | None = None, **options: Any):
         super().__init__()

@@ -111,6 +111,7 @@ def build_loss(name: str, loss_options: dict | None, data_kind: str, num_classes
         raise OptionError(f'loss {cls.name!r} does not fit {kind!r} data (it takes {takes} data). Losses for '
                           f'{kind!r} data: {fits} (default {default_loss(kind)!r}).')
     options = cls.validate_options(loss_options)
+    dims, weights = options.pop('matryoshka_dims', None), options.pop('matryoshka_weights', None)
     extra: dict[str, Any] = {}
     if cls.needs_num_classes:
         for what, value in (('num_classes', num_classes), ('embedding_dim', embedding_dim)):
@@ -118,4 +119,6 @@ def build_loss(name: str, loss_options: dict | None, data_kind: str, num_classes
                 raise OptionError(f'loss {cls.name!r} owns class weights and needs {what} (a positive integer), '
                                   f'got {value!r}.')
         extra = {'num_classes': num_classes, 'embedding_dim': embedding_dim}
-    return cls(**options, **extra)
+    loss = cls(**options, **extra)
+    loss.set_matryoshka(dims, weights, embedding_dim)
+    return loss

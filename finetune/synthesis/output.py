@@ -4,11 +4,12 @@ One line per training row; the rows of one query are written together, each sayi
 (``negatives``), so a query is complete or not there at all: lines after the last complete query (a run killed
 while writing) are cut off when the file is resumed.
 
-Beside it, ``<name>.meta.json`` holds the run's settings (checked on resume, so that one file never mixes rows
-made two ways) and the queries done that made no row (every candidate a near-duplicate), which a resumed run
-skips too. Both are read as data only (``json.loads``)."""
+Beside it, ``<name>.meta.json`` holds the run's settings and a fingerprint of its queries and its corpus (both
+checked on resume, so that one file never mixes rows made two ways, or rows whose positives are not in the
+corpus) and the queries done that made no row (every candidate a near-duplicate), which a resumed run skips too. Both are read as data only (``json.loads``)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Iterable
@@ -87,9 +88,20 @@ def meta_path(path: str) -> str:
     return os.path.splitext(path)[0] + '.meta.json'
 
 
-def read_meta(path: str, settings: dict) -> tuple[set[str], bool]:
+def fingerprint(texts: Iterable[str]) -> str:
+    """The sha256 of `texts` in order (each text's length, then its UTF-8 bytes: no two lists share one)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode('utf-8')
+        digest.update(len(encoded).to_bytes(8, 'little') + encoded)
+    return digest.hexdigest()
+
+
+def read_meta(path: str, settings: dict, inputs: dict | None = None) -> tuple[set[str], bool]:
     """(the queries done without rows, whether there was a settings file) of the run that wrote `path`.
-    InputError when its settings differ from `settings` or the file is not one synthesize wrote."""
+    InputError when its settings differ from `settings`, its inputs' fingerprints from `inputs` (``{'query_data':
+    fingerprint, 'corpus_data': fingerprint}``; a file written before fingerprints is not checked), or the file is
+    not one synthesize wrote."""
     meta = meta_path(path)
     if not os.path.exists(meta):
         return set(), False
@@ -109,14 +121,28 @@ def read_meta(path: str, settings: dict) -> tuple[set[str], bool]:
     if changed:
         raise InputError(f'resume: {os.path.basename(path)} was made with other settings ({"; ".join(changed)}). '
                          f'Resume with the same ones, or write to another output (or overwrite=True).')
+    _check_inputs(path, found.get('inputs'), inputs or {})
     return {q for q in found['without_rows'] if isinstance(q, str)}, True
 
 
-def write_meta(path: str, settings: dict, without_rows: Iterable[str]) -> None:
-    """Write the settings file of `path` (through a synced temporary file and a rename: never half written)."""
+def _check_inputs(path: str, found: Any, inputs: dict) -> None:
+    if not isinstance(found, dict):
+        return  # a settings file from before fingerprints
+    differ = [name for name, value in inputs.items() if name in found and found[name] != value]
+    if differ:
+        which = ' and '.join(f'another {name} (sha256 {found[name][:12]}... there, {inputs[name][:12]}... now)'
+                             for name in differ)
+        raise InputError(f'resume: {os.path.basename(path)} was made from {which}: its rows would not match this '
+                         f'run\'s. Resume with the {" and ".join(differ)} that made it, in the same order, or write to '
+                         f'another output (or overwrite=True).')
+
+
+def write_meta(path: str, settings: dict, without_rows: Iterable[str], inputs: dict | None = None) -> None:
+    """Write the settings file of `path`, with the fingerprints of the run's `inputs` (see :func:`read_meta`),
+    through a synced temporary file and a rename: never half written."""
     from ..files import write_text_atomically
-    write_text_atomically(meta_path(path), json.dumps({'settings': settings, 'without_rows': sorted(without_rows)},
-                                                      ensure_ascii=False, indent=1))
+    meta = {'settings': settings, 'inputs': inputs or {}, 'without_rows': sorted(without_rows)}
+    write_text_atomically(meta_path(path), json.dumps(meta, ensure_ascii=False, indent=1))
 
 
 class RowWriter:

@@ -9,7 +9,7 @@ import torch
 from ..errors import InputError
 from ..logs import log_function
 from .inputs import read_texts
-from .output import RowWriter, check_output, meta_path, read_meta, read_rows, write_meta
+from .output import RowWriter, check_output, fingerprint, meta_path, read_meta, read_rows, write_meta
 from .relations import relation_rows
 from .run import Bars, SynthesizedData, build_models, check_models, check_settings, encode_corpus, timed
 
@@ -24,17 +24,19 @@ class Pipeline:
         self.output, self.resume = check_output(output, resume, overwrite), resume
         self.queries = read_texts(query_data, 'query_data')
         self.corpus = read_texts(corpus_data, 'corpus_data')
+        self.inputs = {'query_data': fingerprint(self.queries), 'corpus_data': fingerprint(self.corpus)}
         self.settings = check_settings(len(self.corpus), num_relations, num_candidates, duplicate_threshold,
                                        negatives, seed, batch_sizes)
         self.models, self.device, self.bars = check_models(models), resolve_device(device), Bars(progress)
         self.stats: dict[str, Any] = {'queries': len(self.queries), 'corpus': len(self.corpus)}
 
     def run(self) -> SynthesizedData:
-        done = read_rows(self.output, set(self.queries)) if self.output and self.resume else []
         self.without_rows: set[str] = set()
-        if self.output and self.resume:
-            self.without_rows, checked = read_meta(self.output, self.recorded_settings())
+        done: list[dict] = []
+        if self.output and self.resume:  # the settings and inputs before the rows: their message says what differs
+            self.without_rows, checked = read_meta(self.output, self.recorded_settings(), self.inputs)
             self.without_rows &= set(self.queries)
+            done = read_rows(self.output, set(self.queries))
             if done and not checked:
                 self.say(f'synthesize: {meta_path(self.output)} is missing, so the settings of the rows already in '
                          f'{self.output} cannot be checked against this run\'s')
@@ -63,7 +65,7 @@ class Pipeline:
             self.miner, self.cross = build_models(self.models, self.device)
         writer = RowWriter(self.output, append=self.resume)
         if self.output:
-            write_meta(self.output, self.recorded_settings(), self.without_rows)
+            write_meta(self.output, self.recorded_settings(), self.without_rows, self.inputs)
         rows: list[dict] = []
         try:
             with self.bars.running() as bars:
@@ -100,7 +102,7 @@ class Pipeline:
             if not made:
                 self.without_rows.add(query)
         if self.output:
-            write_meta(self.output, self.recorded_settings(), self.without_rows)
+            write_meta(self.output, self.recorded_settings(), self.without_rows, self.inputs)
         stats['mined_queries'] = stats.get('mined_queries', 0) + len(queries)
         stats['scored_pairs'] = stats.get('scored_pairs', 0) + len(pairs)
         return rows

@@ -83,9 +83,10 @@ def read_trainer_state(directory: str) -> dict[str, Any]:
                          f'written by fit(output_dir=...).')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, damaged or not a torch file
-        raise InputError(f'resume_from={directory!r}: {path} cannot be read ({type(exc).__name__}: {exc}); the '
-                         f'checkpoint is damaged. Resume from another checkpoint, or start again.') from exc
+    except Exception:  # noqa: BLE001 - truncated, damaged or not a torch file
+        # not torch's text: it runs over lines and advises weights_only=False, which would run code from the file
+        raise InputError(f'resume_from={directory!r}: {path} cannot be read (the file is damaged: cut short, or '
+                         f'not written by fit()); resume from another checkpoint, or start again.') from None
     needed = ('optimizer', 'scheduler', 'epoch')
     missing = [k for k in needed if not isinstance(state, dict) or k not in state]
     if missing:

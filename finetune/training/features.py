@@ -111,6 +111,9 @@ def attach(trainer) -> FeatureCache | None:
 
 def why_not(trainer) -> str | None:
     """Why the backbone features of `trainer`'s data cannot be computed once (None: they can)."""
+    from .engine import is_sharded
+    if is_sharded(trainer.accelerator):
+        return 'FSDP shards the backbone over the processes, and only its wrapper gathers it for a forward'
     for model in _side_models(trainer):
         backbone = model.backbone
         trainable = [name for name, p in backbone.named_parameters() if p.requires_grad]

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..backbone import inverse_order, rows_of, take_rows
+from ..backbone import batch_to, inverse_order, rows_of, take_rows
 from ..errors import OptionError
 from .module import TrainingModule
 
@@ -57,8 +57,9 @@ def _batchnorm_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tenso
 class _Side:
     """One embedded side of a batch: its chunks, their random states, and the embeddings as a leaf."""
 
-    def __init__(self, side: str, chunks: list, states: list, leaf: torch.Tensor):
+    def __init__(self, side: str, chunks: list, states: list, leaf: torch.Tensor, hosts: list | None = None):
         self.side, self.chunks, self.states, self.leaf = side, chunks, states, leaf
+        self.hosts = hosts or [None] * len(chunks)  # each chunk on the host (cut there), or None
 
 
 class CachedStep:
@@ -71,32 +72,38 @@ class CachedStep:
         self.module, self.size = module, int(mini_batch_size)
         self.autocast, self.backward = autocast, backward
 
-    def loss(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, list[_Side]]:
-        """The loss of `batch` on embeddings computed without a graph (leaves that require a gradient)."""
+    def loss(self, batch: dict, device: torch.device, host: dict | None = None) -> tuple[torch.Tensor, list[_Side]]:
+        """The loss of `batch` on embeddings computed without a graph (leaves that require a gradient). `host` is
+        the batch before it moved to an accelerator: the chunks are then ordered and cut there, and moved."""
         sides: list[_Side] = []
         kept = _batchnorm_buffers(self.module.model)
+        hosts = {id(value): host[key] for key, value in batch.items() if key in host} \
+            if isinstance(host, dict) and isinstance(batch, dict) else {}
 
         def embed(side: str, x: Any, logits: bool = False):
             if logits:
                 raise OptionError(f"loss_options 'mini_batch_size': the loss {self.module.loss.name} trains on "
                                   f"a classifier head's logits, which GradCache does not cache; leave "
                                   f"mini_batch_size out.")
-            n = rows_of(x)
-            lengths = self.module.row_lengths(side, x)  # padded sequences: chunks of similar length, less padding
+            n, at_host = rows_of(x), hosts.get(id(x))
+            source = x if at_host is None else at_host  # ordered and cut on the host where it is there
+            lengths = self.module.row_lengths(side, source)  # padded sequences: chunks of similar length
             order = None if lengths is None else torch.argsort(lengths, stable=True)
             if order is not None:
-                x = take_rows(x, order, n)
-            chunks = [self.module.slice(side, x, i, min(n, i + self.size)) for i in range(0, n, self.size)]
+                source = take_rows(source, order, n)
+            cut = [self.module.slice(side, source, i, min(n, i + self.size)) for i in range(0, n, self.size)]
+            chunks = cut if at_host is None else [batch_to(chunk, device) for chunk in cut]
+            on_host = None if at_host is None else cut
             states, parts = [], []
-            for chunk in chunks:
+            for index, chunk in enumerate(chunks):
                 states.append(_rng_state(device))
                 with torch.no_grad(), self.autocast():
-                    parts.append(self.module.embed(side, chunk))
+                    parts.append(self.module.embed(side, chunk, host=None if on_host is None else on_host[index]))
             leaf = torch.cat(parts).detach().requires_grad_(True)  # in chunk order; its gradient too
-            sides.append(_Side(side, chunks, states, leaf))
+            sides.append(_Side(side, chunks, states, leaf, on_host))
             if order is None:
                 return leaf
-            return leaf[inverse_order(order).to(leaf.device)]  # the rows in batch order, for the loss
+            return leaf[batch_to(inverse_order(order), leaf.device)]  # the rows in batch order, for the loss
 
         with self.autocast():
             inputs = self.module.kind.loss_inputs(embed, batch, self.module.loss,
@@ -115,10 +122,10 @@ class CachedStep:
             if grad is None:  # the loss did not use this side
                 continue
             start = 0
-            for chunk, state in zip(side.chunks, side.states):
+            for chunk, state, at_host in zip(side.chunks, side.states, side.hosts):
                 _set_rng_state(state, device)
                 with self.autocast():
-                    part = self.module.embed(side.side, chunk)
+                    part = self.module.embed(side.side, chunk, host=at_host)
                 stop = start + part.shape[0]
                 torch.autograd.backward(part, grad[start:stop].to(part.dtype))
                 start = stop

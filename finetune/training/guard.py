@@ -8,28 +8,99 @@ import torch
 from torch import nn
 
 
+#: on an accelerator, the finiteness flags are read back once every this many optimizer steps (and before every
+#: evaluation, checkpoint and save), not after each step: reading a flag makes the host wait for the device
+DEVICE_CHECK_EVERY = 10
+
+
 def on_every_process(ok: torch.Tensor, accelerator) -> bool:
-    """True when the 0-d bool `ok` holds on every process (so that all stop together, none waits in backward)."""
-    ok = ok.float()
+    """True when the 0-d bool `ok` holds on every process (so that all stop together, none waits in backward).
+    Each process counts its failure and the counts are summed (accelerate's ``reduce`` knows 'sum', 'mean' and
+    'max'; any other name sums too, so a 'min' would let one finite process pass for all)."""
+    failed = (~ok.detach().bool()).float().reshape(1)
     if accelerator.num_processes > 1:
-        ok = accelerator.reduce(ok, reduction='min')
-    return bool(ok)
+        failed = accelerator.reduce(failed.to(accelerator.device), reduction='sum')
+    return float(failed.sum()) == 0
 
 
-def gradients_ok(module: nn.Module, accelerator, max_grad_norm: float | None, precision: str) -> bool:
-    """Clip the gradients to `max_grad_norm` (when set); False when their norm is not finite. Under fp16 the
-    loss scaler skips such steps by design, so they are not failures there."""
+def gradients_finite(module: nn.Module, accelerator, max_grad_norm: float | None,
+                     precision: str) -> torch.Tensor | None:
+    """Clip the gradients to `max_grad_norm` (when set); a 0-d bool tensor on the device, True when their norm
+    on this process is finite (under FSDP: of this process's shards), without reading it back; None under fp16,
+    whose loss scaler skips an update with overflowing gradients by design (those are no failures there)."""
     if max_grad_norm and accelerator.scaler is None and accelerator.device.type == 'cpu':
         # torch clips CPU gradients one tensor at a time unless told to use its foreach kernels (2% of a step)
         norm = torch.nn.utils.clip_grad_norm_(list(module.parameters()), max_grad_norm, foreach=True)
     elif max_grad_norm:
         norm = accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
     elif precision != 'fp16':
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        grads = [_local(p.grad) for p in module.parameters() if p.grad is not None]
         norm = torch.stack([n.float() for n in torch._foreach_norm(grads)]).norm() if grads else None
     else:
-        return True
-    return precision == 'fp16' or norm is None or on_every_process(torch.isfinite(norm).all(), accelerator)
+        return None
+    if precision == 'fp16' or norm is None:
+        return None
+    if hasattr(norm, 'full_tensor'):  # a sharded model's total norm (every process asks for it alike)
+        norm = norm.full_tensor()
+    return torch.isfinite(torch.as_tensor(norm)).all()
+
+
+def gradients_ok(module: nn.Module, accelerator, max_grad_norm: float | None, precision: str) -> bool:
+    """:func:`gradients_finite`, read back and agreed by every process: False when the norm is not finite on
+    some process."""
+    finite = gradients_finite(module, accelerator, max_grad_norm, precision)
+    return finite is None or on_every_process(finite, accelerator)
+
+
+class FiniteWatch:
+    """Where the loss (with the normalization statistics) and the gradients first went non-finite since the
+    last :meth:`look`, kept on the device: :meth:`note` adds a flag without waiting for the device; only
+    :meth:`look` reads them back (one host synchronisation, and one collective between processes).
+
+    The Trainer notes every micro-batch's loss and every update's gradients, and looks every `every` optimizer
+    steps (1 on a CPU, where reading costs nothing: it stops before the backward of a non-finite loss), before
+    every evaluation, checkpoint and save, and at each epoch's end. Its last good copy of the weights
+    (:class:`LastGood`) is taken only right after a look found every step finite, so a failure found late goes
+    back at most `every` steps, and no model a run evaluates, saves or returns holds a non-finite update."""
+
+    #: what each flag is about, in the words of the stop message
+    WHAT = ('the loss (or a normalization statistic)', 'the gradients')
+    #: above any step number: a flag holds FAR - (first failing step), so that a max over the processes keeps the
+    #: earliest failure (accelerate's reduce has no min)
+    FAR = 2 ** 62
+
+    def __init__(self, accelerator, every: int):
+        self.accelerator, self.every = accelerator, max(1, int(every))
+        self.marks = torch.zeros(len(self.WHAT), dtype=torch.long, device=accelerator.device)
+        self.epochs: dict[int, int] = {}  # step -> epoch, of the steps noted since the last look
+
+    def note(self, what: int, finite: torch.Tensor, step: int, epoch: int) -> None:
+        """Record that `finite` (a 0-d bool tensor) held at optimizer step `step` (from 1) of `epoch` (from 0) for
+        flag `what` (0: the loss or a statistic, 1: the gradients). Never reads the device."""
+        mark = torch.where(finite.to(self.marks.device), 0, self.FAR - step)
+        self.marks[what] = torch.maximum(self.marks[what], mark)
+        self.epochs.setdefault(step, epoch)
+
+    def due(self, step: int) -> bool:
+        """Whether optimizer step `step` (from 1) is one that looks before its update."""
+        return step % self.every == 0
+
+    def look(self) -> tuple[str, int, int] | None:
+        """The earliest failure on any process since the last look, ``(what, step, epoch)``, or None; the flags
+        start again. Every process must call it at the same point (it is a collective when there are several)."""
+        if not self.epochs:
+            return None
+        marks = self.marks
+        if self.accelerator.num_processes > 1:
+            marks = self.accelerator.reduce(marks, reduction='max')
+        values = marks.tolist()
+        epochs, self.epochs = self.epochs, {}
+        self.marks.zero_()
+        failed = sorted((self.FAR - value, what) for what, value in enumerate(values) if value > 0)
+        if not failed:
+            return None
+        step, what = failed[0]
+        return self.WHAT[what], step, epochs.get(step, min(epochs.values()))
 
 
 class LastGood:
@@ -44,7 +115,7 @@ class LastGood:
     every few updates (``every``): the state kept is then at most that many steps old."""
 
     def __init__(self, module: nn.Module, budget: float = 0.005):
-        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.params = [_local(p) for p in module.parameters() if p.requires_grad]  # a sharded model: own shards
         self.buffers = [buffer for m in module.modules() for name, buffer in m._buffers.items()
                         if buffer is not None and name not in m._non_persistent_buffers_set]
         groups: dict[tuple, list[torch.Tensor]] = {}  # one concatenation per device and dtype
@@ -58,13 +129,13 @@ class LastGood:
         #: the optimizer step whose weights the copy holds (0: the weights training started from)
         self.kept_step = 0
 
-    def buffers_finite(self) -> torch.Tensor:
-        """A 0-d bool tensor: every floating buffer is finite (a forward can overflow running statistics
-        while its loss stays finite)."""
+    def buffers_finite(self) -> torch.Tensor | None:
+        """A 0-d bool tensor on the buffers' device: every floating buffer is finite (a forward can overflow
+        running statistics while its loss stays finite); None where the model has no floating buffers."""
         if not self.buffer_groups:
-            return torch.tensor(True)
+            return None
         flags = [torch.isfinite(torch.cat([b.reshape(-1) for b in group])).all() for group in self.buffer_groups]
-        return torch.stack([f.to(flags[0].device) for f in flags]).all()
+        return torch.stack([f.to(flags[0].device, non_blocking=True) for f in flags]).all()
 
     def before_update(self, step: int, step_seconds: float | None = None) -> None:
         """Called before optimizer step `step` + 1 with the weights of step `step` (which just gave a finite
@@ -83,6 +154,11 @@ class LastGood:
         """Back to the copy: its parameters and its buffers."""
         _copy(self.buffers, self.buffer_copies)
         _copy(self.params, self.param_copies)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded (DTensor) parameter or gradient; any other tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, 'to_local') else tensor
 
 
 def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:

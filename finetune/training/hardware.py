@@ -1,8 +1,9 @@
 """Devices, precision and random state: what the machine can do, and everything a run needs to repeat itself."""
 from __future__ import annotations
 
+import os
 import random
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,19 +34,64 @@ def cpu_name() -> str:
     return f'{name} ({"native bf16" if cpu_supports_bf16() else "no native bf16"})'
 
 
+def device_choices() -> list[str]:
+    """The devices a run may name on this machine: 'auto', 'cpu', and 'cuda', 'cuda:0', ... for each CUDA
+    device torch sees."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ['auto', 'cpu'] + (['cuda'] + [f'cuda:{i}' for i in range(count)] if count else [])
+
+
 def resolve_device(device: str) -> str:
-    """'cpu', 'cuda' or 'cuda:N' for `device` ('auto': CUDA when there is one). Raises OptionError."""
+    """'cpu', 'cuda' or 'cuda:N' for `device` ('auto': CUDA when there is one), checked against this machine.
+
+    Raises OptionError, naming the devices that work here, for another name, for CUDA on a machine without it,
+    and for a 'cuda:N' whose N is not one of the CUDA devices torch sees (``CUDA_VISIBLE_DEVICES`` counts)."""
+    expected = "expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
     if not isinstance(device, str):
-        raise OptionError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    if device == 'auto':
+        raise OptionError(f'device: {expected}, got {device!r}.')
+    name = device.strip().lower()
+    if name == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise OptionError(f"device={device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'.")
-        return device
-    if device != 'cpu':
-        raise OptionError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    return device
+    if name == 'cpu':
+        return name
+    if name != 'cuda' and not name.startswith('cuda:'):
+        raise OptionError(f'device: {expected}, got {device!r}.{did_you_mean(name, device_choices())} Devices '
+                          f'here: {", ".join(device_choices())}.')
+    index = name[len('cuda:'):] if name != 'cuda' else None
+    if index is not None and not index.isdigit():
+        raise OptionError(f'device={device!r}: {expected} with N a device number (cuda:0, cuda:1, ...). Devices '
+                          f'here: {", ".join(device_choices())}.')
+    if not torch.cuda.is_available():
+        built = f'torch {torch.__version__} is built without CUDA' if torch.version.cuda is None else \
+            'torch finds no CUDA device (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)'
+        raise OptionError(f"device={device!r}: CUDA is not available on this machine ({built}). Devices here: "
+                          f"'cpu' or 'auto'.")
+    count = torch.cuda.device_count()
+    if index is not None and int(index) >= count:
+        names = ', '.join(f'cuda:{i}' for i in range(count))
+        raise OptionError(f'device={device!r}: only {count} CUDA device{"s" if count != 1 else ""}: {names}. '
+                          f'Choose one of them, or \'cuda\' / \'auto\' for the current one.')
+    return 'cuda' if index is None else f'cuda:{int(index)}'
+
+
+def loader_settings(device: str, modalities: Sequence[str], num_workers: int | None,
+                    processes_here: int = 1) -> tuple[int, bool]:
+    """``(num_workers, pin_memory)`` of the training DataLoader for a run on `device` whose data has
+    `modalities`, `processes_here` training processes sharing this machine's cores.
+
+    Workers: `num_workers` when given. Otherwise, on the CPU, none for text-only data (tokenizing costs less
+    than a worker's start and its share of the cores that also train) and half the cores (1 to 4) for other
+    data (decoding images, sampling points). On CUDA, half the cores (1 to 4; 1 to 2 for text) for any data:
+    the cores are free, and tokenizing or decoding in the training process leaves the GPU waiting.
+    Pinned memory on CUDA only (the batch's copy to the GPU then runs beside the step)."""
+    cores = max(1, (os.cpu_count() or 2) // max(1, processes_here))
+    on_cuda = device.startswith('cuda')
+    if num_workers is not None:
+        return num_workers, on_cuda
+    text_only = all(m == 'text' for m in modalities)
+    if not on_cuda:
+        return (0 if text_only else max(1, min(4, cores // 2))), False
+    return max(1, min(2 if text_only else 4, cores // 2)), True
 
 
 def check_precision(precision: Any) -> str:

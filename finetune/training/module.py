@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbone import Features, inverse_order, join_features, rows_of
+from ..backbone import Features, batch_to, inverse_order, join_features, rows_of
 from ..data.kinds import DataKind
 from ..losses import Loss
 
@@ -20,22 +20,35 @@ class TrainingModule(nn.Module):
     """``module(batch)`` -> the loss of `batch`, whose layout the data `kind` knows.
 
     `towers` names the tower that embeds each side (``{'a': 'text', 'b': 'image'}``) for a multi-tower model;
-    empty for a one-tower model."""
+    empty for a one-tower model.
+
+    :attr:`host_batch` is the batch of the next forward as it was before it moved to an accelerator (the trainer
+    sets it each step; None on a CPU): the length groups of its sides are then found and cut there, and only the
+    groups move, so that no step waits for the accelerator to read back row lengths or padding."""
 
     def __init__(self, model: nn.Module, loss: Loss, kind: DataKind, towers: dict[str, str] | None = None):
         super().__init__()
         self.model, self.loss, self.kind = model, loss, kind
         self.towers = dict(towers or {})
+        self.host_batch: dict[str, Any] | None = None
+        self._hosts: dict[int, Any] = {}  # id of a side's input in this forward -> that input on the host
 
-    def embed(self, side: str, x: Any, logits: bool = False):
+    def embed(self, side: str, x: Any, logits: bool = False, host: Any = None):
         """The embeddings (and, with `logits`, the classifier head's logits) of one side of a batch. In training,
         a backbone with row lengths embeds its :meth:`~finetune.backbone.Backbone.length_groups` (rows of similar
-        length, less padding) apart, and the results are put back in row order."""
-        groups = self._backbone(side).length_groups(x) if self.training else None
+        length, less padding) apart, and the results are put back in row order. `host` is `x` on the host (found
+        from :attr:`host_batch` when not given): the groups are then cut there and moved."""
+        host = self._hosts.get(id(x)) if host is None else host
+        groups = None
+        if self.training:
+            groups = self._backbone(side).length_groups(x if host is None else host)
         if not groups:
             return self._embed(side, x, logits)
+        if host is not None:
+            device = _device_of(x)
+            groups = [(index, batch_to(group, device)) for index, group in groups]
         parts = [self._embed(side, group, logits) for _, group in groups]
-        inverse = inverse_order(torch.cat([index for index, _ in groups]).to(_first(parts[0]).device))
+        inverse = batch_to(inverse_order(torch.cat([index for index, _ in groups])), _first(parts[0]).device)
         if isinstance(parts[0], tuple):  # (embeddings, logits)
             return tuple(torch.cat(column)[inverse] for column in zip(*parts))
         return torch.cat(parts)[inverse]
@@ -68,13 +81,18 @@ class TrainingModule(nn.Module):
         if not self.training or len(wanted) < 2 or len({self.towers.get(side) for side, _ in wanted}) > 1:
             return None
         side, backbone, inputs = wanted[0][0], self._backbone(wanted[0][0]), [x for _, x in wanted]
+        hosts = [self._hosts.get(id(x)) for x in inputs]
+        host = None
         if all(isinstance(x, Features) for x in inputs):  # a frozen backbone's cached outputs
             joined = join_features(inputs) if backbone.joins_batches() else None
+        elif all(h is not None for h in hosts):  # joined on the host, then moved
+            host = backbone.join_batches(hosts)
+            joined = None if host is None else batch_to(host, _device_of(inputs[0]))
         else:
             joined = backbone.join_batches(inputs)
         if joined is None:
             return None
-        parts = self.embed(side, joined).split([rows_of(x) for _, x in wanted])
+        parts = self.embed(side, joined, host=host).split([rows_of(x) for _, x in wanted])
         found = {id(x): part for (_, x), part in zip(wanted, parts)}
 
         def embed(side: str, x: Any, logits: bool = False):
@@ -82,7 +100,34 @@ class TrainingModule(nn.Module):
             return part if part is not None else self.embed(side, x, logits)
         return embed
 
+    def hosts_of(self, batch: dict[str, Any]) -> dict[int, Any]:
+        """``{id(batch[key]): host_batch[key]}``: each input of `batch` (as this forward received it) with its
+        copy on the host, for the keys :attr:`host_batch` has."""
+        host = self.host_batch
+        if not isinstance(host, dict) or not isinstance(batch, dict):
+            return {}
+        return {id(value): host[key] for key, value in batch.items() if key in host}
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        embed = self.joined(batch) or self.embed
-        inputs = self.kind.loss_inputs(embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
-        return self.loss(inputs)
+        self._hosts = self.hosts_of(batch) if self.training else {}
+        try:
+            embed = self.joined(batch) or self.embed
+            inputs = self.kind.loss_inputs(embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
+            return self.loss(inputs)
+        finally:
+            self._hosts = {}
+
+
+def _device_of(x: Any) -> torch.device | None:
+    """The device of the first tensor in a model input (a tensor, Features, or a dict / list / tuple of them),
+    or None where it holds none."""
+    if isinstance(x, torch.Tensor):
+        return x.device
+    if isinstance(x, Features):
+        return x.tensor.device
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+    for value in values:
+        device = _device_of(value)
+        if device is not None:
+            return device
+    return None

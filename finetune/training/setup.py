@@ -17,9 +17,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..adapters import has_lora, lora_summary
 from ..callbacks import Callback, EvaluationCallback, ProgressBar
+from ..backbone import batch_to
 from ..data import load_data
-from ..data.batches import Collator, RowsDataset
+from ..data.batches import Collator, RowsDataset, raise_worker_error
 from ..errors import InputError, OptionError
 from ..evaluation import Evaluation, check_data_files, side_models
 from ..files import FolderBusyError, FolderLock
@@ -32,9 +34,11 @@ from . import checkpoint as ckpt
 from .choose import Chooser
 from .config import TrainingConfig
 from .features import attach as attach_feature_cache
+from .engine import is_sharded, make_engine, processes_here, search_unused, wraps_in_ddp
 from .gradcache import CachedStep
-from .guard import LastGood
-from .hardware import resolve_device, resolve_precision, seed_everything
+from .guard import DEVICE_CHECK_EVERY, FiniteWatch, LastGood
+from .hardware import loader_settings, resolve_device, resolve_precision, seed_everything
+from .sharding import FULL_OPTIMIZER_STATE, FullCopy, check_shardable, load_optimizer_state
 from .module import TrainingModule
 from .optim import make_optimizer, make_scheduler, parameter_groups
 from .state import TrainState
@@ -76,6 +80,8 @@ class SetupSteps:
         self.precision = resolve_precision(self.config.precision, self.device)
         seed_everything(self.config.seed)
         self.model = self.build_model()
+        if has_lora(self.model):
+            self.say(lora_summary(self.model))
         self.train_data, self.eval_data, self.guard_data = self.load_data()
         self.side_a, self.side_b = side_models(self.model, self.train_data)
         self.check_data()
@@ -265,13 +271,11 @@ class SetupSteps:
         return sampler
 
     def make_data_loader(self) -> torch.utils.data.DataLoader:
-        """A DataLoader whose workers tokenize and decode the batches (default: none for text data, whose
-        tokenization costs less than a worker's start and its share of the cores; otherwise half the CPU cores,
-        1 to 4); under several processes each takes every N-th batch."""
-        workers = self.config.num_workers
-        if workers is None:
-            text_only = all(m == 'text' for m in self.train_data.modalities)
-            workers = 0 if text_only else max(1, min(4, (os.cpu_count() or 2) // 2))
+        """A DataLoader whose workers tokenize and decode the batches, their number and pinned memory chosen for
+        the device (:func:`~finetune.training.hardware.loader_settings`: on a CPU none for text data, on CUDA
+        always some, and pinned batches); under several processes each takes every N-th batch."""
+        workers, pin = loader_settings(self.device, self.train_data.modalities, self.config.num_workers,
+                                       processes_here())
         if workers > 0:  # what the family's preprocessing needs to run in forked workers
             for tower in _towers(self.model):
                 for name, value in tower.backbone.worker_environment.items():
@@ -282,7 +286,7 @@ class SetupSteps:
         self.skipper = batches = SkipBatches(shard)  # a resumed epoch skips each process's own done batches
         rows = RowsDataset(self.train_data)
         loader = torch.utils.data.DataLoader(
-            rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+            rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
             collate_fn=Collator(self.train_data.data_kind, self.side_a.preprocess_for_training,
                                 self.side_b.preprocess_for_training if self.side_b is not None else None, rows.where))
         if len(self.batch_sampler) == 0:
@@ -300,34 +304,67 @@ class SetupSteps:
         return out
 
     def make_accelerator(self):
-        """The accelerate engine: device, autocast at this run's precision, DistributedDataParallel."""
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState, GradientState
-        from accelerate.utils import DistributedDataParallelKwargs
-        # accelerate keeps one state per process; a second fit() in the same process may want another precision.
-        # accelerate has no public way to reset it (1.x), hence the private calls; the distributed PartialState,
-        # if any, is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
-        return Accelerator(cpu=self.device == 'cpu', mixed_precision={'fp32': 'no'}.get(self.precision, self.precision),
-                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        """The accelerate engine (:func:`~finetune.training.engine.make_engine`): this run's device, cuda:N
+        included, autocast at its precision (fp16 with a loss scaler), DistributedDataParallel under a launch."""
+        return make_engine(self.device, self.precision)
 
     def prepare_engine(self) -> None:
-        """The module and the optimizer handed to the accelerator; steps counted."""
+        """The module and the optimizer handed to the accelerator (DistributedDataParallel told whether to search
+        for unused parameters; under FSDP a full copy kept for evaluation and files); steps counted; the guard."""
         acc = self.accelerator
+        chunk = getattr(self.loss, 'mini_batch_size', None)
+        sharded = is_sharded(acc)
+        if sharded:
+            check_shardable(self.loss)
+        self.full_copy = FullCopy(self.module, acc.device if acc.is_main_process else 'cpu') if sharded else None
+        for evaluation in self.evaluations if sharded else ():  # evaluated on the copy, not on the shards
+            evaluation.side_a, evaluation.side_b = side_models(self.full_copy.model, evaluation.data)
+        if wraps_in_ddp(acc) and chunk is None:  # GradCache's passes run outside DistributedDataParallel
+            acc.ddp_handler.find_unused_parameters = self.decide_unused_parameters()
         self.module, self.optimizer = acc.prepare(self.module, self.optimizer)
         self.batches_per_epoch = math.ceil(len(self.batch_sampler) / acc.num_processes)
         accumulation = self.config.gradient_accumulation_steps
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accumulation)
         self.total_steps = self.steps_per_epoch * self.config.epochs
-        self.unwrapped = acc.unwrap_model(self.module).model
-        self.guard = LastGood(acc.unwrap_model(self.module))
-        chunk = getattr(self.loss, 'mini_batch_size', None)
+        #: the TrainingModule that trains (sharded under FSDP); ``unwrapped``: the model evaluated and saved
+        self.training_module = acc.unwrap_model(self.module)
+        self.unwrapped = self.full_copy.model if sharded else self.training_module.model
+        self.guard = LastGood(self.module if sharded else self.training_module)
+        every = self.finite_check_every or (1 if acc.device.type == 'cpu' else DEVICE_CHECK_EVERY)
+        self.watch = FiniteWatch(acc, every)
         self.window = accumulation  # micro-batches in the current accumulation window (fewer at an epoch's end)
         self.cached_step = None if chunk is None else CachedStep(
-            acc.unwrap_model(self.module), chunk, acc.autocast, lambda v: acc.backward(v / self.window))
-        self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es), '
-                 f'{self.steps_per_epoch} steps per epoch, loss {self.loss.name}')
+            self.training_module, chunk, acc.autocast, lambda v: acc.backward(v / self.window))
+        self.say(f'device {acc.device}, precision {self.precision}, {acc.num_processes} process(es)'
+                 f'{" sharded (FSDP)" if sharded else ""}, {self.steps_per_epoch} steps per epoch, loss '
+                 f'{self.loss.name}')
+
+    #: DistributedDataParallel's search, every step, for parameters a step leaves without a gradient: None decides
+    #: it by a trial step on the first batch (see :mod:`~finetune.training.engine`); True / False force it
+    find_unused_parameters: bool | None = None
+    #: optimizer steps between two reads of the finiteness flags: None is every step on a CPU and
+    #: :data:`~finetune.training.guard.DEVICE_CHECK_EVERY` on an accelerator (see
+    #: :class:`~finetune.training.guard.FiniteWatch`)
+    finite_check_every: int | None = None
+
+    def decide_unused_parameters(self) -> bool:
+        """Whether DistributedDataParallel must search for unused parameters (:attr:`find_unused_parameters`,
+        else a trial forward and backward of the first batch; the same answer on every process)."""
+        if self.find_unused_parameters is not None:
+            return bool(self.find_unused_parameters)
+        device = self.accelerator.device
+        unused = search_unused(self.module.to(device), batch_to(self.first_batch(), device), self.accelerator)
+        if unused:
+            self.say(f'DistributedDataParallel searches every step for unused parameters: a trial step leaves '
+                     f'{len(unused)} without a gradient (e.g. {unused[0]})')
+        return bool(unused)
+
+    def first_batch(self) -> dict[str, Any]:
+        """The first batch of the first epoch, collated here (no worker started); raises what collating raises."""
+        indices = next(iter(self.batch_sampler))
+        batch = self.loader.collate_fn([self.loader.dataset[i] for i in indices])
+        raise_worker_error(batch)
+        return batch
 
     def make_state(self) -> TrainState:
         """The TrainState callbacks see, and the callbacks of this run (evaluation, progress bar)."""
@@ -342,8 +379,15 @@ class SetupSteps:
         return state
 
     def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint: optimizer, schedule, position, metrics so far."""
-        self.optimizer.load_state_dict(saved['optimizer'])
+        """Continue from a checkpoint: optimizer, schedule, position, metrics so far. Raises OptionError for a
+        checkpoint written without FSDP resumed under it (its optimizer state is keyed by position)."""
+        if saved.get('optimizer_layout') == FULL_OPTIMIZER_STATE:
+            load_optimizer_state(self.module, self.optimizer, saved['optimizer'])
+        elif is_sharded(self.accelerator):
+            raise OptionError(f'resume_from={saved["directory"]!r}: this checkpoint was written without FSDP, and '
+                              f'its optimizer state cannot be sharded; resume it the way it was launched.')
+        else:
+            self.optimizer.load_state_dict(saved['optimizer'])
         self.scheduler.load_state_dict(saved['scheduler'])
         self.state.epoch = int(saved['epoch'])
         self.state.batches_done = int(saved['batches_done'])

@@ -30,15 +30,31 @@ class TrainState:
     step: int = 0
     #: micro-batches of the current epoch done (the position a step checkpoint resumes from)
     batches_done: int = 0
-    last_loss: float | None = None
+    #: the loss of the last optimizer step: a float, or on an accelerator the 0-d tensor of a step not read yet
+    #: (see :attr:`last_loss`)
+    _last_loss: Any = None
     learning_rate: float = 0.0
     samples_per_second: float = 0.0
     should_stop: bool = False
     is_main_process: bool = True
+    #: the steps' losses and the evaluations, in order; on an accelerator a step's entry joins at the loop's next
+    #: check of the loss (at most :data:`~finetune.training.guard.DEVICE_CHECK_EVERY` steps later)
     history: list[dict[str, Any]] = field(default_factory=list)
     _checkpoint: Callable[[str, dict], None] | None = None
     _log: Callable[[str], None] = print
     _eval_requested: bool = False
+
+    @property
+    def last_loss(self) -> float | None:
+        """The loss of the last optimizer step. On an accelerator the loop does not read it back itself between
+        its checks (that would make the host wait for each step): reading it here does, for this step only."""
+        if self._last_loss is not None and not isinstance(self._last_loss, float):
+            self._last_loss = float(self._last_loss)
+        return self._last_loss
+
+    @last_loss.setter
+    def last_loss(self, value: Any) -> None:
+        self._last_loss = value
 
     def request_evaluation(self) -> None:
         """Evaluate on the eval data once this step's callbacks are done."""

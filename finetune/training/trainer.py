@@ -29,9 +29,10 @@ from ..evaluation import Evaluation
 from . import checkpoint as ckpt
 from .cpu_kernels import CpuKernels
 from .gradcache import all_reduce_gradients
-from .guard import gradients_ok, on_every_process
+from .guard import gradients_finite
 from .hardware import rng_state, set_rng_state
 from .setup import SetupSteps
+from .sharding import FULL_OPTIMIZER_STATE, optimizer_state
 from .state import Run, SaveError, TrainingError
 
 #: fp16's loss scaler skips an update whose gradients overflow and halves its scale; this many skipped updates
@@ -57,10 +58,16 @@ class Trainer(SetupSteps):
     def train_set_up(self) -> Run:
         """Everything of :meth:`train` after :meth:`setup`."""
         self.chooser.start()
+        saved_dims = (self.resume_state or {}).get('metrics_dims')
+        if saved_dims:  # a resumed run measured its base already
+            self.metrics['dims'] = {int(d): dict(m) for d, m in saved_dims.items()}
+        else:
+            self.measure_dims('before')
         if self.eval_data is not None and self.accelerator.is_main_process:
             self.say(_metric_line('before', self.metrics['before'], self.eval_data.data_kind))
         self._fire('on_train_begin')
-        self.unwrapped.train()
+        self.training_module.model.train()
+        self.unread_losses: list[tuple[dict, torch.Tensor]] = []  # steps whose loss is not read back yet
         self.samples, self.started = 0, time.perf_counter()
         self.last_step_end, self.step_seconds = self.started, None
         self.skipped_in_a_row = 0
@@ -84,7 +91,8 @@ class Trainer(SetupSteps):
         ``stack.enter_context(...)``), or to return another context (``contextlib.nullcontext()``: torch's own
         modules). Raises what entering a context raises, the ones entered before it left again."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(CpuKernels(self.unwrapped, self.accelerator.device))
+            if self.full_copy is None:  # sharded (FSDP) weights keep torch's own modules
+                stack.enter_context(CpuKernels(self.training_module.model, self.accelerator.device))
             return stack.pop_all()
 
     def run_epoch(self, epoch: int) -> None:
@@ -104,6 +112,7 @@ class Trainer(SetupSteps):
                 self.after_step(value, epoch_end=last)
                 if self.state.should_stop:
                     break
+        self.look()
         self._fire('on_epoch_end')
         self._maybe_evaluate()
         self.state.epoch, self.state.batches_done = epoch + 1, 0
@@ -131,9 +140,12 @@ class Trainer(SetupSteps):
 
     def training_step(self, batch: Any, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch; with `sync`, also the gradient check, clipping and the
-        optimizer and schedule step. A non-finite loss, statistic or gradient stops the run (see
-        :meth:`stop`). Returns the loss."""
+        optimizer and schedule step. A non-finite loss, statistic or gradient stops the run (see :meth:`stop`):
+        on a CPU at once, on an accelerator at the next :meth:`look`. Returns the loss (on the device)."""
         raise_worker_error(batch)
+        on_host = self.accelerator.device.type != 'cpu'
+        self.host_batch = batch if on_host else None  # length groups and chunks are cut there (module.py)
+        self.training_module.host_batch = self.host_batch
         batch = batch_to(batch, self.accelerator.device)
         if self.cached_step is not None:
             value = self.cached_forward_backward(batch, sync)
@@ -145,9 +157,10 @@ class Trainer(SetupSteps):
                 self.check_finite(value)
                 self.accelerator.backward(value / self.window)
         if sync:
-            if not gradients_ok(self.module, self.accelerator, self.config.max_grad_norm, self.precision):
-                self.stop('the gradients became NaN or infinite')
-            self.guard.before_update(self.state.step, self.step_seconds)
+            self.check_gradients()
+            if self.watch.due(self.state.step + 1):  # every step on a CPU
+                self.look()
+                self.guard.before_update(self.state.step, self.step_seconds)  # weights just found good
             self.optimizer.step()
             self.count_skipped_update()
             self.scheduler.step()
@@ -165,45 +178,94 @@ class Trainer(SetupSteps):
                       f'skipped each)')
 
     def check_finite(self, value: torch.Tensor) -> None:
-        """Stop (see :meth:`stop`) when the loss or a normalization statistic is not finite on some process."""
-        finite = torch.isfinite(value.detach()).all() & self.guard.buffers_finite().to(value.device)
-        if not on_every_process(finite, self.accelerator):
-            self.stop('the loss (or a normalization statistic) became NaN or infinite')
+        """Note whether the loss and the normalization statistics are finite (:class:`~finetune.training.guard.
+        FiniteWatch`); where every step is looked at (a CPU), stop now (see :meth:`stop`) when not on some
+        process, before the backward."""
+        finite = torch.isfinite(value.detach()).all()
+        buffers = self.guard.buffers_finite()
+        finite = finite if buffers is None else finite & buffers.to(finite.device, non_blocking=True)
+        self.watch.note(0, finite, self.state.step + 1, self.state.epoch)
+        if self.watch.every == 1:
+            self.look()
+
+    def check_gradients(self) -> None:
+        """Clip the gradients (``max_grad_norm``) and note whether they are finite; where every step is looked
+        at, stop now when not (see :meth:`check_finite`)."""
+        finite = gradients_finite(self.module, self.accelerator, self.config.max_grad_norm, self.precision)
+        if finite is not None:
+            self.watch.note(1, finite, self.state.step + 1, self.state.epoch)
+        if self.watch.every == 1:
+            self.look()
+
+    def look(self) -> None:
+        """Read back the finiteness flags noted since the last look (one wait for the device, one collective
+        between processes): stop (see :meth:`stop`) at the first step that went non-finite on some process;
+        else the losses of the steps since join the history. Every process calls it at the same points: every
+        ``watch.every`` steps, each epoch's end, before each evaluation, checkpoint and the final save."""
+        failure = self.watch.look()
+        if failure is not None:
+            what, step, epoch = failure
+            self.unread_losses = []
+            self.stop(f'{what} became NaN or infinite', at=(epoch, step))
+        unread, self.unread_losses = getattr(self, 'unread_losses', []), []
+        if unread:
+            values = torch.stack([value.float() for _, value in unread]).tolist()
+            for (entry, _), value in zip(unread, values):
+                entry['loss'] = value
+                self.state.history.append(entry)
+            if self.state._last_loss is unread[-1][1]:
+                self.state.last_loss = values[-1]
+
+    def sync_model(self) -> None:
+        """Before the model is evaluated or written: :meth:`look`, and under FSDP the full copy refreshed from the
+        shards (every process takes part in both)."""
+        self.look()
+        if self.full_copy is not None:
+            self.full_copy.refresh(self.module)
 
     def cached_forward_backward(self, batch: dict, sync: bool) -> torch.Tensor:
         """GradCache's forward and backward of one micro-batch (:mod:`~finetune.training.gradcache`). Its passes
         run outside DistributedDataParallel; with `sync`, the gradients are averaged over the processes here."""
         device = self.accelerator.device
         step = self.cached_step
-        value, sides = step.loss(batch, device)
+        value, sides = step.loss(batch, device, self.host_batch)
         self.check_finite(value)
         step.backpropagate(value, sides, device)
         if sync and self.accelerator.num_processes > 1:
-            all_reduce_gradients(self.accelerator.unwrap_model(self.module), self.accelerator.num_processes)
+            all_reduce_gradients(self.training_module, self.accelerator.num_processes)
         return value.detach()
 
     def after_step(self, value: torch.Tensor, epoch_end: bool) -> None:
         """Bookkeeping after an optimizer step: history, callbacks, evaluation, a step checkpoint."""
         s = self.state
         s.step += 1
-        s.last_loss = float(value)
         s.learning_rate = self.scheduler.get_last_lr()[0]
         now = time.perf_counter()
         s.samples_per_second = self.samples / max(1e-9, now - self.started)
         self.step_seconds, self.last_step_end = now - self.last_step_end, now
-        s.history.append({'epoch': s.epoch, 'step': s.step, 'loss': s.last_loss})
+        entry = {'epoch': s.epoch, 'step': s.step, 'loss': None}
+        if self.watch.every == 1:  # read at once where reading costs nothing
+            entry['loss'] = s.last_loss = float(value)
+            s.history.append(entry)
+        else:  # read back, with the flags, at the next look; s.last_loss reads it when asked
+            s.last_loss = value
+            self.unread_losses.append((entry, value))
         self._fire('on_step_end')
         self._maybe_evaluate()
         save_steps = self.config.save_steps
         if save_steps and s.step % save_steps == 0 and not epoch_end:  # an epoch end saves anyway
             self.save_checkpoint()
 
-    def stop(self, what: str) -> None:
+    def stop(self, what: str, at: tuple[int, int] | None = None) -> None:
         """Go back to the last good state, save it as ``output_dir/last-good`` (a model to load, not a checkpoint
-        to resume: its optimizer state belongs to the update it undoes) and raise TrainingError."""
+        to resume: its optimizer state belongs to the update it undoes) and raise TrainingError. `at` is the
+        ``(epoch, step)`` that failed (from 0 and from 1; default: the step under way)."""
         self.guard.restore()
+        if self.full_copy is not None:
+            self.full_copy.refresh(self.module)
         s = self.state
-        where = f'epoch {s.epoch + 1}, step {s.step + 1}'
+        epoch, step = at if at is not None else (s.epoch, s.step + 1)
+        where = f'epoch {epoch + 1}, step {step}'
         kept = ('the weights it started from' if self.guard.kept_step == 0 and self.resume_state is None else
                 f'the weights of step {self.guard.kept_step}, the last good copy (one is kept every '
                 f'{self.guard.every} step(s))')
@@ -218,15 +280,16 @@ class Trainer(SetupSteps):
                             f'the data.')
 
     # ================================================================ evaluation and checkpoints
-    def evaluate(self, data=None) -> dict[str, Any]:
-        """Metrics on the eval data, or on `data` (computed by the main process, shared with the others)."""
+    def evaluate(self, data=None, dim: int | None = None) -> dict[str, Any]:
+        """Metrics on the eval data, or on `data` (computed by the main process, shared with the others); with
+        `dim`, of the embeddings cut to their leading `dim` dimensions."""
         was_training = self.unwrapped.training
         self.unwrapped.eval()
         try:
             data = self.eval_data if data is None else data
             prepared = next((e for e in self.evaluations if e.data is data), None)  # eval or guard data: read once
             prepared = prepared or Evaluation(self.unwrapped, data, check_files=False)
-            metrics = prepared.run(ks=self.config.ks) if self.accelerator.is_main_process else {}
+            metrics = prepared.run(ks=self.config.ks, dim=dim) if self.accelerator.is_main_process else {}
         finally:
             self.unwrapped.train(was_training)
         if self.accelerator.num_processes > 1:  # every process sees the same metrics, so callbacks agree
@@ -236,13 +299,19 @@ class Trainer(SetupSteps):
             metrics = box[0]
         return metrics
 
-    def trainer_state(self) -> dict[str, Any]:
-        """Everything :meth:`restore` needs to continue this run from now."""
+    def trainer_state(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything :meth:`restore` needs to continue this run from now; `optimizer` is the optimizer state
+        when it is gathered already (under FSDP, by every process: :func:`~finetune.training.sharding.
+        optimizer_state`)."""
         s = self.state
-        return {'optimizer': self.optimizer.state_dict(), 'scheduler': self.scheduler.state_dict(),
+        layout = {} if optimizer is None else {'optimizer_layout': FULL_OPTIMIZER_STATE}
+        return {**layout, 'optimizer': self.optimizer.state_dict() if optimizer is None else optimizer,
+                'scheduler': self.scheduler.state_dict(),
                 'epoch': s.epoch, 'batches_done': s.batches_done, 'step': s.step, 'rng': rng_state(),
                 'config': self.run_config(), 'data_size': len(self.train_data), 'history': list(s.history),
-                'metrics_before': dict(self.metrics.get('before', {}))}
+                'metrics_before': dict(self.metrics.get('before', {})),
+                'metrics_dims': {d: {k: v for k, v in m.items() if k == 'before'}
+                                 for d, m in self.metrics.get('dims', {}).items()}}
 
     def run_config(self) -> dict[str, Any]:
         """The settings this run trains with, as resolved (loss, learning rate, precision, kind); fixed once set
@@ -263,6 +332,7 @@ class Trainer(SetupSteps):
         if output_dir is None:
             return None
         path = ckpt.checkpoint_dir(output_dir, self.state.step)
+        self.look()  # a non-finite step stops the run here, never as a failed write
         try:
             self._checkpoint_to(path, self.metrics)
             if self.accelerator.is_main_process:
@@ -274,15 +344,37 @@ class Trainer(SetupSteps):
         return path
 
     def _checkpoint_to(self, directory: str, metrics: dict) -> None:
+        self.sync_model()
+        gathered = optimizer_state(self.module, self.optimizer) if self.full_copy is not None else None
         if self.accelerator.is_main_process:
-            ckpt.save_checkpoint(self.unwrapped, directory, self.trainer_state(), metrics, self.run_config())
+            ckpt.save_checkpoint(self.unwrapped, directory, self.trainer_state(gathered), metrics,
+                                 self.run_config())
         self.accelerator.wait_for_everyone()
+
+    def measure_dims(self, when: str) -> None:
+        """With Matryoshka dimensions (``loss_options={'matryoshka_dims': [...]}``) and eval data: the metrics at
+        each trained size, ``metrics['dims'][size][when]`` (`when`: 'before' or 'after'); the full size is
+        ``metrics[when]`` itself."""
+        dims = getattr(self.loss, 'matryoshka_dims', None)
+        if not dims:
+            return
+        self.unwrapped.trained_dims = tuple(dims)  # the sizes it is trained at go with the model
+        if self.eval_data is None:
+            return
+        table = self.metrics.setdefault('dims', {})
+        for dim in dims:
+            table.setdefault(dim, {})[when] = self.metrics[when] if dim == self.model.output_dim else \
+                self.evaluate(dim=dim)
+            if self.accelerator.is_main_process:
+                self.say(_metric_line(f'{when} at {dim} dimensions', table[dim][when], self.eval_data.data_kind))
 
     def finish(self) -> Run:
         """The evaluation after training and the final model in ``output_dir/model``. A failed final save raises
         :class:`~finetune.training.SaveError`, which holds the Run (``error.run.model``: nothing trained is lost)."""
+        self.sync_model()
         self.unwrapped.eval()
         self.chooser.finish()
+        self.measure_dims('after')
         if self.eval_data is not None and self.accelerator.is_main_process:
             self.say(_metric_line('after', self.metrics['after'], self.eval_data.data_kind))
         run = Run(self.unwrapped, self.metrics, self.state.history, self.train_data.describe(), self.run_config())
@@ -307,6 +399,7 @@ class Trainer(SetupSteps):
         self.state._eval_requested = False
         if self.eval_data is None:
             return
+        self.sync_model()
         metrics = self.chooser.candidate()
         self.state.history.append({'epoch': self.state.epoch, 'step': self.state.step, 'eval': metrics})
         self._fire('on_evaluate', metrics)

@@ -1,4 +1,5 @@
-"""Files of the Hugging Face hub as weight sources for finetune's resolver (:mod:`finetune.hub`).
+"""Files of the Hugging Face hub as weight sources for finetune's resolver (:mod:`finetune.hub`), and what the
+families' models share beyond their files: gradient checkpointing of transformers models, the names LoRA targets.
 
 Not a plugin: a small library the families whose weights live on the hub (timm, open_clip, transformers)
 share, so that the hub's cache is looked up, and its files downloaded, in one place.
@@ -13,6 +14,38 @@ from finetune.hub import WeightSource
 HUB_URL = 'https://huggingface.co'
 #: the hub libraries' own 'no network' switches, declared by the plugins that use the hub
 OFFLINE_ENVS = ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')
+
+
+def linear_names(model) -> set[str]:
+    """The last component of the names of the Linear layers in `model` (``'q_proj'``, ``'qkv'``, ...), those that
+    LoRA adapters already wrap included: what a family's default LoRA targets are picked from."""
+    from torch import nn
+    return {name.rpartition('.')[2] for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) or isinstance(getattr(module, 'base_layer', None), nn.Linear)}
+
+
+def enable_checkpointing(model) -> bool:
+    """Turn on non-reentrant gradient checkpointing in the transformers `model` (a ``PreTrainedModel``, or a module
+    of one, such as a CLIP tower in older transformers): its layers recompute their activations in the backward
+    pass, which works when the model's own weights are frozen and only adapters train. Returns False where the
+    model has no layer that can."""
+    kwargs = {'use_reentrant': False}
+    if getattr(model, 'supports_gradient_checkpointing', False):
+        if hasattr(model, 'activation_checkpointing_enable'):  # transformers 5 (gradient_checkpointing_enable warns)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return True
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+    # transformers' convention since 4.35: a layer stack checks `gradient_checkpointing` and calls
+    # `_gradient_checkpointing_func` (what PreTrainedModel sets for its own modules)
+    layers = [m for m in model.modules() if hasattr(m, 'gradient_checkpointing')]
+    for layer in layers:
+        layer._gradient_checkpointing_func = functools.partial(checkpoint, **kwargs)
+        layer.gradient_checkpointing = True
+    return bool(layers)
 
 
 def hub_cache_dir() -> str:

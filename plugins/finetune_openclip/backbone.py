@@ -10,9 +10,38 @@ from torch import nn
 from finetune.backbone import Backbone, Features, Towers
 from finetune.errors import InputError, OptionError, WeightsNotFoundError
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
+from finetune_hfhub import enable_checkpointing, linear_names
 
 from .config import PREFIX, _open_clip, _quiet_open_clip, _square_size, model_config, tag_quick_gelu
 from .weights import check_hf_text_available, load_weights, pretrained_weights_path
+
+#: the modules LoRA adapters wrap by default, those a tower has: open_clip's attention output and MLP projections,
+#: and the attention and dense layers of a transformers (BERT-like) text tower. An ``out_proj`` inside torch's
+#: nn.MultiheadAttention is left out: that module reads its weight directly, so an adapter there would never act
+LORA_TARGETS = ('out_proj', 'c_fc', 'c_proj', 'query', 'key', 'value', 'dense')
+
+
+def lora_targets(tower: nn.Module) -> tuple[str, ...]:
+    """The :data:`LORA_TARGETS` that the Linear layers of `tower` have (see there)."""
+    present = linear_names(tower)
+    if any(isinstance(module, nn.MultiheadAttention) for module in tower.modules()):
+        present.discard('out_proj')
+    return tuple(name for name in LORA_TARGETS if name in present)
+
+
+def enable_grad_checkpointing(tower: nn.Module, name: str) -> None:
+    """Gradient checkpointing in an open_clip tower (`tower` is ``model.text`` or ``model.visual``), non-reentrant:
+    transformers' for a transformers text tower, open_clip's ``set_grad_checkpointing`` for its own transformers
+    and timm trunks. OptionError for a tower without it (open_clip's ModifiedResNet)."""
+    hf_model = getattr(tower, 'transformer', None)
+    if getattr(hf_model, 'supports_gradient_checkpointing', False) and enable_checkpointing(hf_model):
+        return
+    if any(hasattr(module, 'grad_checkpointing') for module in tower.modules()) \
+            and hasattr(tower, 'set_grad_checkpointing'):
+        tower.set_grad_checkpointing(True)
+        return
+    raise OptionError(f"option 'gradient_checkpointing': {name!r} ({type(tower).__name__}) cannot recompute its "
+                      f'activations; leave it False (transformer towers can).')
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -48,6 +77,12 @@ class TextTower(Backbone):
 
     def pool_own(self, features: Features) -> torch.Tensor:
         return features.tensor
+
+    def lora_target_modules(self) -> tuple[str, ...]:
+        return lora_targets(self.text)
+
+    def enable_gradient_checkpointing(self) -> None:
+        enable_grad_checkpointing(self.text, self.model_name)
 
     def preprocess(self, items: Sequence[Any]) -> torch.Tensor:
         """A list of strings -> token ids ``(N, context_length)``; InputError for anything but strings."""
@@ -102,6 +137,12 @@ class ImageTower(Backbone):
 
     def pool_own(self, features: Features) -> torch.Tensor:
         return features.tensor
+
+    def lora_target_modules(self) -> tuple[str, ...]:
+        return lora_targets(self.visual)
+
+    def enable_gradient_checkpointing(self) -> None:
+        enable_grad_checkpointing(self.visual, self.model_name)
 
     def preprocess(self, items: Sequence[Any]) -> torch.Tensor:
         """Paths, PIL images, arrays or tensors -> ``(N, 3, S, S)``; InputError for texts."""

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from finetune.backbone import MAP, TOKENS, Backbone, Features
+from finetune.errors import OptionError
 from finetune.meta import build_on_meta
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
+from finetune_hfhub import linear_names
 
 from .config import _timm, architecture_of, preprocess_defaults
 from .weights import load_weights, pretrained_state_path
@@ -19,6 +21,9 @@ from .weights import load_weights, pretrained_state_path
 #: triplets for image backbones (benchmarks/bench_recipes.py: EfficientNet-Lite0 on Fashion-MNIST, pretrained
 #: and random, held-out items and classes, two seeds; ResNet-18 from random weights), see the README
 IMAGE_DEFAULT_LOSSES = {'labeled': 'NormalizedSoftmaxLoss'}
+#: the modules LoRA adapters wrap by default in a timm transformer (one with ``qkv`` attention): attention and MLP
+#: projections, those of them it has; a CNN has none
+LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
 #: CNNs fine-tuned at 3e-4 beat 1e-4 and 3.3e-5 in the same runs; transformers keep the core's 1e-4 (unmeasured)
 CNN_LEARNING_RATE = 3e-4
 
@@ -59,6 +64,24 @@ class TimmBackbone(Backbone):
 
     def preprocess(self, items):
         return self.preprocessor(items)
+
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """The :data:`LORA_TARGETS` this model's Linear layers have, for a transformer (ViT, Swin, ...); none for a
+        CNN (no ``qkv`` attention)."""
+        present = linear_names(self.model)
+        return tuple(name for name in LORA_TARGETS if name in present) if 'qkv' in present else ()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """timm's own gradient checkpointing (``set_grad_checkpointing``; non-reentrant unless TIMM_REENTRANT_CKPT
+        says otherwise); OptionError for a model that has none."""
+        try:
+            self.model.set_grad_checkpointing(True)
+        except (AttributeError, AssertionError, NotImplementedError) as exc:
+            raise OptionError(f"option 'gradient_checkpointing': the timm model {self.model_name!r} "
+                              f'({type(self.model).__name__}) cannot recompute its activations '
+                              f'({exc or "no support"}); '
+                              f'leave it False, or choose a timm model that can (ViTs, ResNets, ConvNeXts, ...).'
+                              ) from exc
 
     def check_batch(self, batch) -> None:
         check_image_batch(batch, self.model_name, self.image_size if self.fixed_size else None)

@@ -1,4 +1,5 @@
-"""A Hugging Face transformers encoder as a text backbone: tokens (N, L, C) with their attention mask."""
+"""A Hugging Face transformers encoder as a text backbone: tokens (N, L, C) with their attention mask (a decoder is
+its subclass in :mod:`.decoder`)."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -7,7 +8,13 @@ import torch
 from torch import nn
 
 from finetune.backbone import TOKENS, Backbone, Features
-from finetune.errors import InputError
+from finetune.errors import InputError, OptionError
+from finetune_hfhub import enable_checkpointing, linear_names
+
+#: the modules LoRA adapters wrap by default, where the model has them: a decoder's (Llama, Qwen, Mistral, Gemma)
+#: attention and MLP projections, BERT's (and its kin's) attention and dense layers, DistilBERT's
+LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj',
+                'query', 'key', 'value', 'dense', 'q_lin', 'k_lin', 'v_lin', 'out_lin', 'lin1', 'lin2')
 
 
 def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -30,6 +37,8 @@ class HFTextBackbone(Backbone):
     modality = 'text'
     layout = TOKENS
     param_prefix = 'model.'
+    #: the pooler whose tokens :meth:`pool_own` starts from (sentence-transformers' name for it in an export)
+    own_pooling = 'cls'
 
     def __init__(self, name: str, model: nn.Module, tokenizer: Any, collate: Mapping[str, Any]):
         super().__init__()
@@ -44,9 +53,27 @@ class HFTextBackbone(Backbone):
     INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
-        inputs = {k: v for k, v in batch.items() if k in self.INPUTS}
-        out = self.model(**inputs)
+        out = self.model(**self.model_inputs(batch))
         return Features(out.last_hidden_state, batch['attention_mask'])
+
+    def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the transformers model takes from a tokenized batch (:attr:`INPUTS`)."""
+        return {k: v for k, v in batch.items() if k in self.INPUTS}
+
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """The names of :data:`LORA_TARGETS` that this model's Linear layers have (a decoder's projections,
+        BERT's query, key, value and dense)."""
+        present = linear_names(self.model)
+        return tuple(name for name in LORA_TARGETS if name in present)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """transformers' own (non-reentrant) gradient checkpointing of the model's layers; OptionError for a model
+        that has none."""
+        if getattr(self.model.config, 'use_cache', False):
+            self.model.config.use_cache = False  # a key/value cache is of no use to an embedder, and clashes
+        if not enable_checkpointing(self.model):
+            raise OptionError(f"option 'gradient_checkpointing': {self.model_name!r} ({type(self.model).__name__}) "
+                              f'does not support gradient checkpointing in transformers; leave it False.')
 
     def pool_own(self, features: Features) -> torch.Tensor:
         pooler = getattr(self.model, 'pooler', None)
@@ -64,8 +91,7 @@ class HFTextBackbone(Backbone):
         if not items:
             raise InputError('no items to preprocess: expected a non-empty list of strings.')
         c = self.collate
-        batch = dict(self.tokenizer(list(items), padding=c['padding'], truncation=c['truncation'],
-                                    max_length=c['max_length'], return_tensors='pt'))
+        batch = self.tokenize(list(items))
         if not c['truncation'] and batch['input_ids'].shape[1] > c['max_length']:
             lengths = batch['attention_mask'].sum(1)
             longest = int(lengths.argmax())
@@ -74,6 +100,12 @@ class HFTextBackbone(Backbone):
                              f"{c['max_length']}, and collate_options truncation=False. Shorten it, or build "
                              f"the model with collate_options={{'truncation': True}} to cut long texts.")
         return batch
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Texts -> a padded batch of token ids and their attention mask, as the collate options say."""
+        c = self.collate
+        return dict(self.tokenizer(texts, padding=c['padding'], truncation=c['truncation'],
+                                   max_length=c['max_length'], return_tensors='pt'))
 
     def slice_batch(self, batch: Mapping[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
         """Rows ``start:stop``, without the token columns that are padding in all of them (a chunk of short

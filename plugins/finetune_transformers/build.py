@@ -1,5 +1,5 @@
-"""Building a transformers encoder (hub id or directory, sentence-transformers directories included) as a
-text backbone."""
+"""Building a transformers encoder or decoder (hub id or directory, sentence-transformers directories included) as
+a text backbone."""
 from __future__ import annotations
 
 import os
@@ -8,12 +8,14 @@ from typing import Any
 from finetune.weights import load_into, load_state_dict
 
 from .backbone import HFTextBackbone
+from .decoder import HFDecoderBackbone, is_decoder
 from .layout import sentence_transformers_layout
 from .weights import _load_model, _load_tokenizer, _local_only
 
 
 def build(name: str, source: str, options: dict[str, Any]) -> HFTextBackbone:
-    """Build the transformers encoder at `source` (hub id or directory) as a text backbone."""
+    """Build the transformers model at `source` (hub id or directory) as a text backbone: an
+    :class:`HFDecoderBackbone` for a decoder (:func:`~.decoder.is_decoder` of its loaded config)."""
     import transformers  # noqa: F401 - a missing package fails here, before any network probe
     trust = options['trust_remote_code']
     layout = sentence_transformers_layout(source) if os.path.isdir(source) else None
@@ -24,4 +26,5 @@ def build(name: str, source: str, options: dict[str, Any]) -> HFTextBackbone:
     if isinstance(pretrained, str):
         load_into(model, load_state_dict(pretrained), pretrained, name)
     tokenizer = _load_tokenizer(model_dir, local_only, trust, name, reason)
-    return HFTextBackbone(name, model, tokenizer, options['collate_options'])
+    kind = HFDecoderBackbone if is_decoder(model.config.to_dict()) else HFTextBackbone
+    return kind(name, model, tokenizer, options['collate_options'])

@@ -10,11 +10,20 @@ import torch
 from torch import nn
 
 from finetune.backbone import Backbone, Features, Towers
-from finetune.errors import InputError, WeightsNotFoundError
+from finetune.errors import InputError, OptionError, WeightsNotFoundError
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
+from finetune_hfhub import enable_checkpointing
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: the modules LoRA adapters wrap by default in either tower: attention and MLP projections
+CLIP_LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'out_proj', 'fc1', 'fc2')
+
+
+def _checkpoint(transformer: nn.Module, name: str, tower: str) -> None:
+    if not enable_checkpointing(transformer):
+        raise OptionError(f"option 'gradient_checkpointing': the {tower} tower of {name!r} "
+                          f'({type(transformer).__name__}) does not support it in transformers; leave it False.')
 
 
 class HFCLIPTextTower(Backbone):
@@ -25,6 +34,7 @@ class HFCLIPTextTower(Backbone):
 
     modality = 'text'
     layout = None
+    lora_targets = CLIP_LORA_TARGETS
 
     def __init__(self, name: str, text_model: nn.Module, projection: nn.Module, tokenizer: Any, max_length: int):
         super().__init__()
@@ -39,6 +49,9 @@ class HFCLIPTextTower(Backbone):
 
     def pool_own(self, features: Features) -> torch.Tensor:
         return features.tensor
+
+    def enable_gradient_checkpointing(self) -> None:
+        _checkpoint(self.text_model, self.model_name, 'text')
 
     def preprocess(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
@@ -64,6 +77,7 @@ class HFCLIPImageTower(Backbone):
 
     modality = 'image'
     layout = None
+    lora_targets = CLIP_LORA_TARGETS
 
     def __init__(self, name: str, vision_model: nn.Module, projection: nn.Module, preprocess: dict):
         super().__init__()
@@ -78,6 +92,9 @@ class HFCLIPImageTower(Backbone):
 
     def pool_own(self, features: Features) -> torch.Tensor:
         return features.tensor
+
+    def enable_gradient_checkpointing(self) -> None:
+        _checkpoint(self.vision_model, self.model_name, 'image')
 
     def preprocess(self, items):
         if any(isinstance(i, str) and not os.path.exists(i) for i in items):

@@ -11,7 +11,9 @@ from finetune_hfhub import cached_file
 from finetune.errors import FinetuneError
 
 ST_POOLING_MODES = {'pooling_mode_cls_token': 'cls', 'pooling_mode_mean_tokens': 'mean',
-                    'pooling_mode_max_tokens': 'max'}
+                    'pooling_mode_max_tokens': 'max', 'pooling_mode_lasttoken': 'lasttoken'}
+#: sentence-transformers' pooling modes that finetune's poolers name otherwise
+ST_POOLERS = {'lasttoken': 'last'}
 
 
 def _st_pooling_mode(directory: str, config: dict) -> str:
@@ -22,14 +24,14 @@ def _st_pooling_mode(directory: str, config: dict) -> str:
     if isinstance(named, str) or isinstance(named, list) and len(named) == 1:
         mode = named if isinstance(named, str) else named[0]
         if mode in ST_POOLING_MODES.values():
-            return mode
+            return ST_POOLERS.get(mode, mode)
     modes = [mode for key, mode in ST_POOLING_MODES.items() if config.get(key)]
     unsupported = [k for k, v in config.items() if k.startswith('pooling_mode_') and v and k not in ST_POOLING_MODES]
     if named is not None or len(modes) != 1 or unsupported:
         raise FinetuneError(f'{directory}: pooling {config} is not a mode finetune reproduces; supported: '
                             f'"pooling_mode" one of {", ".join(ST_POOLING_MODES.values())}, or exactly one of '
                             f'{", ".join(ST_POOLING_MODES)}.')
-    return modes[0]
+    return ST_POOLERS.get(modes[0], modes[0])
 
 
 def _read_json(path: str) -> dict | None:

@@ -11,6 +11,7 @@ from finetune.options import Option, boolean, one_of, positive_int
 from finetune.registry import CROSS_ENCODER_TASK, BackboneSpec
 
 from .build import build
+from .decoder import is_decoder
 from .layout import _config_json, sentence_transformers_layout
 from .names import PREFIX, hf_source
 
@@ -24,6 +25,13 @@ NAMED = {
     'bert-base-multi': ('bert-base-multilingual-cased', 768,
                         'Multilingual BERT pre-trained on 104 Wikipedias (bert-base-multilingual-cased)'),
 }
+
+
+ENCODER_POOLERS = ("'mean' (default), 'cls', 'max', 'last' and 'GeM' pool the tokens under the attention mask; None "
+                   "keeps the model's own pooler output (BERT's dense + tanh on [CLS]) or its [CLS] token.")
+DECODER_POOLERS = ("a decoder: 'last' (default; its last real token, the end-of-sequence token appended where the "
+                   "tokenizer does not add it), 'mean', 'max' and 'GeM' pool the tokens under the attention mask; "
+                   "None is 'last'.")
 
 
 def collate_schema(max_length: int) -> tuple[Option, ...]:
@@ -55,7 +63,8 @@ def _spec(public: str, source: str, output_dim: int | None, description: str,
           default_for: tuple[str, ...] = ()) -> BackboneSpec:
     st_layout = sentence_transformers_layout(source) if os.path.isdir(source) else None
     config = _config_json(st_layout['transformer'] if st_layout else source)
-    defaults: dict[str, Any] = {'pooler': 'mean'}
+    decoder = is_decoder(config)
+    defaults: dict[str, Any] = {'pooler': 'last' if decoder else 'mean'}
     if st_layout:
         defaults = {'pooler': st_layout['pooler'], 'normalize': st_layout['normalize']}
     return BackboneSpec(
@@ -69,8 +78,7 @@ def _spec(public: str, source: str, output_dim: int | None, description: str,
         build=functools.partial(build, public, source),
         options=family_options(_max_length(config, st_layout)),
         defaults=defaults,
-        pooler_note="'mean' (default), 'cls', 'max' and 'GeM' pool the tokens under the attention mask; "
-                    "None keeps the model's own pooler output (BERT's dense + tanh on [CLS]) or its [CLS] token.",
+        pooler_note=DECODER_POOLERS if decoder else ENCODER_POOLERS,
         layout=TOKENS,
     )
 
@@ -107,7 +115,7 @@ def resolve(prefix: str, rest: str) -> BackboneSpec:
     if config and config.get('model_type') == 'clip':
         return _clip_spec(f'{PREFIX}:{rest}', source, config)
     kind = 'sentence-transformers model' if os.path.isfile(os.path.join(source, 'modules.json')) \
-        else 'transformers encoder'
+        else 'transformers decoder' if is_decoder(config) else 'transformers encoder'
     return _spec(f'{PREFIX}:{rest}', source, None, f'{kind} from {source}')
 
 

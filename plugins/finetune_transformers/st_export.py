@@ -1,9 +1,9 @@
 """The ``sentence-transformers`` export format: a text model of this family as a sentence-transformers folder.
 
 ``SentenceTransformer(folder)`` loads it offline and embeds like the finetune model: the transformer and its
-tokenizer at the folder's root, then ``1_Pooling`` (mean, cls or max under the attention mask), one ``Dense``
-module per linear layer of a projection head (with the activation between them), and ``Normalize`` when the
-model L2-normalizes. A model keeping BERT's own pooler output becomes cls pooling plus a tanh Dense layer with
+tokenizer at the folder's root, then ``1_Pooling`` (mean, cls, max or last token under the attention mask), one
+``Dense`` module per linear layer of a projection head (with the activation between them), and ``Normalize`` when
+the model L2-normalizes. A model keeping BERT's own pooler output becomes cls pooling plus a tanh Dense layer with
 the pooler's weights.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from .backbone import HFTextBackbone
 
 NAME = 'sentence-transformers'
 _MODULES = 'sentence_transformers.models.'
-_POOLING = {'avg': 'pooling_mode_mean_tokens', 'cls': 'pooling_mode_cls_token', 'max': 'pooling_mode_max_tokens'}
+_POOLING = {'avg': 'pooling_mode_mean_tokens', 'cls': 'pooling_mode_cls_token', 'max': 'pooling_mode_max_tokens',
+            'last': 'pooling_mode_lasttoken'}
 _ACTIVATION = {nn.ReLU: 'ReLU', nn.GELU: 'GELU', nn.Tanh: 'Tanh', nn.SiLU: 'SiLU'}
 
 
@@ -32,7 +33,10 @@ def problem(model) -> str | None:
         return (f'it is a {getattr(model, "modality", "?")} model; the format takes text models of the transformers '
                 f'family (hf:..., all-minilm-l6-v2, bert-base-en, ...)')
     if model.pooler is not None and model.pooler.name not in _POOLING:
-        return f'its {model.pooler.name} pooler has no sentence-transformers module (mean, cls and max have)'
+        return f'its {model.pooler.name} pooler has no sentence-transformers module (mean, cls, max and last have)'
+    if getattr(backbone, 'end_token_id', None) is not None:
+        return ('finetune appends the end-of-sequence token to each text, which its tokenizer does not add itself '
+                'and sentence-transformers would leave out')
     return None
 
 
@@ -69,7 +73,7 @@ def write(model, folder: str) -> dict:
     _write_json(os.path.join(folder, 'sentence_bert_config.json'),
                 {'max_seq_length': backbone.collate['max_length'], 'do_lower_case': False})
     modules = [{'idx': 0, 'name': '0', 'path': '', 'type': _MODULES + 'Transformer'}]
-    pooler = 'cls' if model.pooler is None else model.pooler.name
+    pooler = backbone.own_pooling if model.pooler is None else model.pooler.name
     os.makedirs(os.path.join(folder, '1_Pooling'))
     pooling = {'word_embedding_dimension': backbone.pooled_dim, **{key: pooler == mode for mode, key in
                                                                     _POOLING.items()}}

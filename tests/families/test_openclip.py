@@ -219,6 +219,43 @@ def test_freeze_true_freezes_both_towers_but_not_the_temperature(tiny_name):
     assert model.logit_scale.requires_grad
 
 
+def test_gradient_checkpointing_gives_both_towers_the_same_gradients(tiny_name):
+    torch.manual_seed(0)
+    plain = finetune.build_model(tiny_name, {'pretrained': False}).train()
+    checkpointed = finetune.build_model(tiny_name, {'pretrained': False, 'gradient_checkpointing': True}).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.towers['text'].backbone.text.transformer.grad_checkpointing
+    assert checkpointed.towers['image'].backbone.visual.transformer.grad_checkpointing
+    tokens, images = plain.towers['text'].preprocess(TEXTS), torch.randn(len(TEXTS), 3, 32, 32)
+    grads = []
+    for model in (plain, checkpointed):
+        (model(tokens, tower='text') @ model(images, tower='image').T).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_lora_targets_leave_out_what_torchs_attention_bypasses(tiny_name, tmp_path):
+    """torch's nn.MultiheadAttention reads its out_proj weight directly (an adapter there would never act); open_clip's
+    own attention block ('custom') calls it."""
+    model = finetune.build_model(tiny_name, {'pretrained': False})
+    for tower in model.towers.values():
+        assert tower.backbone.lora_target_modules() == ('c_fc', 'c_proj')
+    custom = 'finetune-test-tiny-clip-custom'
+    _register(tmp_path, custom, {**TINY_CFG, 'vision_cfg': {**TINY_CFG['vision_cfg'], 'block_type': 'custom'}})
+    image = finetune.build_model(f'openclip:{custom}', {'pretrained': False, 'tower': 'image'})
+    assert image.backbone.lora_target_modules() == ('out_proj', 'c_fc', 'c_proj')
+
+
+def test_a_resnet_image_tower_has_no_gradient_checkpointing(tmp_path):
+    resnet = 'finetune-test-tiny-rn'
+    _register(tmp_path, resnet, {**TINY_CFG, 'vision_cfg': {'image_size': 32, 'layers': [1, 1, 1, 1], 'width': 8}})
+    with pytest.raises(OptionError, match=r"'gradient_checkpointing'.*\[image\]' \(ModifiedResNet\) cannot"):
+        finetune.build_model(f'openclip:{resnet}', {'pretrained': False, 'tower': 'image',
+                                                     'gradient_checkpointing': True})
+
+
 # ---------------------------------------------------------------- wrong inputs and options
 
 def test_each_tower_refuses_the_other_modality(tiny):

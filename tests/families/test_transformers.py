@@ -263,7 +263,7 @@ def test_gradcache_chunks_drop_their_padding_and_keep_the_gradients(tiny_bert_di
         torch.testing.assert_close(got[name], expected[name], atol=2e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize('mode', ['cls', 'max'])
+@pytest.mark.parametrize('mode', ['cls', 'max', 'lasttoken'])
 def test_a_folder_sentence_transformers_writes_today_loads_the_same(tiny_bert_dir, tmp_path, mode):
     """sentence-transformers 6 writes ``"pooling_mode": "cls"`` (earlier versions one flag per mode): both load."""
     import json
@@ -282,7 +282,9 @@ def test_a_folder_sentence_transformers_writes_today_loads_the_same(tiny_bert_di
     theirs = reference.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     (tmp_path / 'st' / '1_Pooling' / 'config.json').write_text(json.dumps(dict(pooling, pooling_mode='lasttoken')))
-    with pytest.raises(finetune.FinetuneError, match='"pooling_mode" one of cls, mean, max'):
+    assert finetune.build_model(f'hf:{tmp_path / "st"}').pooler.name == 'last'
+    (tmp_path / 'st' / '1_Pooling' / 'config.json').write_text(json.dumps(dict(pooling, pooling_mode='weightedmean')))
+    with pytest.raises(finetune.FinetuneError, match='"pooling_mode" one of cls, mean, max, lasttoken'):
         finetune.build_model(f'hf:{tmp_path / "st"}')
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import InputError
+from .arrays import ArrayReader
 from .base import Reader, Table
 from .files import FileReader
 from .folders import FolderReader
@@ -51,5 +52,5 @@ def reader_for(source: Any) -> Reader | None:
     return next((reader for reader in _READERS.values() if reader.accepts(source)), None)
 
 
-for _reader in (FolderReader(), FileReader(), DatasetReader(), FrameReader(), RowsReader()):
+for _reader in (FolderReader(), FileReader(), DatasetReader(), FrameReader(), ArrayReader(), RowsReader()):
     register_reader(_reader)

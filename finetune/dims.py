@@ -1,0 +1,73 @@
+"""One model, many sizes: embeddings cut to their leading dimensions (Matryoshka), for encoding and evaluation.
+
+A model trained with ``loss_options={'matryoshka_dims': [...]}`` records those sizes (``model.trained_dims``,
+kept in its artifact); :func:`finetune.encode` and :func:`finetune.evaluate` take ``dim=`` and cut every
+embedding to its first ``dim`` dimensions, L2-normalized again. Any size up to the model's works; one the model
+was not trained at warns once (its neighbours may be poor).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+#: (id of the model, size) pairs already warned about
+_WARNED: set[tuple[int, int]] = set()
+
+
+def trained_dims(model: Any) -> tuple[int, ...] | None:
+    """The sizes `model` was trained at with Matryoshka (largest first), or None."""
+    dims = getattr(model, 'trained_dims', None)
+    if dims is None:
+        dims = (getattr(model, 'artifact_config', None) or {}).get('matryoshka_dims')
+    return tuple(dims) if dims else None
+
+
+def check_dim(model: Any, dim: Any) -> int:
+    """`dim` if it is a size `model` can give (1 to its output size); warns once per model and size when `model`
+    was not trained at that size. Raises InputError naming the sizes it was trained at."""
+    width = int(getattr(model, 'output_dim', 0) or 0)
+    dims = trained_dims(model)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= width:
+        trained = f'; trained at {", ".join(map(str, dims))}' if dims else ''
+        raise InputError(f'dim: expected a number of leading dimensions from 1 to {width} (the model\'s size'
+                         f'{trained}), got {dim!r}.')
+    dim = int(dim)
+    if dim != width and (dims is None or dim not in dims) and (id(model), dim) not in _WARNED:
+        _WARNED.add((id(model), dim))
+        how = (f'was trained at {", ".join(map(str, dims))} dimensions' if dims else
+               "was not trained with loss_options={'matryoshka_dims': [...]}")
+        warnings.warn(f'dim={dim}: {getattr(model, "name", "the model")!r} {how}; its first {dim} dimensions may '
+                      f'rank neighbours poorly.', stacklevel=3)
+    return dim
+
+
+def truncate(embeddings: np.ndarray | torch.Tensor, dim: int) -> np.ndarray | torch.Tensor:
+    """The leading `dim` columns of `embeddings` (numpy or torch), each row L2-normalized again."""
+    cut = embeddings[:, :dim]
+    if isinstance(cut, torch.Tensor):
+        return cut / cut.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return (cut / np.maximum(norms, 1e-12)).astype(embeddings.dtype, copy=False)
+
+
+class AtDim:
+    """`model` seen at its leading `dim` dimensions: ``encode`` returns truncated, re-normalized embeddings;
+    everything else is the model's."""
+
+    def __init__(self, model: Any, dim: int):
+        self.model, self.dim = model, dim
+
+    def encode(self, items: Any, *args: Any, **kwargs: Any):
+        return truncate(self.model.encode(items, *args, **kwargs), self.dim)
+
+    @property
+    def output_dim(self) -> int:
+        return self.dim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
