@@ -1,23 +1,34 @@
 """Encode throughput and retrieval quality of all-MiniLM-L6-v2 as torch fp32, ONNX fp32, ONNX int8 and, where it
-is installed, sentence-transformers' own ONNX backend: the same texts, one run each, on this CPU.
+is installed, sentence-transformers' own ONNX backend: the same texts, in the same process, on this CPU.
 
-    python benchmarks/bench_export.py [--eval-data examples/data/wordnet_eval.csv] [--batch-size 32]
+    python benchmarks/bench_export.py [--texts-data examples/data/wordnet_train.csv] [--texts 3000]
+                                      [--eval-data examples/data/wordnet_eval.csv] [--batch-size 64]
+                                      [--threads N] [--rounds 5]
 
 The exports go through `finetune.export` with the held-out pairs as eval data, so each passed the parity gate
-(cosine and metrics) on them; then every runtime encodes every distinct query and document once (texts/s), and
-`finetune.evaluate` gives each its retrieval metrics on the same pairs.
+(cosine and metrics) on them. Speed is then measured the same way for every runtime: the same texts (the first
+`--texts` distinct texts of `--texts-data`, each pair's query then its document), the same batch size, the same
+number of CPU threads (torch's intra-op threads and each onnxruntime session's, set explicitly), models loaded
+before any timing, one untimed warm-up pass over all the texts each (every sequence length, thread pools,
+allocators), then `--rounds` timed passes with the runtimes interleaved (the order rotates each round) so that load
+from other jobs on the machine hits all of them alike. Reported: the median texts/s of each, its range, and its
+ratio to torch: the ratio of the medians and the range of the per-round ratios. `finetune.evaluate` gives each its
+retrieval metrics on the eval pairs (not timed).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
+import statistics
 import tempfile
 import time
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, '..', 'examples', 'data')
 METRICS = ('ndcg@10', 'mrr@10', 'recall@10')
 
 
@@ -44,36 +55,77 @@ def _st_onnx(model_dir: str):
         return None, f'{type(exc).__name__}: {str(exc).splitlines()[0][:200]}'
 
 
-def _row(label: str, model, texts: list[str], eval_data: str, batch_size: int) -> dict:
-    import finetune
-    model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up: sessions, thread pools
+def cpu_description() -> str:
+    """The CPU's model name and how many logical CPUs this process may use (and the machine has)."""
+    name = None
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), None)
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return f'{name} ({platform.machine()}), {usable} cores usable by this process, {os.cpu_count()} on the machine'
+
+
+def _set_onnx_threads(model, threads: int) -> None:
+    """Give the ONNX model a CPU session on the same graph with exactly `threads` intra-op threads (one graph run
+    at a time), as torch gets: onnxruntime's own default is the number of physical cores."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    model.session = ort.InferenceSession(model.graph_path, options, providers=['CPUExecutionProvider'])
+
+
+def _timed_pass(model, texts: list[str], batch_size: int) -> float:
+    """texts/s of one full encode of `texts`."""
+    gc.collect()
     start = time.perf_counter()
     model.encode(texts, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    metrics = finetune.evaluate(model, eval_data, batch_size=batch_size)
-    return {'runtime': label, 'texts/s': len(texts) / seconds, **{m: metrics[m] for m in METRICS}}
+    return len(texts) / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--eval-data', default=os.path.join(HERE, '..', 'examples', 'data', 'wordnet_eval.csv'))
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--texts-data', default=os.path.join(DATA, 'wordnet_train.csv'),
+                        help='pairs whose distinct texts are encoded for speed')
+    parser.add_argument('--texts', type=int, default=3000, help='how many distinct texts to encode per pass')
+    parser.add_argument('--eval-data', default=os.path.join(DATA, 'wordnet_eval.csv'),
+                        help='held-out pairs: the parity gate of the exports and every runtime\'s metrics')
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads of every runtime (default: the cores usable by this process)')
+    parser.add_argument('--rounds', type=int, default=5, help='timed passes per runtime (median reported)')
     args = parser.parse_args()
 
+    import onnxruntime
     import torch
+    import transformers
 
     import finetune
     from finetune.data import load_data
     from finetune_transformers.specs import packaged_minilm
 
-    data = load_data(args.eval_data, 'eval_data')
-    texts = list(dict.fromkeys([*data.a, *data.b]))
-    print(f'CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads '
-          f'{torch.get_num_threads()}; {len(texts)} distinct texts from {args.eval_data}; batch size {args.batch_size}')
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())
+    torch.set_num_threads(threads)
+    pairs = load_data(args.texts_data, 'texts_data')
+    texts = list(dict.fromkeys(text for pair in zip(pairs.a, pairs.b) for text in pair))[:args.texts]
+    print(f'CPU: {cpu_description()}')
+    print(f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, transformers {transformers.__version__}; '
+          f'{threads} threads for every runtime (torch intra-op threads {torch.get_num_threads()}); batch size '
+          f'{args.batch_size}; {len(texts)} distinct texts from {args.texts_data}; {args.rounds} rounds')
+    print(f'load average at start: {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
+
     with tempfile.TemporaryDirectory() as tmp:
         artifact = os.path.join(tmp, 'minilm')
         finetune.save_model(finetune.build_model('all-minilm-l6-v2'), artifact)
-        rows = [_row('torch fp32', finetune.load(artifact), texts, args.eval_data, args.batch_size)]
+        models = {'torch fp32': finetune.load(artifact)}
+        lengths = torch.cat([models['torch fp32'].preprocess(texts[i:i + 256])['attention_mask'].sum(1)
+                             for i in range(0, len(texts), 256)]).float()
+        print(f'tokens per text: mean {lengths.mean():.1f}, max {int(lengths.max())}')
         for quantize in (None, 'int8'):
             start = time.perf_counter()
             try:
@@ -82,18 +134,34 @@ def main() -> None:
                 print(f'ONNX {quantize}: refused by the parity gate, not measured: {exc}')
                 continue
             print(f'  export took {time.perf_counter() - start:.1f} s')
-            rows.append(_row(f'ONNX {quantize or "fp32"}', finetune.load(folder), texts, args.eval_data,
-                             args.batch_size))
+            models[f'ONNX {quantize or "fp32"}'] = onnx_model = finetune.load(folder)
+            _set_onnx_threads(onnx_model, threads)
         st, why = _st_onnx(packaged_minilm())
         if st is None:
             print(f"sentence-transformers' ONNX backend: not run here ({why})")
-        else:
-            rows.append(_row('sentence-transformers ONNX', st, texts, args.eval_data, args.batch_size))
-    base = rows[0]
-    print(f"\n| runtime | texts/s | speed-up | {' | '.join(METRICS)} |\n|---|---|---|" + '---|' * len(METRICS))
-    for r in rows:
-        print(f"| {r['runtime']} | {r['texts/s']:.0f} | {r['texts/s'] / base['texts/s']:.2f}x | "
-              + ' | '.join(f'{r[m]:.4f}' for m in METRICS) + ' |')
+        else:  # its session is made by sentence-transformers: onnxruntime's default thread count
+            models['sentence-transformers ONNX (ort default threads)'] = st
+
+        for name, model in models.items():  # untimed: every sequence length once, thread pools, allocators
+            model.encode(texts, batch_size=args.batch_size)
+        speeds: dict[str, list[float]] = {name: [] for name in models}
+        names = list(models)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                speeds[name].append(_timed_pass(models[name], texts, args.batch_size))
+            print(f'round {r + 1}: ' + ', '.join(f'{n} {speeds[n][-1]:.0f}' for n in names) + ' texts/s', flush=True)
+        print(f'load average at end: {" ".join(f"{x:.2f}" for x in os.getloadavg())}')
+        metrics = {name: finetune.evaluate(model, args.eval_data, batch_size=args.batch_size)
+                   for name, model in models.items()}
+
+    base = statistics.median(speeds['torch fp32'])
+    print(f"\n| runtime | texts/s (median) | range | vs torch (medians) | vs torch (per round) | "
+          f"{' | '.join(METRICS)} |\n|---|---|---|---|---|" + '---|' * len(METRICS))
+    for name in names:
+        ratios = [s / t for s, t in zip(speeds[name], speeds['torch fp32'])]
+        print(f'| {name} | {statistics.median(speeds[name]):.0f} | {min(speeds[name]):.0f}-{max(speeds[name]):.0f} | '
+              f'{statistics.median(speeds[name]) / base:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | '
+              + ' | '.join(f'{metrics[name][m]:.4f}' for m in METRICS) + ' |')
 
 
 if __name__ == '__main__':

@@ -394,14 +394,16 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
 @click.option('--output', default=None, help='Folder for the export (default: beside MODEL_DIR, <MODEL_DIR>-onnx, ...).')
 @click.option('--eval-data', default=None,
               help='Your held-out data: the parity check embeds a sample of it and compares retrieval metrics.')
+@click.option('--dim', default=None, type=int,
+              help='ONNX: output the leading DIM dimensions of each embedding, re-normalized (Matryoshka sizes).')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
-def export_command(model_dir, format_, quantize, output, eval_data, trust_remote_code) -> None:
+def export_command(model_dir, format_, quantize, output, eval_data, dim, trust_remote_code) -> None:
     """Export a saved model (MODEL_DIR, written by fit) for deployment, after a parity check against it."""
     from .exporting import export
 
     def job():
         folder = export(model_dir, format=format_, output=output, quantize=quantize, eval_data=eval_data,
-                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line))
+                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line), dim=dim)
         click.echo(f'written to {folder}')
     _run(job)
 

@@ -71,3 +71,17 @@ class AtDim:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
+
+
+def at_size(model: Any, dim: int) -> Any:
+    """A copy of `model` whose every embedding is its leading `dim` dimensions (re-normalized): the model an
+    export at that size traces (each tower of a multi-tower model cut alike). Raises InputError for a bad `dim`
+    (see :func:`check_dim`)."""
+    import copy
+    dim = check_dim(model, dim)
+    cut = copy.deepcopy(model)
+    for tower in (getattr(cut, 'towers', None) or {'': cut}).values():
+        tower.truncate_dim, tower.output_dim = dim, dim
+    if getattr(cut, 'towers', None):
+        cut.output_dim = dim
+    return cut

@@ -109,6 +109,8 @@ class EmbeddingModel(nn.Module):
         self.normalize = normalize
         self.name = name
         self.options = options
+        #: Matryoshka: embed to the leading dimensions only (re-normalized); None: all (see :func:`at_size`)
+        self.truncate_dim: int | None = None
         if projection is not None:
             self.output_dim = projection.out_dim
         else:
@@ -144,6 +146,8 @@ class EmbeddingModel(nn.Module):
         else:
             pooled = self.backbone.after_pooler(self.pooler(features.tensor, features.mask))
         embeddings = self.projection(pooled) if self.projection is not None else pooled
+        if self.truncate_dim is not None:
+            embeddings = embeddings[..., :self.truncate_dim]
         if self.normalize:
             embeddings = l2_normalize(embeddings, dim=-1)
         return embeddings

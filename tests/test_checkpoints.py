@@ -365,3 +365,57 @@ def test_a_trainer_state_of_random_bytes_is_one_line_naming_the_damaged_file(tmp
     path.write_bytes(b'')
     with pytest.raises(InputError, match='damaged'):
         ckpt.read_trainer_state(str(tmp_path))
+
+
+# ---------------------------------------------------------------- resume means what it says
+
+
+def test_resuming_with_another_model_name_is_refused_naming_both(uninterrupted):
+    out, _, _ = uninterrupted
+    with pytest.raises(OptionError, match=r"model='fake-image' with resume_from=.*the checkpoint trains "
+                                          r"'fake-text'.*Pass model=None \(or 'fake-text'\)"):
+        finetune.fit('fake-image', text_pairs(), resume_from=str(out / 'checkpoint-2'), log=lambda m: None)
+
+
+def test_resuming_on_other_rows_of_the_same_size_is_refused_naming_them(uninterrupted, tmp_path):
+    out, _, final = uninterrupted
+    rows = text_pairs()
+    rows[3], rows[7] = (rows[3][0], 'another doc'), (rows[7][0] + ' too', rows[7][1])
+    with pytest.raises(OptionError, match=r'train_data: as many rows as the checkpoint.s, but 2 of them differ '
+                                          r'\(rows 3, 7, counted from 0\)'):
+        finetune.fit(None, rows, resume_from=str(out / 'checkpoint-2'), output_dir=str(tmp_path), log=lambda m: None)
+    run = finetune.fit('fake-text', text_pairs(), resume_from=str(out / 'checkpoint-2'), output_dir=str(tmp_path),
+                       log=lambda m: None)  # the same rows, and the same model named: fine
+    _assert_same_weights(_weights(run.model), final)
+
+
+def test_a_second_fit_in_another_thread_is_refused_while_the_first_runs():
+    import threading
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    class Hold(Callback):
+        def on_step_end(self, state):
+            started.set()
+            release.wait(60)
+
+    first = threading.Thread(target=lambda: finetune.fit('fake-text', text_pairs(), epochs=1, callbacks=[Hold()],
+                                                         **EXACT))
+    first.start()
+    try:
+        assert started.wait(120)
+        with pytest.raises(OptionError, match=r'another fit\(\) is running in this process'):
+            finetune.fit('fake-text', text_pairs(), **EXACT)
+    finally:
+        release.set()
+        first.join(120)
+    finetune.fit('fake-text', text_pairs(), **EXACT)  # free again
+
+
+def test_only_the_main_process_tells_what_it_does(monkeypatch):
+    logs = []
+    monkeypatch.setenv('RANK', '1')
+    finetune.fit('fake-text', text_pairs(), **dict(EXACT, log=logs.append))
+    assert logs == []
+    monkeypatch.setenv('RANK', '0')
+    finetune.fit('fake-text', text_pairs(), **dict(EXACT, log=logs.append))
+    assert any(line.startswith('train data: ') for line in logs)

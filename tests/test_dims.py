@@ -100,3 +100,30 @@ def test_the_cli_prints_a_table_per_trained_size(tmp_path):
                                        '--loss-option', 'matryoshka_dims=[32, 8]'])
     assert result.exit_code == 0, result.output
     assert 'retrieval metrics at 8 dimensions' in result.output
+
+
+def test_an_onnx_export_at_a_size_outputs_that_many_dimensions(tmp_path):
+    pytest.importorskip('onnxruntime')
+    model = _model()
+    model.trained_dims = (32, 8)
+    logs = []
+    finetune.save_model(model, str(tmp_path / 'm'))
+    folder = finetune.export(str(tmp_path / 'm'), dim=8, log=logs.append)
+    assert folder.endswith('m-onnx-8')
+    exported = finetune.load(folder)
+    assert exported.output_dim == 8 and exported.artifact_config['output_dim'] == 8
+    np.testing.assert_allclose(exported.encode(TEXTS), finetune.encode(model, TEXTS, dim=8), atol=1e-5)
+    from finetune.errors import ExportError
+    with pytest.raises(InputError, match='dim: expected a number of leading dimensions from 1 to 32'):
+        finetune.export(model, output=str(tmp_path / 'x'), dim=64)
+    with pytest.raises(ExportError, match="dim=8 applies to the 'onnx' format"):
+        finetune.export(model, format='sentence-transformers', output=str(tmp_path / 'y'), dim=8)
+
+
+def test_a_model_cut_to_a_size_embeds_as_encode_at_that_size():
+    from finetune.dims import at_size
+    model = _model()
+    model.trained_dims = (32, 16)
+    cut = at_size(model, 16)
+    assert cut.output_dim == 16 and model.output_dim == 32 and model.truncate_dim is None
+    np.testing.assert_allclose(cut.encode(TEXTS), finetune.encode(model, TEXTS, dim=16), atol=1e-6)

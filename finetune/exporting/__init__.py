@@ -102,14 +102,17 @@ def _is_export(folder: str) -> bool:
 
 
 def export(model_or_path: Any, format: str = ONNX, output: str | None = None, quantize: str | None = None,
-           eval_data: Any = None, trust_remote_code: bool = False, log: Callable[[str], None] | None = None) -> str:
+           eval_data: Any = None, trust_remote_code: bool = False, log: Callable[[str], None] | None = None,
+           dim: int | None = None) -> str:
     """Write `model_or_path` (a model, or the folder of a saved one) in `format`; returns the export's folder.
 
     ``'onnx'``: the whole embedding pipeline as one ONNX graph per tower (``model.onnx``; ``text.onnx`` and
     ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
     onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
     layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`). LoRA adapters are merged into
-    the weights they adapt first (:func:`finetune.adapters.merge_lora`).
+    the weights they adapt first (:func:`finetune.adapters.merge_lora`). `dim` (ONNX): the graph outputs the
+    leading `dim` dimensions of each embedding, re-normalized (a Matryoshka model's smaller size), and the parity
+    gate compares at that size; the folder is ``<artifact>-onnx-<dim>`` by default.
     Other formats come from plugins (``'sentence-transformers'`` for text models of that family).
     The export is written to `output`, by default beside the artifact (``<artifact>-onnx``, ``-onnx-int8``, or
     the format's suffix), only if it passes the parity gate on `eval_data` (or built-in samples).
@@ -126,13 +129,20 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     if has_lora(model):  # a deployed model computes the merged weights: no adapters in the graph
         model = merge_lora(model)
         say('LoRA adapters merged into the weights for the export')
+    if dim is not None:
+        if fmt is not None:
+            raise ExportError(f'dim={dim!r} applies to the {ONNX!r} format; a {format!r} export holds the whole '
+                              f'embedding (cut it where it is used, e.g. sentence-transformers\' truncate_dim).')
+        from ..dims import at_size
+        model = at_size(model, dim)
     if fmt is not None:
         problem = fmt.problem(model)
         if problem is not None:
             choices = [name for name, f in formats().items() if f is None or f.problem(model) is None]
             raise ExportError(f'format {format!r} cannot take {model.name!r}: {problem}. Formats for this model: '
                               f'{", ".join(map(repr, choices))}.')
-    suffix = ('-onnx' + (f'-{quantize}' if quantize else '')) if fmt is None else fmt.suffix
+    suffix = ('-onnx' + (f'-{dim}' if dim else '') + (f'-{quantize}' if quantize else '')) if fmt is None else \
+        fmt.suffix
     folder = _output(output, source, suffix)
     _check_target(folder, source)
     items = parity.samples(model, eval_data)

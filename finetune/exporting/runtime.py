@@ -185,6 +185,10 @@ def load_export(directory: str, config: dict[str, Any], preprocessing):
     graphs = {tower: _graph_file(directory, file, config_path) for tower, file in export['graphs'].items()}
     name = config.get('original_name', config['name'])
     towers = getattr(preprocessing, 'towers', None)
+    width = config.get('output_dim')
+    if isinstance(width, int) and not isinstance(width, bool) and width > 0:  # an export at a Matryoshka size
+        for tower in (towers or {'': preprocessing}).values():
+            tower.output_dim = min(width, tower.output_dim)
     if towers is None:
         if list(graphs) != ['']:
             raise ArtifactError(f"{config_path}, field 'export.graphs': one graph expected for a one-tower model, "

@@ -168,3 +168,32 @@ def check_output_dir(output_dir: str, needed_bytes: int) -> None:
         raise OptionError(f'output_dir={output_dir!r}: {free / 2 ** 20:,.0f} MiB free on its disk, but one checkpoint '
                           f'of this model needs about {needed_bytes / 2 ** 20:,.0f} MiB. Free some space or choose '
                           f'another folder.')
+
+
+def row_fingerprints(data) -> torch.Tensor:
+    """One 63-bit hash per row of training `data` (its items, label or score, and extra columns, in order): what a
+    resumed run compares to know it trains on the same rows, not only as many. Images given as arrays or PIL
+    images are hashed by their pixels, paths and texts by their value."""
+    import hashlib
+
+    def key(item) -> bytes:
+        if isinstance(item, str):
+            return item.encode('utf-8', 'surrogatepass')
+        if hasattr(item, 'tobytes'):  # numpy arrays, PIL images, tensors
+            return repr(getattr(item, 'shape', getattr(item, 'size', ''))).encode() + item.tobytes()
+        return repr(item).encode()
+    labels = data.scores if getattr(data, 'scores', None) is not None else data.groups
+    extra = [column for column in (data.extra or {}).values() if len(column) == len(data.a)]
+    out = []
+    for i in range(len(data.a)):
+        digest = hashlib.blake2b(digest_size=8)
+        for part in (data.a[i], data.b[i] if data.b is not None else None, labels[i] if labels is not None else None,
+                     *(column[i] for column in extra)):
+            digest.update(key(part) + b'\x1f')
+        out.append(int.from_bytes(digest.digest(), 'little') >> 1)
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def differing_rows(saved: torch.Tensor, now: torch.Tensor) -> list[int]:
+    """The indices of the rows whose fingerprints differ (rows of two data sets of one size)."""
+    return torch.nonzero(saved != now).flatten().tolist()

@@ -59,7 +59,8 @@ class SetupSteps:
         self.model_arg, self.train_arg, self.eval_arg, self.guard_arg = model, train_data, eval_data, guard_data
         self.model_options = model_options
         self.callbacks = _check_callbacks(callbacks)
-        self.say = log_function(log)
+        # under several processes (torchrun, accelerate launch) the main process alone tells what it does
+        self.say = log_function(log) if int(os.environ.get('RANK', '0') or 0) == 0 else _silent
         self.resume_state: dict[str, Any] | None = None
         self.metrics: dict[str, dict] = {}
         #: the id written into each checkpoint and kept folder of this run (a resumed run keeps its checkpoint's)
@@ -177,7 +178,9 @@ class SetupSteps:
                 raise OptionError(f'model_options: a resumed run rebuilds the saved model as it was; only '
                                   f'trust_remote_code may be given (the saved files never turn it on), not '
                                   f'{", ".join(sorted(options))}.')
-            return load(self.resume_state['directory'], trust_remote_code=trust)
+            model = load(self.resume_state['directory'], trust_remote_code=trust)
+            self.check_resumed_model(model)
+            return model
         model = self.model_arg
         if isinstance(model, str):
             return build_model(model, self.model_options)
@@ -187,6 +190,17 @@ class SetupSteps:
         if not isinstance(model, (EmbeddingModel, MultiTowerModel)):
             raise OptionError(f'model: expected a model name or a finetune model, got {type(model).__name__}.')
         return model
+
+    def check_resumed_model(self, model) -> None:
+        """OptionError when fit() was given a model other than the one the checkpoint trains (a resumed run
+        continues the checkpoint's own model; the one given would be silently ignored)."""
+        given = self.model_arg if isinstance(self.model_arg, str) else getattr(self.model_arg, 'name', None)
+        saved = (getattr(model, 'artifact_config', None) or {}).get('original_name', model.name)
+        if given is None or _canonical_name(given) == _canonical_name(saved):
+            return
+        raise OptionError(f'model={given!r} with resume_from={self.resume_state["directory"]!r}: the checkpoint '
+                          f'trains {saved!r}, and a resumed run continues the checkpoint\'s own model. Pass model=None '
+                          f'(or {saved!r}) to resume it, or leave resume_from out to start a new fit of {given!r}.')
 
     def load_data(self):
         """The training and evaluation data, their kind detected (or ``data_kind``), described in one line."""
@@ -209,11 +223,23 @@ class SetupSteps:
         saved_size = self.resume_state.get('data_size')
         if saved_size is not None and saved_size != len(train):
             differences.append(f'train_data: {len(train):,} rows, checkpoint {saved_size:,}')
+        elif isinstance(self.resume_state.get('data_fingerprints'), torch.Tensor):
+            rows = ckpt.differing_rows(self.resume_state['data_fingerprints'], self.data_fingerprints(train))
+            if rows:
+                shown = ', '.join(str(r) for r in rows[:5]) + (', ...' if len(rows) > 5 else '')
+                differences.append(f'train_data: as many rows as the checkpoint\'s, but {len(rows):,} of them differ '
+                                   f'(rows {shown}, counted from 0)')
         if differences:
             raise OptionError(f'resume_from={self.resume_state["directory"]!r}: these settings differ from the '
                               f'checkpoint\'s:\n  ' + '\n  '.join(differences) + '\nLeave an argument out to use '
                               'the saved value; to train on with other settings, start a new fit from the model: '
                               'fit(finetune.load(...), ...).')
+
+    def data_fingerprints(self, train=None) -> torch.Tensor:
+        """One hash per training row (computed once): a checkpoint keeps them, a resumed run compares them."""
+        if getattr(self, '_fingerprints', None) is None:
+            self._fingerprints = ckpt.row_fingerprints(train if train is not None else self.train_data)
+        return self._fingerprints
 
     def check_data(self) -> None:
         """Before any work: every file the data names is checked, evaluation data must be measurable, and a
@@ -398,6 +424,20 @@ class SetupSteps:
         where = f'epoch {self.state.epoch + 1}' + (f', batch {self.state.batches_done + 1}'
                                                     if self.state.batches_done else '')
         self.say(f'resuming from {saved["directory"]} at {where} (step {self.state.step})')
+
+
+def _silent(message: str) -> None:
+    """The log of a process other than the main one: its lines would repeat the main process's."""
+
+
+def _canonical_name(name: str) -> str:
+    """The registry's own name for `name` (an alias such as 'resnet-base' and the name it stands for compare
+    equal); `name` as it is when the registry does not know it."""
+    from ..registry import REGISTRY
+    try:
+        return REGISTRY.get(name).name
+    except Exception:  # noqa: BLE001 - an unknown or path name compares as written
+        return name
 
 
 def text_lengths(data) -> list[tuple[int, ...]] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from typing import Any, Iterator
 
@@ -25,6 +26,7 @@ import torch
 
 from ..backbone import batch_to
 from ..data.batches import raise_worker_error
+from ..errors import OptionError
 from ..evaluation import Evaluation
 from . import checkpoint as ckpt
 from .cpu_kernels import CpuKernels
@@ -39,6 +41,9 @@ from .state import Run, SaveError, TrainingError
 #: in a row (the scale divided by 2**20) means the gradients overflow whatever the scale: the run stops
 MAX_SKIPPED_FP16_STEPS = 20
 
+#: held by the fit running in this process
+_ONE_FIT = threading.Lock()
+
 
 class Trainer(SetupSteps):
     """One training run of `model` (a registry name, a built model, or None to resume) on `train_data`: the
@@ -48,12 +53,19 @@ class Trainer(SetupSteps):
     # ================================================================ training
     def train(self) -> Run:
         """Set up, evaluate, train, evaluate, save; returns the :class:`Run`. Raises TrainingError when a step
-        turns non-finite (the model keeps its last good weights), InputError / OptionError for bad input."""
+        turns non-finite (the model keeps its last good weights), InputError / OptionError for bad input, and
+        OptionError when another fit runs in this process (fits share torch's global random state and
+        accelerate's engine, so a second one at the same time would change the first one's results)."""
+        if not _ONE_FIT.acquire(blocking=False):
+            raise OptionError('another fit() is running in this process (another thread); fits share torch\'s '
+                              'global random state and accelerate\'s engine, so two at once would change each '
+                              'other\'s results. Run them one after another, or in separate processes.')
         try:
             self.setup()
             return self.train_set_up()
         finally:
             self.release_output_dir()
+            _ONE_FIT.release()
 
     def train_set_up(self) -> Run:
         """Everything of :meth:`train` after :meth:`setup`."""
@@ -308,7 +320,8 @@ class Trainer(SetupSteps):
         return {**layout, 'optimizer': self.optimizer.state_dict() if optimizer is None else optimizer,
                 'scheduler': self.scheduler.state_dict(),
                 'epoch': s.epoch, 'batches_done': s.batches_done, 'step': s.step, 'rng': rng_state(),
-                'config': self.run_config(), 'data_size': len(self.train_data), 'history': list(s.history),
+                'config': self.run_config(), 'data_size': len(self.train_data),
+                'data_fingerprints': self.data_fingerprints(), 'history': list(s.history),
                 'metrics_before': dict(self.metrics.get('before', {})),
                 'metrics_dims': {d: {k: v for k, v in m.items() if k == 'before'}
                                  for d, m in self.metrics.get('dims', {}).items()}}
