@@ -132,7 +132,7 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     if dim is not None:
         if fmt is not None:
             raise ExportError(f'dim={dim!r} applies to the {ONNX!r} format; a {format!r} export holds the whole '
-                              f'embedding (cut it where it is used, e.g. sentence-transformers\' truncate_dim).')
+                              f'embedding (cut it where it is used, with its runtime\'s own truncation option).')
         from ..dims import at_size
         model = at_size(model, dim)
     if fmt is not None:
