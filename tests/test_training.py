@@ -562,6 +562,8 @@ def test_a_short_last_accumulation_window_averages_over_its_own_batches(monkeypa
     # (GradCache too scales the loss it backpropagates into the cached embeddings, once per batch)
     weights = [b / l for b, l in zip(backward_seen, losses_seen)]
     assert weights == pytest.approx([1 / 4] * 4 + [1 / 2] * 2)
+    # the loss a step logs is the mean over its window, not its last micro-batch
+    assert [h['loss'] for h in run.history] == pytest.approx([sum(losses_seen[:4]) / 4, sum(losses_seen[4:]) / 2])
 
 
 def test_a_step_embeds_the_sides_of_one_backbone_joined_with_the_same_loss_and_gradients(monkeypatch):

@@ -113,15 +113,17 @@ class Trainer(SetupSteps):
         batches = self.epoch_batches(epoch)
         # this epoch's own count: a no-duplicates epoch may need a batch more or less than the first one did
         count = math.ceil(len(self.batch_sampler) / self.accelerator.num_processes)
+        window_losses: list[torch.Tensor] = []
         for index, batch in batches:
             last = index + 1 == count
             start = index - index % accumulation  # the gradient is the mean over the window's micro-batches
             self.window = max(1, min(accumulation, count - start))
-            value = self.training_step(batch, sync=(index + 1) % accumulation == 0 or last)
+            window_losses.append(self.training_step(batch, sync=(index + 1) % accumulation == 0 or last))
             self.state.batches_done = index + 1
             self.samples += self.train_data.data_kind.batch_size_of(batch) * self.accelerator.num_processes
             if (index + 1) % accumulation == 0 or last:
-                self.after_step(value, epoch_end=last)
+                self.after_step(self.step_loss(window_losses), epoch_end=last)
+                window_losses = []
                 if self.state.should_stop:
                     break
         self.look()
@@ -130,6 +132,14 @@ class Trainer(SetupSteps):
         self.state.epoch, self.state.batches_done = epoch + 1, 0
         self.save_checkpoint()
         self.state.epoch = epoch
+
+    def step_loss(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """The loss a step logs: the mean over its accumulation window's micro-batches and over the processes
+        (on the device; nothing is read back here)."""
+        mean = torch.stack([value.float() for value in losses]).mean()
+        if self.accelerator.num_processes > 1:
+            mean = self.accelerator.reduce(mean, reduction='mean')
+        return mean
 
     def epoch_batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
         """``(index in the epoch, batch)`` of `epoch`; a resumed epoch starts after its done batches, with the
