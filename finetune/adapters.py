@@ -81,8 +81,8 @@ def _check_targets(backbone: nn.Module, targets: Sequence[str], name: str) -> No
                           f"(target_modules={list(targets)!r}).{hint} Modules it has: {shown}.")
 
 
-def attach_lora(model: nn.Module, backbones: Sequence[nn.Module], settings: Mapping[str, Any], name: str) -> None:
-    """Wrap the target modules of each of `backbones` (the backbones of `model`) with LoRA adapters of
+def attach_lora(backbones: Sequence[nn.Module], settings: Mapping[str, Any], name: str) -> None:
+    """Wrap the target modules of each of `backbones` (the backbones of model `name`) with LoRA adapters of
     `settings` (see :func:`lora_option`) and freeze every other backbone weight. Raises OptionError for a family
     with no default targets and none given, or a target the backbone lacks (with the closest names)."""
     from peft import LoraConfig, inject_adapter_in_model

@@ -138,8 +138,11 @@ def _write_model(model, folder: str, metrics: dict | None, extra: dict | None) -
     base = adapter_base(model)
     name = base if base is not None else write_backbone_files(model, folder)
     from safetensors.torch import save_file
+    # adapter-only: the base's frozen weights come from its name; its buffers (BatchNorm statistics, which training
+    # may have moved) are kept
+    parameters = {k for k, _ in model.named_parameters()} if base is not None else set()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if base is None or not is_base_key(k)}
+             if not (k in parameters and is_base_key(k))}
     seen: dict[int, str] = {}  # tensors that share memory (tied weights) must be saved once each
     for key in list(state):
         ptr = state[key].data_ptr()
@@ -223,7 +226,7 @@ def write_config(folder: str, config: dict[str, Any]) -> None:
 
 TEMP_PREFIX = '.finetune-'
 LOCK_SUFFIX = '.lock'
-_TEMP = re.compile(rf'^{re.escape(TEMP_PREFIX)}(\d+)-[0-9a-z_]+(?:{re.escape(LOCK_SUFFIX)})?$')
+_TEMP = re.compile(rf'^{re.escape(TEMP_PREFIX)}\d+-[0-9a-z_]+(?:{re.escape(LOCK_SUFFIX)})?$')
 #: a temporary this much younger is never judged (its writer may be taking its lock this instant)
 STALE_AFTER_SECONDS = 60.0
 #: a temporary without a lock file (written by an older version) is stale after this long
@@ -240,11 +243,15 @@ def _remove_stale_temporaries(parent: str) -> None:
     except OSError:
         return
     now = time.time()
+    judged = set()
     for entry in entries:
         if not _TEMP.match(entry):
             continue
         path = os.path.join(parent, entry)
         base = path[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else path
+        if base in judged:  # a folder and its lock file: judged once
+            continue
+        judged.add(base)
         lock_path = base + LOCK_SUFFIX
         try:
             age = now - os.path.getmtime(lock_path if os.path.exists(lock_path) else path)
@@ -411,7 +418,8 @@ def load(directory: str, trust_remote_code: bool = False):
     name = _resolve_name(config['name'], directory, config_path)
     if 'export' in config:  # an exported graph: it runs on its own runtime, with this model's preprocessing
         from .exporting.runtime import load_export
-        return load_export(directory, config, rebuild(directory, config, name, trust_remote_code, empty=True))
+        return _with_dims(load_export(directory, config, rebuild(directory, config, name, trust_remote_code,
+                                                                 empty=True)), config)
     model = rebuild(directory, config, name, trust_remote_code)
     try:
         state = load_file(os.path.join(directory, WEIGHTS_FILE))
@@ -424,10 +432,15 @@ def load(directory: str, trust_remote_code: bool = False):
         raise WeightsLoadError(f'{directory!r}: the saved weights do not fit the rebuilt model '
                                f'(missing {missing[:5]}, unexpected {unexpected[:5]}).')
     model.artifact_config = config
+    return _with_dims(model, config).eval()
+
+
+def _with_dims(model, config: dict[str, Any]):
+    """`model` with the Matryoshka sizes its artifact records (``model.trained_dims``), when valid."""
     dims = config.get('matryoshka_dims')
-    if isinstance(dims, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+    if isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         model.trained_dims = tuple(dims)
-    return model.eval()
+    return model
 
 
 def _adapter_only(config: dict[str, Any]) -> bool:

@@ -15,15 +15,10 @@ import torch
 
 from .errors import InputError
 
-#: (id of the model, size) pairs already warned about
-_WARNED: set[tuple[int, int]] = set()
-
-
 def trained_dims(model: Any) -> tuple[int, ...] | None:
-    """The sizes `model` was trained at with Matryoshka (largest first), or None."""
+    """The sizes `model` was trained at with Matryoshka (largest first; a fit or a loaded artifact sets
+    ``model.trained_dims``), or None."""
     dims = getattr(model, 'trained_dims', None)
-    if dims is None:
-        dims = (getattr(model, 'artifact_config', None) or {}).get('matryoshka_dims')
     return tuple(dims) if dims else None
 
 
@@ -37,8 +32,9 @@ def check_dim(model: Any, dim: Any) -> int:
         raise InputError(f'dim: expected a number of leading dimensions from 1 to {width} (the model\'s size'
                          f'{trained}), got {dim!r}.')
     dim = int(dim)
-    if dim != width and (dims is None or dim not in dims) and (id(model), dim) not in _WARNED:
-        _WARNED.add((id(model), dim))
+    warned = model.__dict__.setdefault('_dims_warned', set())  # kept on the model: once per model and size
+    if dim != width and (dims is None or dim not in dims) and dim not in warned:
+        warned.add(dim)
         how = (f'was trained at {", ".join(map(str, dims))} dimensions' if dims else
                "was not trained with loss_options={'matryoshka_dims': [...]}")
         warnings.warn(f'dim={dim}: {getattr(model, "name", "the model")!r} {how}; its first {dim} dimensions may '

@@ -136,17 +136,26 @@ class FolderLock(FileLock):
 
 
 def is_locked(path: str) -> bool:
-    """Whether a live process holds the lock file at `path` (False when there is none)."""
-    if not os.path.exists(path):
-        return False
-    lock = FileLock(path)
+    """Whether a live process holds the lock file at `path` (False when there is none). Only looks: the file is
+    neither created nor written."""
     try:
-        lock.acquire()
-    except (FolderBusyError, OSError):
-        return True
-    lock._fd, fd = None, lock._fd  # give it back without removing the file: its owner may be taking it now
-    os.close(fd)
-    return False
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: take it as held
+    try:
+        if fcntl is None:
+            holder = _read_holder_fd(fd)
+            return bool(holder and holder.get('host') == socket.gethostname() and _alive(holder.get('pid')))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read_holder_fd(fd: int) -> dict[str, Any] | None:

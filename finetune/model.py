@@ -148,7 +148,7 @@ class EmbeddingModel(nn.Module):
         embeddings = self.projection(pooled) if self.projection is not None else pooled
         if self.truncate_dim is not None:
             embeddings = embeddings[..., :self.truncate_dim]
-        if self.normalize:
+        if self.normalize or self.truncate_dim is not None:  # a cut is re-normalized, as finetune.dims does
             embeddings = l2_normalize(embeddings, dim=-1)
         return embeddings
 
@@ -313,7 +313,7 @@ def _training_options(model, backbones: list[Backbone], opts: dict[str, Any], na
         for backbone in backbones:
             backbone.enable_gradient_checkpointing()
     if opts['lora']:
-        attach_lora(model, backbones, opts['lora'], name)
+        attach_lora(backbones, opts['lora'], name)
     return model
 
 

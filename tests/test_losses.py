@@ -569,3 +569,12 @@ def test_matryoshka_options_are_checked():
         build_loss('InfoNCE', {'matryoshka_weights': [1.0]}, 'pairs')
     with pytest.raises(OptionError, match='reads logits of the model classifier head.*ArcFaceLoss'):
         build_loss('NormalizedSoftmaxLoss', {'matryoshka_dims': [8]}, 'labeled', num_classes=3)
+
+
+def test_a_loss_whose_class_weights_cannot_be_cut_refuses_matryoshka():
+    class OwnWeights(Loss):
+        name, data_kinds, reads, needs_num_classes = 'OwnWeights', ('labeled',), 'items', True
+    with pytest.raises(OptionError, match='holds class weights of the full size it cannot cut'):
+        OwnWeights().set_matryoshka([8, 4], embedding_dim=8)
+    assert build_loss('ArcFaceLoss', {'matryoshka_dims': [8, 4]}, 'labeled', num_classes=3,
+                      embedding_dim=8).matryoshka_dims == (8, 4)  # ArcFace cuts its class weights

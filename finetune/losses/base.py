@@ -70,6 +70,8 @@ class Loss(nn.Module):
         """The ``model_options`` a model needs for this loss (``{}`` for most losses)."""
         return {}
 
+    #: a loss that owns class weights cuts them to the leading dimensions with the embeddings (Matryoshka)
+    cuts_class_weights: bool = False
     #: Matryoshka: the leading dimensions the loss is also computed on (None: the full embedding only)
     matryoshka_dims: tuple[int, ...] | None = None
     matryoshka_weights: tuple[float, ...] | None = None
@@ -94,6 +96,10 @@ class Loss(nn.Module):
                 f"loss_options for loss {self.name!r}: 'matryoshka_dims' truncates the embeddings a loss reads, but "
                 f"{self.name} reads {'logits of the model classifier head' if self.reads else 'its inputs itself'}; "
                 f"use a loss on embeddings (ArcFaceLoss or CosFaceLoss hold their own class weights).")
+        if self.needs_num_classes and not self.cuts_class_weights:
+            raise OptionError(f"loss_options for loss {self.name!r}: 'matryoshka_dims' cuts the embeddings, but "
+                              f'{self.name} holds class weights of the full size it cannot cut; use ArcFaceLoss or '
+                              f'CosFaceLoss, which cut theirs.')
         too_wide = [d for d in dims if embedding_dim is not None and d > embedding_dim]
         if too_wide:
             raise OptionError(f"loss_options 'matryoshka_dims': {too_wide[0]} is more than the model's "

@@ -70,6 +70,7 @@ class _MarginSoftmaxLoss(Loss):
     data_kinds = (LABELED,)
     reads = 'embeddings'
     needs_num_classes = True
+    cuts_class_weights = True
     #: the margin when none is given (each subclass its own)
     default_margin: float = 0.0
 

