@@ -1,5 +1,6 @@
 """Encode throughput and retrieval quality of all-MiniLM-L6-v2 as torch fp32, ONNX fp32, ONNX int8 and, where it
-is installed, sentence-transformers' own ONNX backend: the same texts, in the same process, on this CPU.
+is installed, sentence-transformers' own ONNX backend: the same texts, in the same process, on this CPU. int8 is
+also exported without its smoothing step (the fallback alone, as before smoothing) for comparison.
 
     python benchmarks/bench_export.py [--texts-data examples/data/wordnet_train.csv] [--texts 3000]
                                       [--eval-data examples/data/wordnet_eval.csv] [--batch-size 64]
@@ -18,6 +19,7 @@ retrieval metrics on the eval pairs (not timed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import platform
@@ -80,6 +82,20 @@ def _set_onnx_threads(model, threads: int) -> None:
     model.session = ort.InferenceSession(model.graph_path, options, providers=['CPUExecutionProvider'])
 
 
+@contextlib.contextmanager
+def _smoothing(on: bool):
+    """int8 exports inside quantize as finetune does (`on`), or without the smoothing step: the fallback alone,
+    as before smoothing was added (for the comparison in the same run)."""
+    from finetune.exporting import quantization
+    original = quantization.quantize_int8
+    if not on:
+        quantization.quantize_int8 = lambda *a, **k: original(*a, **{**k, 'smoothing': None})
+    try:
+        yield
+    finally:
+        quantization.quantize_int8 = original
+
+
 def _timed_pass(model, texts: list[str], batch_size: int) -> float:
     """texts/s of one full encode of `texts`."""
     gc.collect()
@@ -99,6 +115,8 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads of every runtime (default: the cores usable by this process)')
     parser.add_argument('--rounds', type=int, default=5, help='timed passes per runtime (median reported)')
+    parser.add_argument('--no-unsmoothed', dest='unsmoothed', action='store_false',
+                        help='skip the int8 export without smoothing (the fallback alone)')
     args = parser.parse_args()
 
     import onnxruntime
@@ -126,15 +144,20 @@ def main() -> None:
         lengths = torch.cat([models['torch fp32'].preprocess(texts[i:i + 256])['attention_mask'].sum(1)
                              for i in range(0, len(texts), 256)]).float()
         print(f'tokens per text: mean {lengths.mean():.1f}, max {int(lengths.max())}')
-        for quantize in (None, 'int8'):
+        runs = [('ONNX fp32', None, True), ('ONNX int8', 'int8', True)]
+        if args.unsmoothed:
+            runs.append(('ONNX int8 without smoothing', 'int8', False))
+        for name, quantize, smoothing in runs:
             start = time.perf_counter()
             try:
-                folder = finetune.export(artifact, quantize=quantize, eval_data=args.eval_data, log=print)
+                with _smoothing(smoothing):
+                    folder = finetune.export(artifact, quantize=quantize, eval_data=args.eval_data, log=print,
+                                             output=os.path.join(tmp, name.replace(' ', '-')))
             except finetune.ExportError as exc:  # the gate refused it: its figures are the result
-                print(f'ONNX {quantize}: refused by the parity gate, not measured: {exc}')
+                print(f'{name}: refused by the parity gate, not measured: {exc}')
                 continue
             print(f'  export took {time.perf_counter() - start:.1f} s')
-            models[f'ONNX {quantize or "fp32"}'] = onnx_model = finetune.load(folder)
+            models[name] = onnx_model = finetune.load(folder)
             _set_onnx_threads(onnx_model, threads)
         st, why = _st_onnx(packaged_minilm())
         if st is None:

@@ -57,7 +57,7 @@ def child(args) -> None:
     started = time.perf_counter()
     lines: list[str] = []
     finetune.fit(args.model, rows, model_options={'pretrained': False, 'freeze': True, 'output_dim': 128},
-                 epochs=args.epochs, batch_size=args.batch_size, seed=0, callbacks=[Clock()],
+                 epochs=args.epochs, batch_size=args.batch_size, seed=0, callbacks=[Clock()], validation_split=0,
                  feature_cache=args.variant == 'cached' and 'auto', log=lines.append, progress=False)
     epochs = [b - a for a, b in zip(marks, marks[1:])]
     print(json.dumps({'setup': marks[0] - started, 'epochs': epochs,

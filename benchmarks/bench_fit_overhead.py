@@ -151,7 +151,7 @@ def measure(args, precision: str) -> None:
 
     def run_fit() -> None:
         timer = StepMarks()
-        finetune.fit(fresh_model(), train, None, loss='InfoNCE', epochs=1, batch_size=args.batch_size,
+        finetune.fit(fresh_model(), train, None, loss='InfoNCE', validation_split=0, epochs=1, batch_size=args.batch_size,
                      learning_rate=args.learning_rate, device='cpu', precision=precision,
                      num_workers=args.num_workers, seed=args.seed, callbacks=[timer], progress=False,
                      log=lambda message: None)

@@ -53,7 +53,7 @@ def child(batch: int, mini: int | None, count: int, precision: str) -> None:
 
     clock = Clock()
     model = finetune.build_model('all-minilm-l6-v2', {'collate_options': {'max_length': 64}})
-    finetune.fit(model, rows, loss='InfoNCE', loss_options={'mini_batch_size': mini} if mini else None,
+    finetune.fit(model, rows, loss='InfoNCE', validation_split=0, loss_options={'mini_batch_size': mini} if mini else None,
                  batch_size=batch, epochs=1, precision=precision, device='cpu', num_workers=0, progress=False,
                  callbacks=[clock], log=lambda m: None)
     gaps = [b - a for a, b in zip(clock.ends[1:], clock.ends[2:])]

@@ -66,7 +66,7 @@ def _fit_child(settings: dict) -> dict:
     run = finetune.fit(model, os.path.join(DATA, 'wordnet_train.csv') if rows is None else _first_rows(rows),
                        epochs=settings['epochs'], batch_size=settings['batch_size'],
                        learning_rate=settings['learning_rate'], precision=settings['precision'], callbacks=[clock],
-                       progress=False, log=lambda m: None)
+                       progress=False, validation_split=0, log=lambda m: None)
     steps = len(clock.marks)
     seconds = clock.marks[-1] - clock.marks[0] if steps > 1 else float('nan')
     out = {'trainable': trainable, 'total': total, 'steps': steps,

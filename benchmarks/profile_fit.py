@@ -50,7 +50,7 @@ def main() -> None:
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
-    finetune.fit(model, rows, loss='InfoNCE', batch_size=32, precision=args.precision, device='cpu',
+    finetune.fit(model, rows, loss='InfoNCE', validation_split=0, batch_size=32, precision=args.precision, device='cpu',
                  num_workers=0, progress=False, group_by_length='auto' if args.group_by_length == 'auto' else False,
                  log=lambda m: None)
     profile.disable()

@@ -26,11 +26,14 @@ def fit(model, train_data, eval_data=None, **kwargs):
     return _fit(model, train_data, eval_data, **kwargs)
 
 
-def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10), dim: int | None = None) -> dict:
+def evaluate(model, data, batch_size: int = 64, ks=(1, 5, 10), dim: int | None = None, precision: str = 'float32',
+             rescore: int | None = None, calibration=None) -> dict:
     """Retrieval metrics of `model` on `data` (with `dim`, of its embeddings cut to their leading `dim`
-    dimensions); see :func:`finetune.evaluation.evaluate`."""
+    dimensions; with `precision` 'int8' / 'binary' / ..., of a search on compact codes, the best ``rescore x
+    max(ks)`` rescored by float queries); see :func:`finetune.evaluation.evaluate`."""
     from .evaluation import evaluate as _evaluate
-    return _evaluate(model, data, batch_size=batch_size, ks=ks, dim=dim)
+    return _evaluate(model, data, batch_size=batch_size, ks=ks, dim=dim, precision=precision, rescore=rescore,
+                     calibration=calibration)
 
 
 def load(directory: str, trust_remote_code: bool = False):
@@ -74,15 +77,31 @@ def save_model(model, directory: str) -> str:
     return _save(model, directory)
 
 
-def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy', dim: int | None = None):
+def encode(model, items, batch_size: int = 32, convert_to: str = 'numpy', dim: int | None = None,
+           precision: str = 'float32', calibration=None, prompt: str | None = None):
     """Embed `items` with `model` in batches (``model.encode``); returns ``(len(items), output_dim)``, or with
     `dim` ``(len(items), dim)``: the leading `dim` dimensions, L2-normalized again (a Matryoshka model's smaller
-    sizes; another size warns once). Raises InputError for items the model cannot take or a bad `dim`."""
+    sizes; another size warns once). Raises InputError for items the model cannot take or a bad `dim`.
+
+    `precision` ``'int8'`` / ``'uint8'``: one byte per dimension, on per-dimension ranges from `calibration` (a
+    sample of embeddings, or ranges), else the model's kept ranges, else this batch's (a warning); the first ranges
+    are kept on the model and saved with it. ``'binary'`` / ``'ubinary'``: sign bits packed 8 dimensions to a byte,
+    ``(len(items), dim / 8)``. Cut to `dim` first. See :mod:`finetune.compact`.
+
+    `prompt` (text models): the name of one of the model's prompts (``'query'``), a text of its own
+    (``'Represent this: '``) or ``''`` for none, put before each item; None: the model's ``default_prompt``, if
+    any. InputError for a name the model has no prompt for (listing its prompts), or a prompt on another modality.
+    See :mod:`finetune.prompts`."""
+    from .compact import check_encode, encode_compact
+    prompted = {} if prompt is None else {'prompt': prompt}
+    precision = check_encode(model, precision, dim, calibration)
     if dim is None:
-        return model.encode(items, batch_size=batch_size, convert_to=convert_to)
-    from .dims import check_dim, truncate
-    dim = check_dim(model, dim)
-    return truncate(model.encode(items, batch_size=batch_size, convert_to=convert_to), dim)
+        embeddings = model.encode(items, batch_size=batch_size, convert_to=convert_to, **prompted)
+    else:
+        from .dims import check_dim, truncate
+        dim = check_dim(model, dim)
+        embeddings = truncate(model.encode(items, batch_size=batch_size, convert_to=convert_to, **prompted), dim)
+    return encode_compact(model, embeddings, precision, calibration, convert_to)
 
 
 def synthesize(query_data, corpus_data, models=None, num_relations: int = 3, output=None, **kwargs):

@@ -212,11 +212,16 @@ def _family(name: str) -> str:
 
 def artifact_config(model, name: str, metrics: dict | None, extra: dict | None) -> dict[str, Any]:
     """The ``finetune_config.json`` of `model` saved under `name`."""
+    from .compact import RANGES_ATTRIBUTE, ranges_config
     options = dict(model.options)
     options['pretrained'] = False  # the weights come from the artifact
-    return {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name, 'family': _family(model.name),
-            'modality': model.modality, 'model_options': _jsonable(options), 'output_dim': model.output_dim,
-            'versions': _versions(model), 'metrics': _jsonable(metrics or {}), **(extra or {})}
+    config = {'format': FORMAT_VERSION, 'name': name, 'original_name': model.name, 'family': _family(model.name),
+              'modality': model.modality, 'model_options': _jsonable(options), 'output_dim': model.output_dim,
+              'versions': _versions(model), 'metrics': _jsonable(metrics or {}), **(extra or {})}
+    ranges = ranges_config(model)  # int8 / uint8 calibration ranges kept on the model (finetune.compact)
+    if ranges:
+        config[RANGES_ATTRIBUTE] = ranges
+    return config
 
 
 def write_config(folder: str, config: dict[str, Any]) -> None:
@@ -365,6 +370,9 @@ def read_config(directory: str) -> dict[str, Any]:
     """The parsed ``finetune_config.json`` of the artifact in `directory`; ArtifactError naming the file and
     the field for a folder that is not an artifact, bad JSON or a field of the wrong type."""
     path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(directory):
+        raise ArtifactError(f'the folder {directory!r} does not exist; expected the folder of a saved model (what '
+                            f'run.save() or fit(output_dir=...) wrote: <output_dir>/model).')
     if not os.path.isfile(path):
         raise ArtifactError(f'{directory!r} is not a finetune artifact: {CONFIG_FILE} is missing '
                             f'(expected a folder written by run.save() or finetune.save_model()).')
@@ -419,7 +427,7 @@ def load(directory: str, trust_remote_code: bool = False):
     if 'export' in config:  # an exported graph: it runs on its own runtime, with this model's preprocessing
         from .exporting.runtime import load_export
         return _with_dims(load_export(directory, config, rebuild(directory, config, name, trust_remote_code,
-                                                                 empty=True)), config)
+                                                                 empty=True)), config, directory)
     model = rebuild(directory, config, name, trust_remote_code)
     try:
         state = load_file(os.path.join(directory, WEIGHTS_FILE))
@@ -432,15 +440,17 @@ def load(directory: str, trust_remote_code: bool = False):
         raise WeightsLoadError(f'{directory!r}: the saved weights do not fit the rebuilt model '
                                f'(missing {missing[:5]}, unexpected {unexpected[:5]}).')
     model.artifact_config = config
-    return _with_dims(model, config).eval()
+    return _with_dims(model, config, directory).eval()
 
 
-def _with_dims(model, config: dict[str, Any]):
-    """`model` with the Matryoshka sizes its artifact records (``model.trained_dims``), when valid."""
+def _with_dims(model, config: dict[str, Any], directory: str = ''):
+    """`model` with the Matryoshka sizes its artifact records (``model.trained_dims``), when valid, and its
+    int8 / uint8 calibration ranges (:func:`finetune.compact.restore_ranges`: ArtifactError when damaged)."""
+    from .compact import restore_ranges
     dims = config.get('matryoshka_dims')
     if isinstance(dims, list) and dims and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         model.trained_dims = tuple(dims)
-    return model
+    return restore_ranges(model, config, os.path.join(directory, CONFIG_FILE))
 
 
 def _adapter_only(config: dict[str, Any]) -> bool:

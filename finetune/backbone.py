@@ -69,6 +69,17 @@ class Backbone(nn.Module):
     #: empty where the family has no default (``lora`` then needs ``target_modules``)
     lora_targets: tuple[str, ...] = ()
 
+    #: True for a family whose items are texts that named prompts may precede (``model_options`` prompts, see
+    #: :mod:`finetune.prompts`); such a family lists :func:`finetune.prompts.prompt_options` among its options
+    takes_prompts: bool = False
+
+    def exclude_prompt(self, batch: Any, prompt: str) -> Any:
+        """`batch` (of texts that each begin with `prompt`) marked so that the pooling leaves the prompt's tokens
+        out (``include_prompt=False``); the family of a backbone that :attr:`takes_prompts` implements it."""
+        from .errors import OptionError
+        raise OptionError(f"option 'include_prompt': the {type(self).__name__} family cannot leave a prompt out of "
+                          f'its pooling; leave include_prompt True.')
+
     def lora_target_modules(self) -> tuple[str, ...]:
         """The default LoRA targets of this backbone (:attr:`lora_targets`); a family whose models differ
         (encoders and decoders, say) may look at its model here."""
@@ -211,6 +222,13 @@ class Backbone(nn.Module):
             name, child = groups[i]
             groups[i:i + 1] = [(f'{name}.{n}', c) for n, c in child.named_children() if _holds_params(c)]
         return [name for name, _ in groups]
+
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        """The parameters by depth, input to output, for ``unlocked_layers`` and ``layer_decay`` (see
+        :mod:`finetune.layers`): each entry the parameter-name prefixes (or full names) of one layer. A family
+        with transformer blocks lists ``[stem, block 1, ..., block L]``, the final norm and projection joined to
+        the last block (:func:`finetune.layers.block_layers`). Default: each of :meth:`layer_groups` alone."""
+        return [(group,) for group in self.layer_groups()]
 
 
 #: the fewest layer groups the default :meth:`Backbone.layer_groups` settles for before splitting one

@@ -29,6 +29,10 @@ class Callback:
 
     def on_train_end(self, state) -> None: ...
 
+    def on_fit_end(self, state, run) -> None:
+        """The fit is done: `run` is the :class:`~finetune.training.Run` it returns (metrics final, the model
+        saved when there is an output_dir)."""
+
 
 class EvaluationCallback(Callback):
     """Evaluate on the eval data every `every_n_steps` optimizer steps and/or at each epoch's end."""
@@ -172,3 +176,17 @@ class ProgressBar(Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """`callbacks` as a list; OptionError for anything but a list of :class:`Callback`."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise OptionError(f'callbacks: expected a list of finetune.callbacks.Callback, got '
+                          f'{type(callbacks).__name__}.')
+    bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        raise OptionError(f'callbacks: {", ".join(bad)} is not a finetune.callbacks.Callback; subclass it and '
+                          f'override the hooks you need.')
+    return list(callbacks)

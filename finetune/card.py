@@ -66,10 +66,14 @@ def metrics_table(columns: dict[str, dict[str, Any]]) -> list[str]:
 
 def _metrics(metrics: dict[str, Any]) -> list[str]:
     table = metrics_table({k: metrics.get(k) for k in ('before', 'after')})
-    guard = metrics.get('guard')
-    if isinstance(guard, dict):
-        table += [''] + ['Guard data (general domain):', ''] + metrics_table(
-            {k: guard.get(k) for k in ('before', 'after')})
+    chosen_on = (metrics.get('selected_on') or {}).get('data') if isinstance(metrics.get('selected_on'), dict) \
+        else None
+    if table and chosen_on:
+        table += ['', f'"after" is the model chosen on this {chosen_on}, so it flatters.']
+    for key, title in (('guard', 'Guard data (general domain):'), ('test', 'Test data (chose nothing):')):
+        figures = metrics.get(key)
+        if isinstance(figures, dict):
+            table += [''] + [title, ''] + metrics_table({k: figures.get(k) for k in ('before', 'after')})
     return table or ['No evaluation data was given, so there are no retrieval metrics.']
 
 

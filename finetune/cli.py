@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from .cli_support import alpha_or_auto, named_values, parse_key_values, print_run_tables, sampling_value
 from .errors import FinetuneError
 
 
@@ -68,29 +69,6 @@ def plugins_command() -> None:
     _run(plugins_table)
 
 
-def parse_key_values(pairs: tuple[str, ...], what: str) -> dict:
-    """``('pooler=GeM', 'pooler_options.p=2.4')`` -> ``{'pooler': 'GeM', 'pooler_options': {'p': 2.4}}``.
-
-    Values are read as JSON when they parse (numbers, true/false, null, lists), else kept as strings.
-    """
-    import json
-    out: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition('=')
-        if not sep or not key:
-            raise click.BadParameter(f'{pair!r}: expected KEY=VALUE, e.g. pooler=GeM', param_hint=what)
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        target = out
-        *parents, leaf = key.split('.')
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return out
-
-
 def _is_artifact(name_or_dir: str) -> bool:
     import os
     return os.path.isfile(os.path.join(name_or_dir, 'finetune_config.json'))
@@ -137,15 +115,31 @@ def _runs_code(name: str) -> bool:
 
 TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). Off by default: a saved model's "
               'files never turn it on.')
+#: finetune.compact.PRECISIONS, spelled here so that the command line starts without numpy and torch
+PRECISION_CHOICES = ('float32', 'int8', 'uint8', 'binary', 'ubinary')
 
 
 @main.command('fit')
 @click.option('--model', 'model_name', default=None,
               help="Backbone name (see `finetune models`) or a saved model folder. Default: the model the registry "
                    "names for the data's task (see `finetune models --task TASK`).")
-@click.option('--train-data', required=True, help='CSV file, or a folder with one sub-folder per class.')
-@click.option('--eval-data', default=None, help='Held-out data for metrics before and after training.')
-@click.option('--loss', default=None, help='Loss name (default: chosen from the data kind).')
+@click.option('--train-data', required=True, multiple=True,
+              help='CSV file, or a folder with one sub-folder per class; several datasets: NAME=PATH, repeated.')
+@click.option('--eval-data', multiple=True, help='Held-out data for metrics before and after training; it chooses '
+                                                 'the epoch handed back (and WiSE-FT\'s alpha). NAME=PATH repeated: '
+                                                 'one table each, chosen on their mean.')
+@click.option('--test-data', multiple=True, help='Held-out data that chooses nothing: metrics before and after, the '
+                                                 'gain to report (NAME=PATH repeated for several).')
+@click.option('--dataset-sampling', default='proportional', show_default=True,
+              help="Several training datasets: proportional, round_robin, or weights such as logs=2,scored=1.")
+@click.option('--validation-split', default=0.1, show_default=True, type=float,
+              help='Without --eval-data: the share of the training rows held out to choose the model (the default '
+                   'applies from 100 held-out rows; 0: none).')
+@click.option('--cpu-kernels', default='auto', show_default=True, type=click.Choice(['auto', 'on', 'off']),
+              help="On a CPU: cheaper embedding gradients and 16-bit dropout masks (dropout draws another random "
+                   "stream); auto: those faster at this thread count.")
+@click.option('--loss', multiple=True, help='Loss name (default: chosen from the data kind); NAME=LOSS per dataset '
+                                            '(repeatable).')
 @click.option('--loss-option', multiple=True, help='KEY=VALUE for loss_options (repeatable).')
 @click.option('--model-option', multiple=True, help='KEY=VALUE for model_options, e.g. pooler=GeM (repeatable).')
 @click.option('--epochs', default=1, show_default=True, type=int)
@@ -176,10 +170,12 @@ TRUST_HELP = ("Let a Hugging Face model run its own Python code (its auto_map). 
               help='How much of the guard metric a chosen model may lose.')
 @click.option('--group-by-length', default='auto', show_default=True, type=click.Choice(['auto', 'on', 'off']),
               help='Batch texts of similar length together (less padding); auto: on for text rows.')
+@click.option('--report-to', multiple=True, help='Log the run to an experiment tracker: tensorboard, mlflow, '
+                                             'trackio or wandb (repeatable, or comma-separated).')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 @click.pass_context
 def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model_option, metrics_log, resume_from,
-                trust_remote_code, guard_data, **settings) -> None:
+                trust_remote_code, guard_data, test_data, **settings) -> None:
     """Fine-tune a backbone on your data; prints retrieval metrics before and after."""
     from .callbacks import MetricsLogger
     from .training import Default, SaveError, fit
@@ -188,40 +184,37 @@ def fit_command(ctx, model_name, train_data, eval_data, loss, loss_option, model
         callbacks = [MetricsLogger(metrics_log)] if metrics_log else None  # a bad path fails before any work
         given = {key: value for key, value in settings.items()
                  if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
-        if 'group_by_length' in given:
-            given['group_by_length'] = {'on': True, 'off': False}.get(given['group_by_length'], 'auto')
+        for switch in ('group_by_length', 'cpu_kernels'):
+            if switch in given:
+                given[switch] = {'on': True, 'off': False}.get(given[switch], 'auto')
         if 'wise_ft' in given:
-            given['wise_ft'] = _alpha_or_auto(given['wise_ft'], '--wise-ft')
+            given['wise_ft'] = alpha_or_auto(given['wise_ft'], '--wise-ft')
+        if 'report_to' in given:
+            given['report_to'] = [name for value in given['report_to'] for name in value.split(',') if name.strip()]
+        if 'dataset_sampling' in given:
+            given['dataset_sampling'] = sampling_value(given['dataset_sampling'])
         options = parse_key_values(loss_option, '--loss-option')
         if options:
             given['loss_options'] = options
-        if loss is not None:
-            given['loss'] = loss
+        if loss:
+            given['loss'] = named_values(loss, '--loss', paths=False)
         output = given.pop('output', None)
-        model, data = _model_for_fit(model_name, train_data, trust_remote_code, model_option, resume_from)
+        evaluation, test = named_values(eval_data, '--eval-data'), named_values(test_data, '--test-data')
+        model, data = _model_for_fit(model_name, named_values(train_data, '--train-data'), trust_remote_code,
+                                     model_option, resume_from)
         if resume_from and trust_remote_code:  # the saved files never turn it on: only this flag
             given['model_options'] = {'trust_remote_code': True}
         try:
-            run = fit(model, data, eval_data, output_dir=output if output else Default(None), callbacks=callbacks,
-                      resume_from=resume_from if resume_from else Default(None), guard_data=guard_data, **given)
+            run = fit(model, data, evaluation, output_dir=output if output else Default(None), callbacks=callbacks,
+                      resume_from=resume_from if resume_from else Default(None), guard_data=guard_data,
+                      test_data=test, **given)
         except SaveError as exc:  # the table of what was trained, then the error (exit status 2)
-            _print_table(exc.run)
+            print_run_tables(exc.run)
             raise
-        _print_table(run)
+        print_run_tables(run)
         if run.config.get('output_dir'):
             click.echo(f'model saved to {run.config["output_dir"]}/model (load it with finetune.load)')
     _run(job)
-
-
-def _print_table(run) -> None:
-    from .evaluation import format_metrics_table
-    if run.metrics.get('after'):
-        Console().print(format_metrics_table(run.metrics.get('before'), run.metrics['after'],
-                                             guard=run.metrics.get('guard')))
-    for dim, metrics in run.metrics.get('dims', {}).items():  # Matryoshka: one table per trained size
-        if dim != run.model.output_dim and metrics.get('after'):
-            Console().print(format_metrics_table(metrics.get('before'), metrics['after'],
-                                                 title=f'retrieval metrics at {dim} dimensions'))
 
 
 def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option, resume_from):
@@ -235,21 +228,12 @@ def _model_for_fit(model_name, train_data, trust_remote_code: bool, model_option
         return None, train_data
     if model_name is not None:
         return _load_model(model_name, trust_remote_code, model_options), train_data
-    data = load_data(train_data, 'train_data')
+    from .data.several import load_several
+    data = load_several(train_data, 'train_data', load_data)
     task = task_of(data.modalities)
     model_name = REGISTRY.default_model(task)
     click.echo(f'model: {model_name} (the default for {task} data; choose another with --model)', err=True)
     return _load_model(model_name, trust_remote_code, model_options), data
-
-
-def _alpha_or_auto(value: str, option: str):
-    from .errors import OptionError
-    if value == 'auto':
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise OptionError(f"{option}: expected a number in [0, 1] or 'auto', got {value!r}.") from None
 
 
 @main.command('merge-adapter')
@@ -298,7 +282,7 @@ def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_toler
         check_replaceable(output, '--output')  # before any work: a folder that is not a saved model stays as it is
         base_model = _load_model(base, trust_remote_code, what='BASE')
         tuned_model = _load_model(tuned, trust_remote_code, what='TUNED')
-        a = _alpha_or_auto(alpha, '--alpha')
+        a = alpha_or_auto(alpha, '--alpha')
         if a == 'auto':
             a, table = choose_alpha(base_model, tuned_model, eval_data, guard_data, guard_tolerance)
             Console().print(table)
@@ -312,14 +296,28 @@ def merge_command(base, tuned, alpha, output, eval_data, guard_data, guard_toler
 @click.option('--model', 'model_name', required=True, help='A saved model folder or a backbone name.')
 @click.option('--data', required=True, help='CSV file or class folder to evaluate on.')
 @click.option('--batch-size', default=64, show_default=True, type=int)
+@click.option('--precision', default='float32', show_default=True, type=click.Choice(PRECISION_CHOICES),
+              help='Search on compact codes (int8 / uint8: one byte per dimension; binary / ubinary: one bit), '
+                   'shown beside float32.')
+@click.option('--rescore', default=None, type=int,
+              help='With --precision: rescore the best RESCORE x 10 documents of each query with the float query.')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
-def evaluate_command(model_name: str, data: str, batch_size: int, trust_remote_code: bool) -> None:
+def evaluate_command(model_name: str, data: str, batch_size: int, precision: str, rescore: int | None,
+                     trust_remote_code: bool) -> None:
     """Print retrieval metrics of a model on some data."""
-    from .evaluation import evaluate, format_metrics_table
+    from .evaluation import Evaluation, format_metrics_table
 
     def job():
-        metrics = evaluate(_load_model(model_name, trust_remote_code), data, batch_size=batch_size)
-        Console().print(format_metrics_table(None, metrics))
+        evaluation = Evaluation(_load_model(model_name, trust_remote_code), data)
+        if precision == 'float32' and rescore is None:
+            Console().print(format_metrics_table(None, evaluation.run(batch_size)))
+            return
+        from .evaluation import DEFAULT_KS
+        from .evaluation.compact import describe_search
+        compact = evaluation.run(batch_size, precision=precision, rescore=rescore)  # refuses bad settings first
+        title = describe_search(precision, rescore, max(DEFAULT_KS))  # e.g. 'binary codes, best 40 rescored'
+        Console().print(format_metrics_table(evaluation.run(batch_size), compact, columns=('float32', precision),
+                                             title=title))
     _run(job)
 
 
@@ -330,18 +328,29 @@ def evaluate_command(model_name: str, data: str, batch_size: int, trust_remote_c
                    'the first not named label or score). Relative paths are read from the file\'s folder.')
 @click.option('--output', required=True, help='Where to write the embeddings (.npy).')
 @click.option('--batch-size', default=32, show_default=True, type=int)
+@click.option('--precision', default='float32', show_default=True, type=click.Choice(PRECISION_CHOICES),
+              help='int8 / uint8: one byte per dimension (ranges the saved model keeps, else this file\'s); binary / '
+                   'ubinary: sign bits packed 8 dimensions to a byte.')
+@click.option('--prompt', default=None,
+              help="Text models: the name of one of the model's prompts (e.g. query) or a text of its own put before "
+                   "each item ('Represent this: '); '' for none. Default: the model's default prompt, if any.")
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
-def encode_command(model_name: str, input_path: str, output: str, batch_size: int, trust_remote_code: bool) -> None:
+def encode_command(model_name: str, input_path: str, output: str, batch_size: int, precision: str,
+                   trust_remote_code: bool, prompt: str | None = None) -> None:
     """Embed every line of a file and save the (N, D) array as .npy."""
     import numpy as np
 
     from .data.loading import read_items
 
     def job():
+        from . import encode
         items = read_items(input_path)
-        embeddings = _load_model(model_name, trust_remote_code).encode(items, batch_size=batch_size)
+        embeddings = encode(_load_model(model_name, trust_remote_code), items, batch_size=batch_size,
+                            precision=precision, prompt=prompt)
         np.save(output, embeddings)
-        click.echo(f'{embeddings.shape[0]} embeddings of size {embeddings.shape[1]} written to {output}')
+        size = f'size {embeddings.shape[1]}' if precision == 'float32' else f'{embeddings.shape[1]} bytes'
+        click.echo(f'{embeddings.shape[0]} {"embeddings" if precision == "float32" else precision + " codes"} of '
+                   f'{size} written to {output}')
     _run(job)
 
 
@@ -362,6 +371,8 @@ def encode_command(model_name: str, input_path: str, output: str, batch_size: in
               help='A candidate whose relation-miner cosine with the positive reaches this is a near-duplicate, '
                    'never a negative.')
 @click.option('--negatives', default='hardest', show_default=True, type=click.Choice(['hardest', 'random']))
+@click.option('--positive-aware', default=None, help="Negatives only below a share of the positive's score (0.95) "
+                                                     'or below it by a margin (margin=0.1).')
 @click.option('--seed', default=42, show_default=True, type=int)
 @click.option('--miner-batch-size', default=64, show_default=True, type=int)
 @click.option('--scorer-batch-size', default=32, show_default=True, type=int)
@@ -373,6 +384,10 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
     """Make training data from unlabeled queries and a corpus: a relation miner retrieves candidates, a
     cross-encoder scores them; rows (query, positive, negative, margin) go to --output for `finetune fit`."""
     from .synthesis import SynthesisModels, synthesize
+    rule = settings.get('positive_aware')
+    if rule is not None:  # '0.95' (a share) or 'margin=0.1'; synthesize checks the value
+        how, _, amount = rule.rpartition('=')
+        settings['positive_aware'] = {how or 'share': _number_or_text(amount)}
 
     def job():
         miner = relation_miner  # a name the run records as it is, unless it must be built here
@@ -386,6 +401,13 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
     _run(job)
 
 
+def _number_or_text(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 @main.command('export')
 @click.argument('model_dir')
 @click.option('--format', 'format_', default='onnx', show_default=True,
@@ -395,7 +417,8 @@ def synthesize_command(queries, corpus, output, relation_miner, cross_encoder, t
 @click.option('--eval-data', default=None,
               help='Your held-out data: the parity check embeds a sample of it and compares retrieval metrics.')
 @click.option('--dim', default=None, type=int,
-              help='ONNX: output the leading DIM dimensions of each embedding, re-normalized (Matryoshka sizes).')
+              help='ONNX (and the folder formats that can cut embeddings): output the leading DIM dimensions of '
+                   'each embedding, re-normalized (Matryoshka sizes).')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
 def export_command(model_dir, format_, quantize, output, eval_data, dim, trust_remote_code) -> None:
     """Export a saved model (MODEL_DIR, written by fit) for deployment, after a parity check against it."""
@@ -405,6 +428,19 @@ def export_command(model_dir, format_, quantize, output, eval_data, dim, trust_r
         folder = export(model_dir, format=format_, output=output, quantize=quantize, eval_data=eval_data,
                         trust_remote_code=trust_remote_code, log=lambda line: click.echo(line), dim=dim)
         click.echo(f'written to {folder}')
+    _run(job)
+
+
+@main.command('report')
+@click.argument('run_dir')
+@click.option('--output', default=None, help='The HTML file to write (default: RUN_DIR/report.html).')
+def report_command(run_dir, output) -> None:
+    """Write the report page of a run: a fit's output folder or a saved model folder (RUN_DIR)."""
+    from .reporting import REPORT_PAGE, load_report_data, write_report
+
+    def job():
+        data = load_report_data(run_dir)
+        click.echo(f'report written to {write_report(data, output or os.path.join(run_dir, REPORT_PAGE))}')
     _run(job)
 
 

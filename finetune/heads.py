@@ -9,11 +9,12 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .errors import OptionError
 from .functional import l2_normalize
 from .options import Option, fraction, int_list, one_of, positive_float, positive_int, validate_mapping
 
@@ -83,3 +84,19 @@ class CosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f'in_dim={self.weight.shape[1]}, num_classes={self.weight.shape[0]}, scale={self.scale}'
+
+
+def ensure_cosine_classifier(model, num_classes: int, log: Callable[[str], None]) -> None:
+    """Give `model` a cosine classifier of `num_classes` rows (recognite's recipe) if it lacks one."""
+    if getattr(model, 'towers', None) is not None:  # a multi-tower model
+        raise OptionError('this loss trains through a classifier head, which a multi-tower model has not; use an '
+                          'in-batch contrastive loss (CLIPLoss or InfoNCE).')
+    current = model.classifier
+    if current is not None and current.weight.shape[0] == num_classes:
+        return
+    model.classifier = CosineClassifier(model.output_dim, num_classes,
+                                        scale=model.options['head_options'].get('scale', 16.0))
+    model.options = dict(model.options, head=COSINE_CLASSIFIER,
+                         head_options=dict(model.options['head_options'], num_classes=num_classes,
+                                           scale=model.classifier.scale))
+    log(f'added a cosine classifier head with {num_classes} classes for the loss')

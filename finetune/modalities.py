@@ -26,7 +26,8 @@ class Modality:
     ``extensions``: the file extensions of its items (lower case, with the dot). ``recognize(item)``: True
     for an in-memory item of this modality (checked before the core's image arrays, so a plugin may claim
     ``(N, 3)`` arrays). ``one_item(items)``: True when `items`, given to ``encode``, is a single item rather
-    than a sequence of them. ``description``: what its items are, for messages."""
+    than a sequence of them. ``description``: what its items are, for messages. ``points(item)``: an ``(N, 3)``
+    array of points that draws the item (run reports show such items as a rendered point cloud)."""
 
     name: str
     extensions: tuple[str, ...] = ()
@@ -34,6 +35,7 @@ class Modality:
     one_item: Callable[[Any], bool] | None = None
     description: str = ''
     samples: Callable[[], list] | None = None
+    points: Callable[[Any], np.ndarray] | None = None
 
 
 def _is_image_object(item: Any) -> bool:

@@ -19,8 +19,10 @@ from .modalities import array_items, is_one_item  # noqa: F401 (plugins import i
 from .heads import (COSINE_CLASSIFIER, HEADS, PROJECTION, CosineClassifier, ProjectionHead,
                     validate_head_options)
 from .adapters import attach_lora, lora_option
+from .layers import LAYER_OPTIONS, apply_unlocked_layers, model_backbones
 from .options import (Option, boolean, freeze, mapping, one_of, positive_int, pretrained,
                       validate_mapping)
+from .prompts import check_prompt_options, resolve_prompt
 from .poolers import Pooler, build_pooler, canonical_pooler_name, pooler_class, pooler_names, \
     validate_pooler_options
 from .registry import REGISTRY, BackboneSpec
@@ -55,6 +57,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "'target_modules'}; the backbone's own weights are frozen", lora_option),
     Option('gradient_checkpointing', 'bool', False,
            'recompute activations in the backward pass: less memory, more compute, same gradients', boolean),
+    *LAYER_OPTIONS,
 )
 
 
@@ -86,6 +89,7 @@ def resolve_options(spec: BackboneSpec, model_options: Mapping[str, Any] | None)
                           f"head_options={{'num_classes': <number of training classes>}}.")
     opts['preprocess_options'] = validate_mapping(f'preprocess_options for {spec.name!r}',
                                                   opts['preprocess_options'], spec.preprocess_options)
+    check_prompt_options(opts, spec.name)
     return opts
 
 
@@ -119,6 +123,12 @@ class EmbeddingModel(nn.Module):
     @property
     def modality(self) -> str:
         return self.backbone.modality
+
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether texts put before the items (``model_options`` prompts) apply to this model (see
+        :mod:`finetune.prompts`)."""
+        return bool(self.backbone.takes_prompts) and 'prompts' in self.options
 
     def train(self, mode: bool = True) -> 'EmbeddingModel':
         """Like ``nn.Module.train``, but a frozen BatchNorm layer (every parameter frozen by ``freeze``)
@@ -165,17 +175,33 @@ class EmbeddingModel(nn.Module):
                               "model_options={'head': 'cosine_classifier', 'head_options': {'num_classes': K}}.")
         return embeddings, self.classifier(embeddings)
 
-    def preprocess(self, items: Sequence[Any]) -> Any:
-        """Raw items (paths, PIL images, arrays, ...) -> one batch for :meth:`forward`."""
-        return self.backbone.preprocess(items)
+    def preprocess(self, items: Sequence[Any], prompt: str | None = None) -> Any:
+        """Raw items (paths, PIL images, arrays, ...) -> one batch for :meth:`forward`; `prompt`: a text put before
+        each item (a text model with prompts; see :mod:`finetune.prompts`)."""
+        return self._prompted(items, prompt, self.backbone.preprocess)
+
+    def _prompted(self, items: Sequence[Any], prompt: str | None, preprocess: Callable) -> Any:
+        """`preprocess` of `items` with `prompt` before each; with ``include_prompt=False`` the batch also says
+        which tokens are the prompt's, so that the pooling leaves them out."""
+        if not prompt:
+            return preprocess(items)
+        items = [items] if isinstance(items, str) else list(items)
+        bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
+        if bad is not None:
+            raise InputError(f'{self.name!r}: a prompt goes before texts; item {bad} is a '
+                             f'{type(items[bad]).__name__}.')
+        batch = preprocess([prompt + item for item in items])
+        if self.options.get('include_prompt', True) is False:
+            batch = self.backbone.exclude_prompt(batch, prompt)
+        return batch
 
     def check_file(self, path: str) -> str | None:
         """Why the file at `path` cannot be an item of this model, or None (a stat and a header read)."""
         return self.backbone.check_file(path)
 
-    def preprocess_for_training(self, items: Sequence[Any]) -> Any:
+    def preprocess_for_training(self, items: Sequence[Any], prompt: str | None = None) -> Any:
         """Like :meth:`preprocess`, with the family's training augmentation (if it has one)."""
-        return self.backbone.preprocess_train(items)
+        return self._prompted(items, prompt, self.backbone.preprocess_train)
 
     @property
     def device(self) -> torch.device:
@@ -184,19 +210,22 @@ class EmbeddingModel(nn.Module):
         return torch.device('cpu')
 
     def encode(self, items: Sequence[Any] | Iterable[Any], batch_size: int = 32,
-               convert_to: str = 'numpy') -> np.ndarray | torch.Tensor:
+               convert_to: str = 'numpy', prompt: str | None = None) -> np.ndarray | torch.Tensor:
         """Embed raw `items` in batches under inference mode; returns ``(len(items), output_dim)``.
 
-        `convert_to` is ``'numpy'`` (float32 array) or ``'torch'`` (a CPU tensor).
-        Raises InputError for items this model cannot take.
+        `convert_to` is ``'numpy'`` (float32 array) or ``'torch'`` (a CPU tensor). `prompt` (text models with
+        prompts): the name of one of the model's prompts, a text of its own, or ``''`` for none; None: the
+        model's ``default_prompt``, if it has one (:func:`finetune.prompts.resolve_prompt`).
+        Raises InputError for items this model cannot take, or a prompt it cannot.
         """
+        text = resolve_prompt(self, prompt)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
                 return encode_in_batches(
                     items, self.modality, self.output_dim, batch_size, convert_to,
-                    lambda chunk: self(batch_to(self.preprocess(chunk), self.device)).float().cpu())
+                    lambda chunk: self(batch_to(self.preprocess(chunk, text), self.device)).float().cpu())
         finally:
             self.train(was_training)
 
@@ -314,6 +343,11 @@ def _training_options(model, backbones: list[Backbone], opts: dict[str, Any], na
             backbone.enable_gradient_checkpointing()
     if opts['lora']:
         attach_lora(backbones, opts['lora'], name)
+    if opts['unlocked_layers'] is not None:
+        if opts['lora']:
+            raise OptionError(f"model_options for {name!r}: 'unlocked_layers' and 'lora' both choose what trains; "
+                              f'give one of them.')
+        apply_unlocked_layers(model_backbones(model), opts['unlocked_layers'], name)
     return model
 
 
@@ -391,9 +425,11 @@ class MultiTowerModel(nn.Module):
     def forward(self, batch: Any, tower: str, return_logits: bool = False):
         return self._tower(tower)(batch, return_logits=return_logits)
 
-    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
-        """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`."""
-        return encode_with_towers(self.towers, self.name, items, batch_size, convert_to, tower)
+    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None,
+               prompt: str | None = None):
+        """Embed `items` with `tower` (picked from the items when None); see :meth:`EmbeddingModel.encode`
+        (`prompt` applies to a text tower that takes prompts)."""
+        return encode_with_towers(self.towers, self.name, items, batch_size, convert_to, tower, prompt)
 
 
 def tower_for(towers: Mapping[str, Any], items: Sequence[Any], name: str) -> str:
@@ -418,11 +454,12 @@ def pick_tower(towers: Mapping[str, Any], tower: str) -> Any:
 
 
 def encode_with_towers(towers: Mapping[str, Any], name: str, items: Any, batch_size: int, convert_to: str,
-                       tower: str | None):
+                       tower: str | None, prompt: str | None = None):
     """``encode`` of a multi-tower model: `items` embedded by `tower`, or by the tower :func:`tower_for` picks."""
     items = array_items(items)
     if is_one_item(items):
         items = [items]
     items = list(items)
-    return pick_tower(towers, tower or tower_for(towers, items, name)).encode(items, batch_size=batch_size,
-                                                                              convert_to=convert_to)
+    chosen = pick_tower(towers, tower or tower_for(towers, items, name))
+    extra = {} if prompt is None else {'prompt': prompt}  # None: each tower's own default
+    return chosen.encode(items, batch_size=batch_size, convert_to=convert_to, **extra)

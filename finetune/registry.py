@@ -119,6 +119,9 @@ class ExportFormat:
     check: Callable[..., Callable[[list, int], Any]] | None = None
     usage: Callable[[str], str] | None = None
     description: str = ''
+    #: whether the format can hold a model cut to its leading dimensions (``export(..., dim=)``: the model handed to
+    #: ``write`` then has ``truncate_dim`` set)
+    takes_dim: bool = False
 
 
 @dataclass(frozen=True)

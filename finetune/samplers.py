@@ -12,7 +12,8 @@ Both are ``torch.utils.data.Sampler`` subclasses that yield lists of data-set in
 Both plan an epoch in (near) linear time: 100k rows take a fraction of a second.
 
 The samplers live in :mod:`finetune.sampling`, one module each (with :class:`ShuffledBatchSampler`, and
-:class:`SkipBatches` / :class:`ShardedBatches` over another sampler); this module names them all.
+:class:`SeededBatches` / :class:`SkipBatches` / :class:`ShardedBatches` over another sampler); this module names
+them all.
 """
 from __future__ import annotations
 
@@ -21,6 +22,6 @@ from .sampling.class_balanced import ClassBalancedBatchSampler, _exclusive_cumsu
 from .sampling.common import _positive_int, _to_list  # noqa: F401
 from .sampling.no_duplicates import SUB_POOL, NoDuplicatesBatchSampler  # noqa: F401
 from .sampling.shuffled import ShuffledBatchSampler  # noqa: F401
-from .sampling.wrappers import ShardedBatches, SkipBatches  # noqa: F401
+from .sampling.wrappers import SeededBatch, SeededBatches, ShardedBatches, SkipBatches, batch_seed  # noqa: F401
 
 __all__ = ['ClassBalancedBatchSampler', 'NoDuplicatesBatchSampler']

@@ -306,3 +306,32 @@ def test_edge_cases_of_the_cpu_paths():
         out = model[0](torch.zeros(0, 2, dtype=torch.long))  # no rows looked up
         (out.sum() + model[0](torch.tensor([1])).sum()).backward()
         assert model[0].weight.grad.shape == (5, 3) and float(model[0].weight.grad[1].sum()) == 3.0
+
+
+# ------------------------------------------------------------------------------------------------- the choice
+def test_auto_chooses_by_thread_count_and_nothing_off_a_cpu():
+    from finetune.training.cpu_kernels import QUICK_DROPOUT_MAX_THREADS, choose
+    assert choose('auto', 'cpu', 1) == ('row gradients', 'quick dropout')
+    assert choose('auto', 'cpu', QUICK_DROPOUT_MAX_THREADS + 1) == ('row gradients',)
+    assert choose(True, 'cpu', 64) == ('row gradients', 'quick dropout')
+    assert choose(False, 'cpu', 1) == () and choose(True, 'cuda', 1) == () and choose('auto', 'meta', 1) == ()
+
+
+@pytest.mark.parametrize('setting, expected', [(False, ()), (True, ('row gradients', 'quick dropout'))])
+def test_fit_attaches_what_cpu_kernels_says_logs_it_and_saves_it(setting, expected):
+    seen, logs = [], []
+
+    class Look(finetune.callbacks.Callback):
+        def on_step_end(self, state):
+            seen.append((type(model.backbone.embed) is nn.Embedding,
+                         all(type(m) is nn.Dropout for m in model.modules() if isinstance(m, nn.Dropout))))
+    model = finetune.build_model('fake-text')
+    pairs = [('a man eats food', 'the man is eating'), ('a dog runs fast', 'the dog plays')] * 4
+    run = finetune.fit(model, pairs, loss='InfoNCE', epochs=1, batch_size=4, progress=False, cpu_kernels=setting,
+                       callbacks=[Look()], log=logs.append)
+    plain = not expected
+    assert seen and all(embed is plain for embed, _ in seen)
+    assert run.config['cpu_kernels'] is setting and run.config['cpu_paths'] == list(expected)
+    assert any(line.startswith(f'CPU paths (cpu_kernels={setting!r}') for line in logs)
+    with pytest.raises(finetune.OptionError, match=r"cpu_kernels: expected 'auto'"):
+        finetune.fit(model, pairs, cpu_kernels='yes', log=lambda m: None)

@@ -102,7 +102,7 @@ def test_the_cli_prints_a_table_per_trained_size(tmp_path):
     assert 'retrieval metrics at 8 dimensions' in result.output
 
 
-def test_an_onnx_export_at_a_size_outputs_that_many_dimensions(tmp_path):
+def test_an_onnx_export_at_a_size_outputs_that_many_dimensions(tmp_path, monkeypatch):
     pytest.importorskip('onnxruntime')
     model = _model()
     model.trained_dims = (32, 8)
@@ -116,8 +116,13 @@ def test_an_onnx_export_at_a_size_outputs_that_many_dimensions(tmp_path):
     from finetune.errors import ExportError
     with pytest.raises(InputError, match='dim: expected a number of leading dimensions from 1 to 32'):
         finetune.export(model, output=str(tmp_path / 'x'), dim=64)
-    with pytest.raises(ExportError, match="dim=8 applies to the 'onnx' format"):
-        finetune.export(model, format='sentence-transformers', output=str(tmp_path / 'y'), dim=8)
+    from finetune.registry import REGISTRY, BackbonePlugin, ExportFormat
+    monkeypatch.setattr(REGISTRY, '_plugins', dict(REGISTRY.plugins))
+    REGISTRY.add_plugin(BackbonePlugin(name='uncut-formats', specs=list, export_formats=(  # no takes_dim
+        ExportFormat(name='whole-folder', suffix='-whole', problem=lambda model: None, write=lambda m, f: {}),)))
+    with pytest.raises(ExportError, match="dim=8 applies to the 'onnx' format and formats that can cut embeddings; "
+                                          "a 'whole-folder' export holds the whole embedding"):
+        finetune.export(model, format='whole-folder', output=str(tmp_path / 'y'), dim=8)
 
 
 def test_a_model_cut_to_a_size_embeds_as_encode_at_that_size():

@@ -238,14 +238,58 @@ def test_int8_keeps_the_layer_with_outlier_inputs_in_fp32(tmp_path):
         reference = net(torch.from_numpy(np.stack(items))).numpy()
     calibration = Calibration(items, lambda xs: {'x': np.stack(xs)}, reference)
     lines = []
-    done = quantize_int8(path, calibration=calibration, log=lines.append)
-    assert done['fp32_layers'] == [layers[1]] and done['quantized_layers'] == 2
+    done = quantize_int8(path, calibration=calibration, log=lines.append, smoothing=None)  # the fallback alone
+    assert done['fp32_layers'] == [layers[1]] and done['quantized_layers'] == 2 and done['smoothing'] is None
     assert done['calibration_min_cosine'] >= TARGET_MIN_COSINE
     assert any('1 of 3 layers kept fp32' in line for line in lines)
     figures = {'items': len(items), 'min_cosine': done['calibration_min_cosine'], 'mean_cosine': 1.0}
     parity.gate(figures, 'int8', 'net', lines.append)  # passes: no ExportError
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert 'MatMulInteger' in ops and 'MatMul' in ops
+
+
+def _outlier_net(path: str) -> tuple[nn.Module, list, np.ndarray]:
+    """A 3-layer net whose second layer's input has one channel 1000 times the others (written to `path`), 20
+    items and their torch embeddings."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 8), nn.Flatten(1))
+    with torch.no_grad():
+        net[0].weight[0] *= 1000.0
+        net[0].bias[0] *= 1000.0
+        net[1].weight[:, 0] /= 1000.0
+    torch.onnx.export(net, (torch.randn(2, 5, 16),), path, input_names=['x'], output_names=['embeddings'],
+                      dynamic_axes={'x': {0: 'batch'}, 'embeddings': {0: 'batch'}}, opset_version=17, dynamo=False)
+    items = [np.random.default_rng(i).standard_normal((5, 16)).astype(np.float32) for i in range(20)]
+    with torch.no_grad():
+        reference = net(torch.from_numpy(np.stack(items))).numpy()
+    return net, items, reference
+
+
+def test_smoothing_keeps_the_fp32_function_and_spares_the_outlier_layer_the_fallback(tmp_path):
+    """Smoothing moves the outlier channel's range into the weights: the smoothed fp32 graph computes what the net
+    does, and int8 then reaches the target with every layer quantized (the fallback alone keeps one fp32)."""
+    from finetune.exporting.quantization import SMOOTHING_ALPHA, TARGET_MIN_COSINE, Calibration, quantize_int8, \
+        smooth
+    from finetune.exporting.runtime import session
+    path = str(tmp_path / 'net.onnx')
+    net, items, reference = _outlier_net(path)
+    calibration = Calibration(items, lambda xs: {'x': np.stack(xs)}, reference)
+    graph = onnx.load(path)
+    layers = [n.name for n in graph.graph.node if n.op_type == 'MatMul']
+    assert smooth(graph, layers, calibration.feeds()) == 3
+    assert sum(n.op_type == 'Mul' for n in graph.graph.node) == 3
+    got = session(graph.SerializeToString()).run(['embeddings'], {'x': np.stack(items)})[0]
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-4)  # the same function
+    lines = []
+    done = quantize_int8(path, calibration=calibration, log=lines.append)
+    assert done['smoothing'] == {'strength': SMOOTHING_ALPHA, 'layers': 3}
+    assert done['fp32_layers'] == [] and done['quantized_layers'] == 3
+    assert done['calibration_min_cosine'] >= TARGET_MIN_COSINE
+    assert any('int8 smoothing' in line for line in lines) and not any('fallback' in line for line in lines)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count('MatMulInteger') == 3 and 'MatMul' not in ops
+    with pytest.raises(ExportError, match=r'smoothing: expected a strength between 0 and 1'):
+        quantize_int8(str(tmp_path / 'net.onnx'), calibration=calibration, smoothing=1.5)
 
 
 def test_an_export_never_replaces_what_is_not_an_earlier_export(tmp_path, quiet):
@@ -310,7 +354,7 @@ def test_each_int8_fallback_trial_keeps_more_layers_fp32(tmp_path, monkeypatch):
     real = quantization._quantize
     monkeypatch.setattr(quantization, '_quantize', lambda p, o, exclude: kept.append(len(exclude)) or real(p, o,
                                                                                                         exclude))
-    quantization.quantize_int8(path, (), NeverGoodEnough(), log=lambda line: None)
+    quantization.quantize_int8(path, (), NeverGoodEnough(), log=lambda line: None, smoothing=None)
     assert starts == [0, 1, 2, 3][:len(starts)] and kept == sorted(set(kept))
 
 

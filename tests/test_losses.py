@@ -145,11 +145,20 @@ def test_clip_uses_the_models_logit_scale_and_its_gradient():
 
 
 def test_clip_clamps_the_scale_at_100():
+    """As open_clip: the parameter itself is clamped to [0, ln 100], so at the bound it still gets a gradient
+    (and can come back down); a tensor that is no parameter is clamped by value."""
     logit_scale = torch.tensor(math.log(1000.0), dtype=torch.float64, requires_grad=True)
     value = CLIPLoss()(LossInputs(anchors=ANCHORS, positives=POSITIVES, logit_scale=logit_scale))
     assert value.item() == pytest.approx(_infonce_by_hand(100.0, True), rel=1e-9)
+    assert logit_scale.item() == pytest.approx(math.log(100.0), rel=1e-12)
     value.backward()
-    assert logit_scale.grad.item() == 0.0
+    assert logit_scale.grad.item() != 0.0
+    below = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    value = CLIPLoss()(LossInputs(anchors=ANCHORS, positives=POSITIVES, logit_scale=below))
+    assert below.item() == 0.0 and value.item() == pytest.approx(_infonce_by_hand(1.0, True), rel=1e-9)
+    derived = torch.tensor(math.log(1000.0), dtype=torch.float64, requires_grad=True) * 1.0
+    value = CLIPLoss()(LossInputs(anchors=ANCHORS, positives=POSITIVES, logit_scale=derived))
+    assert value.item() == pytest.approx(_infonce_by_hand(100.0, True), rel=1e-9)
 
 
 def test_clip_without_logit_scale_learns_its_own():
@@ -378,7 +387,7 @@ def test_cosine_similarity_loss_is_mse():
 
 def test_names_aliases_and_defaults():
     assert loss_names() == ['InfoNCE', 'CLIPLoss', 'TripletMarginLoss', 'NormalizedSoftmaxLoss', 'ArcFaceLoss',
-                            'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss']
+                            'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss', 'SigLIPLoss']
     assert 'MNRL' in loss_names(include_aliases=True)
     for alias in ('infonce', 'MultipleNegativesRankingLoss', 'mnrl'):
         assert loss_class(alias) is InfoNCELoss

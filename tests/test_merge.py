@@ -119,3 +119,10 @@ def test_a_base_without_adapters_merges_with_its_adapted_version_as_with_zero_ad
     expected = finetune.merge(start, adapted, 0.5).state_dict()
     for key, value in finetune.merge(plain, adapted, 0.5).state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_merging_a_folder_that_does_not_exist_says_so(tmp_path):
+    from finetune.errors import ArtifactError
+    base = finetune.build_model('fake-text')
+    with pytest.raises(ArtifactError, match=r"the folder '.*nowhere' does not exist; expected the folder of a saved"):
+        finetune.merge(base, str(tmp_path / 'nowhere'), 0.5)

@@ -1,10 +1,11 @@
-"""How wordnet_train.csv, wordnet_eval.csv and wordnet_verbs_guard.csv were made (kept for provenance; the
+"""How wordnet_train.csv, wordnet_eval.csv, wordnet_test.csv and wordnet_verbs_guard.csv were made (kept for provenance; the
 CSVs are shipped).
 
 Source: WordNet 3.0, from Debian's `wordnet-base` package (`apt-get download wordnet-base` and `dpkg -x` it;
 the data files are usr/share/wordnet/data.noun and data.verb). Each row pairs a synset's definition (query)
 with its words (doc), e.g. "a domesticated carnivorous mammal ..." -> "dog, domestic dog". Noun synsets are
-shuffled with a fixed seed and split so that no synset is in both the train and the eval file; 600 verb
+shuffled with a fixed seed and split so that no synset is in two of the train, eval and test files (the eval
+file chooses the epoch and WiSE-FT's alpha; the test file chooses nothing, for an honest "after"); 600 verb
 synsets are the guard set (another part of speech, which fine-tuning on nouns should not make worse).
 
     python examples/data/make_wordnet_pairs.py /path/to/data.noun /path/to/data.verb
@@ -36,7 +37,9 @@ def main(path: str, verbs: str | None = None, train_size: int = 3000, eval_size:
     rows = list(synsets(path))
     random.Random(seed).shuffle(rows)
     here = os.path.dirname(os.path.abspath(__file__))
-    parts = [('wordnet_train.csv', rows[:train_size]), ('wordnet_eval.csv', rows[train_size:train_size + eval_size])]
+    test_start = train_size + eval_size
+    parts = [('wordnet_train.csv', rows[:train_size]), ('wordnet_eval.csv', rows[train_size:test_start]),
+             ('wordnet_test.csv', rows[test_start:test_start + eval_size])]
     if verbs:
         verb_rows = list(synsets(verbs))
         random.Random(seed).shuffle(verb_rows)

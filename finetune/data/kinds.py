@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError
 from .kind_registry import KINDS_BY_NAME as _KINDS
 from .kind_registry import kind_names, lookup_kind  # noqa: F401  (kind_names: re-exported, read it from here)
+from .split import rows_by_group, rows_within_classes
 from .training_data import TrainingData, group_ids
 
 #: embed(side, batch_part, logits=False): the side's model applied to one part of a batch ('a' or 'b')
@@ -115,8 +116,9 @@ class DataKind:
             raise InputError(f'{data.source}: evaluation data with one distinct document: every query finds it '
                              f'first, so the metrics are 1.0 whatever the model. Give at least 2 documents.')
 
-    def evaluate(self, side_a, side_b, data: TrainingData, batch_size: int, ks: Sequence[int]) -> dict:
-        """Each distinct query ranks the distinct documents; its paired documents are relevant."""
+    def evaluate(self, side_a, side_b, data: TrainingData, batch_size: int, ks: Sequence[int], search=None) -> dict:
+        """Each distinct query ranks the distinct documents; its paired documents are relevant. `search`: a
+        compact-code search (:mod:`finetune.evaluation.compact`) in place of the float ranking."""
         from ..evaluation.metrics import retrieval_metrics
         queries, query_of = unique_items(data.a)
         docs, doc_of = unique_items(data.b)
@@ -125,7 +127,12 @@ class DataKind:
             relevant[q].add(d)
         q_emb = side_a.encode(queries, batch_size=batch_size)
         d_emb = side_b.encode(docs, batch_size=batch_size)
-        return retrieval_metrics(q_emb, d_emb, relevant, ks=ks)
+        return retrieval_metrics(q_emb, d_emb, relevant, ks=ks, search=search)
+
+    def validation_rows(self, data: TrainingData, share: float, seed: int) -> list[int]:
+        """The rows of `data` to hold out as validation data (``fit(validation_split=share)``): about `share` of
+        them, a query's rows together (see :mod:`finetune.data.split`)."""
+        return rows_by_group(data.groups, len(data), share, seed)
 
     # -------------------------------------------------------------- description
     def describe(self, data: TrainingData) -> str:
@@ -207,10 +214,15 @@ class LabeledKind(DataKind):
                              f'every other, so precision and nDCG are 1.0 whatever the model. Give items of at least 2 '
                              f'classes.{pairs}')
 
-    def evaluate(self, side_a, side_b, data, batch_size, ks):
+    def evaluate(self, side_a, side_b, data, batch_size, ks, search=None):
         """Each item queries all the others (itself excluded); items of its label are relevant."""
         from ..evaluation.metrics import labeled_retrieval_metrics
-        return labeled_retrieval_metrics(side_a.encode(data.a, batch_size=batch_size), data.groups, ks=ks)
+        return labeled_retrieval_metrics(side_a.encode(data.a, batch_size=batch_size), data.groups, ks=ks,
+                                         search=search)
+
+    def validation_rows(self, data, share, seed):
+        """`share` of each class's items, where that is at least 2 items (see :mod:`finetune.data.split`)."""
+        return rows_within_classes(data.groups, share, seed)
 
     def describe(self, data):
         mods = '/'.join(data.modalities)
@@ -340,7 +352,7 @@ class MarginTripletsKind(DataKind):
             raise InputError(f'{data.source}: evaluation data with one distinct document: the metrics would be 1.0 '
                              f'whatever the model.')
 
-    def evaluate(self, side_a, side_b, data, batch_size, ks):
+    def evaluate(self, side_a, side_b, data, batch_size, ks, search=None):
         """Each distinct query ranks every distinct positive and negative; its positive is relevant."""
         from ..evaluation.metrics import retrieval_metrics
         queries, query_of = unique_items(data.a)
@@ -349,7 +361,7 @@ class MarginTripletsKind(DataKind):
         for q, d in zip(query_of, doc_of[:len(data.b)]):
             relevant[q].add(d)
         return retrieval_metrics(side_a.encode(queries, batch_size=batch_size),
-                                 side_b.encode(docs, batch_size=batch_size), relevant, ks=ks)
+                                 side_b.encode(docs, batch_size=batch_size), relevant, ks=ks, search=search)
 
     def describe(self, data):
         margins = data.scores

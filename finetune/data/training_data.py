@@ -55,6 +55,16 @@ class TrainingData:
         """One line: what this data is, as detected."""
         return self.data_kind.describe(self)
 
+    def subset(self, rows: Sequence[int], source: str | None = None) -> TrainingData:
+        """The data of `rows` (indices, in that order), named `source` (default: this data's name). Group ids and
+        label names stay as they are (a class keeps its id, so a classifier head counts the same classes)."""
+        def pick(column):
+            return None if column is None else [column[i] for i in rows]
+        return TrainingData(self.kind, pick(self.a), pick(self.b), pick(self.groups), pick(self.scores),
+                            list(self.label_names), source or self.source, pick(self.lines),
+                            {name: pick(column) if len(column) == len(self.a) else column
+                             for name, column in self.extra.items()})
+
 
 def hashable_key(value: Any) -> Any:
     """`value` itself where it is hashable, else its id: a key to count distinct cells by (items such as image

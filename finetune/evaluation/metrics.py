@@ -50,7 +50,7 @@ DEFAULT_KS = (1, 5, 10)
 def retrieval_metrics(queries: Embeddings, docs: Embeddings, relevant: Sequence[Any],
                       ks: Sequence[int] | int = DEFAULT_KS, exclude: Sequence[Any] | None = None,
                       chunk_size: int = 1024, device: str | torch.device | None = None, *,
-                      doc_chunk_size: int | None = None) -> dict[str, float]:
+                      doc_chunk_size: int | None = None, search: Any = None) -> dict[str, float]:
     """Rank `docs` for every query by cosine similarity and score the rankings against `relevant`.
 
     `queries` is (Q, D) and `docs` (M, D), torch tensors or numpy arrays (normalized here).
@@ -63,7 +63,8 @@ def retrieval_metrics(queries: Embeddings, docs: Embeddings, relevant: Sequence[
     Queries are scored `chunk_size` at a time against `doc_chunk_size` documents at a time (None:
     as many as keep one block under :data:`BLOCK_ELEMENTS` scores), on `device` (None: the device
     of whichever input is a tensor off the CPU, else the CPU). Scores are float64 when either input
-    is float64, else float32.
+    is float64, else float32. `search` (a :class:`~finetune.evaluation.compact.CompactSearch`) ranks on int8 or
+    binary codes instead, its best candidates rescored by the float queries when it says so.
 
     Returns ``{'precision@k', 'recall@k', 'f1@k', 'hit@k', 'ndcg@k'}`` for every k in `ks` (k larger
     than the number of documents is clipped), ``'mrr@K'`` and ``'map@K'`` for K = max(ks), each a
@@ -84,21 +85,21 @@ def retrieval_metrics(queries: Embeddings, docs: Embeddings, relevant: Sequence[
     exclusion = _Exclusion.from_lists(exclude, num_queries, num_docs)
     relevance = _ListedRelevance(relevant, num_queries, num_docs, exclusion)
     return _evaluate(queries, docs, relevance, exclusion, ks, chunk_size, doc_chunk_size,
-                     _pick_device(device, queries, docs))
+                     _pick_device(device, queries, docs), search)
 
 
 def labeled_retrieval_metrics(embeddings: Embeddings, labels: Sequence[Hashable] | np.ndarray,
                               ks: Sequence[int] | int = DEFAULT_KS, chunk_size: int = 1024, *,
                               doc_chunk_size: int | None = None,
-                              device: str | torch.device | None = None) -> dict[str, float]:
+                              device: str | torch.device | None = None, search: Any = None) -> dict[str, float]:
     """Retrieval metrics of a labeled set: each item queries all the others, itself excluded.
 
     The documents relevant to item i are the other items with the same label (`labels`: one
     hashable per item, a list, tuple, numpy array or 1-D tensor). An item whose label occurs once
     has no relevant document and is skipped (counted in ``'num_skipped'``).
 
-    Returns the dict of :func:`retrieval_metrics`. Raises InputError for bad embeddings, labels of
-    the wrong length or shape, unhashable labels, bad ks or chunk sizes, when no label occurs
+    Returns the dict of :func:`retrieval_metrics` (`search`: as there). Raises InputError for bad embeddings,
+    labels of the wrong length or shape, unhashable labels, bad ks or chunk sizes, when no label occurs
     twice, and when every item has the same label (every ranking would be perfect).
     """
     ks = _check_ks(ks)
@@ -116,7 +117,7 @@ def labeled_retrieval_metrics(embeddings: Embeddings, labels: Sequence[Hashable]
         raise InputError(f'labels: all {count} items share one label, so every item is relevant to every '
                          f'other and every metric is 1.0 whatever the embeddings; give at least 2 labels.')
     return _evaluate(embeddings, embeddings, relevance, exclusion, ks, chunk_size, doc_chunk_size,
-                     _pick_device(device, embeddings, embeddings))
+                     _pick_device(device, embeddings, embeddings), search)
 
 
 def pair_retrieval_metrics(query_embeddings: Embeddings, doc_embeddings: Embeddings,
@@ -124,7 +125,7 @@ def pair_retrieval_metrics(query_embeddings: Embeddings, doc_embeddings: Embeddi
                            doc_ids: Sequence[Hashable] | np.ndarray,
                            ks: Sequence[int] | int = DEFAULT_KS, chunk_size: int = 1024, *,
                            doc_chunk_size: int | None = None,
-                           device: str | torch.device | None = None) -> dict[str, float]:
+                           device: str | torch.device | None = None, search: Any = None) -> dict[str, float]:
     """Retrieval metrics of query -> document pairs grouped by key.
 
     Document j is relevant to query i when ``doc_ids[j] == query_ids[i]`` (any hashable keys). A
@@ -147,7 +148,7 @@ def pair_retrieval_metrics(query_embeddings: Embeddings, doc_embeddings: Embeddi
                                              'query_embeddings'), 'query_ids', grow=False)
     relevance = _CodeRelevance(query_codes, doc_codes, self_excluded=False)
     return _evaluate(queries, docs, relevance, _Exclusion.none(queries.shape[0]), ks, chunk_size,
-                     doc_chunk_size, _pick_device(device, queries, docs))
+                     doc_chunk_size, _pick_device(device, queries, docs), search)
 
 
 def average_ranks(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -190,19 +191,26 @@ def scored_metrics(a: Embeddings, b: Embeddings, scores: Sequence[float]) -> dic
 # (_scores and BLOCK_ELEMENTS are looked up here, in this module, where the tests swap them)
 
 def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int, exclusion: _Exclusion,
-            chunk_size: int, doc_chunk_size: int | None, device: torch.device
+            chunk_size: int, doc_chunk_size: int | None, device: torch.device, search: Any = None
             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (query ids, top-k document indices, valid) per chunk of the queries `rows`.
 
     ``valid`` is False where a slot holds an excluded document (a query with fewer than k
-    candidates). At most ``chunk_size x doc_chunk`` scores exist at once.
+    candidates). At most ``chunk_size x doc_chunk`` scores exist at once. With `search` (a
+    :class:`~finetune.evaluation.compact.CompactSearch`) documents are ranked by their codes, and the best
+    candidates rescored by the float queries when it says so.
     """
     dtype = torch.float64 if torch.float64 in (queries.dtype, docs.dtype) else torch.float32
     num_docs = docs.shape[0]
     chunk = min(chunk_size, len(rows))
     doc_chunk = doc_chunk_size or max(1, BLOCK_ELEMENTS // chunk)
     doc_chunk = min(doc_chunk, num_docs)
-    docs = l2_normalize(docs.to(device=device, dtype=dtype), dim=1)
+    floats, wanted = queries, k
+    if search is None:
+        docs = l2_normalize(docs.to(device=device, dtype=dtype), dim=1)
+    else:  # the codes' dot products rank as the code search does
+        queries, docs = search.prepare(queries, docs, device)
+        dtype, k = docs.dtype, search.candidates(k, num_docs)
     for start in range(0, len(rows), chunk):
         ids = rows[start:start + chunk]
         # only the documents are normalized: a query's norm scales all its scores alike and so
@@ -222,6 +230,9 @@ def _ranked(queries: torch.Tensor, docs: torch.Tensor, rows: np.ndarray, k: int,
             best = _merge(best, (values, indices + d0), k)
             del block
         values, indices = best
+        if search is not None:
+            values, indices = search.rescored(floats[torch.from_numpy(ids).to(floats.device)].to(device), values,
+                                              indices, wanted)
         yield ids, indices.cpu().numpy(), torch.isfinite(values).cpu().numpy()
 
 
@@ -263,7 +274,7 @@ def _chunk_metrics(gains: np.ndarray, ideal: np.ndarray, num_relevant: np.ndarra
 
 def _evaluate(queries: torch.Tensor, docs: torch.Tensor, relevance: Any, exclusion: _Exclusion,
               ks: tuple[int, ...], chunk_size: int, doc_chunk_size: int | None,
-              device: torch.device) -> dict[str, float]:
+              device: torch.device, search: Any = None) -> dict[str, float]:
     """Rank, score and average; the per-query values are kept (Q x metrics) so that the averages do
     not depend on the chunk sizes."""
     num_queries, num_docs = queries.shape[0], docs.shape[0]
@@ -276,7 +287,7 @@ def _evaluate(queries: torch.Tensor, docs: torch.Tensor, relevance: Any, exclusi
     values = np.empty((len(names), len(evaluated)))
     done = 0
     for ids, top, valid in _ranked(queries, docs, evaluated, k_max, exclusion, chunk_size, doc_chunk_size,
-                                   device):
+                                   device, search):
         gains = np.where(valid, relevance.gains(ids, top), 0.0)
         candidates = num_docs - exclusion.counts[ids]
         chunk = _chunk_metrics(gains, relevance.ideal(ids, k_max), relevance.num_relevant[ids], candidates,

@@ -13,14 +13,16 @@ from .metrics import COUNT_KEYS
 
 
 def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, Any],
-                         title: str = 'retrieval metrics', guard: Mapping[str, Any] | None = None) -> Table:
+                         title: str = 'retrieval metrics', guard: Mapping[str, Any] | None = None,
+                         columns: tuple[str, str] = ('before', 'after')) -> Table:
     """A rich table of metrics: metric | before | after | change (after - before, signed).
 
     Numbers are shown with 4 decimals; the count keys (``num_queries``, ``num_skipped``) are not
     rows but go into the caption as 'N queries'. With `before` None the table has only metric |
     after. A metric missing on one side shows '-'. `guard` (``{'before': ..., 'after': ...}``, the guard
     data's metrics) adds a section of rows named 'guard <metric>', so that what fine-tuning cost elsewhere
-    shows beside what it gained. Returns the :class:`rich.table.Table`.
+    shows beside what it gained. `columns` names the two columns (such as ``('float32', 'binary')``).
+    Returns the :class:`rich.table.Table`.
     Raises InputError when `after` (or a non-None `before`) is not a dict of numbers.
     """
     after = _check_metric_dict('after', after)
@@ -28,8 +30,8 @@ def format_metrics_table(before: Mapping[str, Any] | None, after: Mapping[str, A
     table = Table(title=title)
     table.add_column('metric')
     if before is not None:
-        table.add_column('before', justify='right')
-    table.add_column('after', justify='right')
+        table.add_column(columns[0], justify='right')
+    table.add_column(columns[1], justify='right')
     if before is not None:
         table.add_column('change', justify='right')
     names = [k for k in after if k not in COUNT_KEYS]

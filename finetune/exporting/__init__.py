@@ -110,9 +110,10 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
     onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
     layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`). LoRA adapters are merged into
-    the weights they adapt first (:func:`finetune.adapters.merge_lora`). `dim` (ONNX): the graph outputs the
-    leading `dim` dimensions of each embedding, re-normalized (a Matryoshka model's smaller size), and the parity
-    gate compares at that size; the folder is ``<artifact>-onnx-<dim>`` by default.
+    the weights they adapt first (:func:`finetune.adapters.merge_lora`). `dim` (ONNX, and formats whose
+    ``takes_dim`` says so): the export outputs the leading `dim` dimensions of each embedding, re-normalized (a
+    Matryoshka model's smaller size), and the parity gate compares at that size; the folder is
+    ``<artifact>-onnx-<dim>`` (or the format's suffix and ``-<dim>``) by default.
     Other formats come from plugins (``'sentence-transformers'`` for text models of that family).
     The export is written to `output`, by default beside the artifact (``<artifact>-onnx``, ``-onnx-int8``, or
     the format's suffix), only if it passes the parity gate on `eval_data` (or built-in samples).
@@ -130,9 +131,10 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
         model = merge_lora(model)
         say('LoRA adapters merged into the weights for the export')
     if dim is not None:
-        if fmt is not None:
-            raise ExportError(f'dim={dim!r} applies to the {ONNX!r} format; a {format!r} export holds the whole '
-                              f'embedding (cut it where it is used, with its runtime\'s own truncation option).')
+        if fmt is not None and not fmt.takes_dim:
+            raise ExportError(f'dim={dim!r} applies to the {ONNX!r} format and formats that can cut embeddings; a '
+                              f'{format!r} export holds the whole embedding (cut it where it is used, with its '
+                              f'runtime\'s own truncation option).')
         from ..dims import at_size
         model = at_size(model, dim)
     if fmt is not None:
@@ -142,7 +144,7 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
             raise ExportError(f'format {format!r} cannot take {model.name!r}: {problem}. Formats for this model: '
                               f'{", ".join(map(repr, choices))}.')
     suffix = ('-onnx' + (f'-{dim}' if dim else '') + (f'-{quantize}' if quantize else '')) if fmt is None else \
-        fmt.suffix
+        fmt.suffix + (f'-{dim}' if dim else '')
     folder = _output(output, source, suffix)
     _check_target(folder, source)
     items = parity.samples(model, eval_data)

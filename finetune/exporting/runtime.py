@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import ArtifactError, ExportError
+from ..errors import ArtifactError, ExportError, InputError
 
 #: the optional packages ONNX export and ONNX models need, and the extra that installs them
 ONNX_PACKAGES = ('onnx', 'onnxruntime')
@@ -112,6 +112,9 @@ class OnnxEmbeddingModel:
         self.name = name
         self.modality = preprocessing.modality
         self.output_dim = preprocessing.output_dim
+        #: the model's options and whether prompts apply (finetune.prompts reads them as the torch model's)
+        self.options = preprocessing.options
+        self.takes_prompts = getattr(preprocessing, 'takes_prompts', False)
 
     def preprocess(self, items: Sequence[Any]) -> Any:
         """Raw items -> the batch the torch model would take (the same code)."""
@@ -133,11 +136,18 @@ class OnnxEmbeddingModel:
         out = self.session.run([OUTPUT_NAME], self.graph_inputs(items))[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
-    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy'):
+    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', prompt: str | None = None):
         """Embed raw `items` in batches on onnxruntime; returns ``(len(items), output_dim)`` (see
-        :meth:`finetune.model.EmbeddingModel.encode`)."""
+        :meth:`finetune.model.EmbeddingModel.encode`, `prompt` included)."""
         from ..model import encode_in_batches
-        return encode_in_batches(items, self.modality, self.output_dim, batch_size, convert_to, self._embed)
+        from ..prompts import resolve_prompt
+        text = resolve_prompt(self, prompt)
+        if text and self.options.get('include_prompt', True) is False:
+            raise InputError(f'{self.name!r}: the graph pools the prompt\'s tokens with the others, but the model '
+                             f'leaves them out (include_prompt=False); encode with the torch model.')
+        embed = self._embed if not text else \
+            (lambda chunk: self._embed([text + item if isinstance(item, str) else item for item in chunk]))
+        return encode_in_batches(items, self.modality, self.output_dim, batch_size, convert_to, embed)
 
     def __repr__(self) -> str:
         return f'OnnxEmbeddingModel(name={self.name!r}, graph={os.path.basename(self.graph_path)!r}, ' \
@@ -156,9 +166,10 @@ class OnnxMultiTowerModel:
     def modality(self) -> str:
         return '+'.join(m.modality for m in self.towers.values())
 
-    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None):
+    def encode(self, items, batch_size: int = 32, convert_to: str = 'numpy', tower: str | None = None,
+               prompt: str | None = None):
         from ..model import encode_with_towers
-        return encode_with_towers(self.towers, self.name, items, batch_size, convert_to, tower)
+        return encode_with_towers(self.towers, self.name, items, batch_size, convert_to, tower, prompt)
 
 
 def _graph_file(directory: str, name: Any, config_path: str) -> str:

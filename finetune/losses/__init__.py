@@ -28,7 +28,8 @@ The package, one job a module:
 * one module per family: :mod:`~finetune.losses.contrastive` (InfoNCE, CLIPLoss),
   :mod:`~finetune.losses.triplet`, :mod:`~finetune.losses.classification` (NormalizedSoftmax, ArcFace,
   CosFace), :mod:`~finetune.losses.scored` (CoSENT, CosineSimilarity), :mod:`~finetune.losses.margin`
-  (MarginMSE), :mod:`~finetune.losses.pml` (``PML:<Name>``: any loss of pytorch-metric-learning);
+  (MarginMSE), :mod:`~finetune.losses.sigmoid` (SigLIP), :mod:`~finetune.losses.pml` (``PML:<Name>``: any
+  loss of pytorch-metric-learning);
 * :mod:`~finetune.losses.registry` — names and aliases, :func:`build_loss` (validates ``loss_options``
   against the loss's :attr:`Loss.options` and refuses a loss that does not fit the data kind).
 
@@ -52,10 +53,11 @@ from .triplet import TripletMarginLoss
 from .classification import ArcFaceLoss, CosFaceLoss, NormalizedSoftmaxLoss
 from .scored import CoSENTLoss, CosineSimilarityLoss
 from .margin import MarginMSELoss
+from .sigmoid import SigLIPLoss
 
 __all__ = [
     'LossInputs', 'Loss', 'InfoNCELoss', 'CLIPLoss', 'TripletMarginLoss', 'NormalizedSoftmaxLoss', 'ArcFaceLoss',
-    'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss', 'hard_negatives_contrastive',
+    'CosFaceLoss', 'CoSENTLoss', 'CosineSimilarityLoss', 'MarginMSELoss', 'SigLIPLoss', 'hard_negatives_contrastive',
     'DATA_KINDS', 'LABELED', 'PAIRS', 'SCORED', 'TEXT_IMAGE', 'MARGIN_TRIPLETS', 'MAX_LOGIT_SCALE', 'PML_PREFIX',
     'CONTRASTIVE_OPTIONS', 'register_loss', 'loss_names', 'loss_class', 'losses_for', 'default_loss', 'build_loss',
     'required_model_options', 'in_batch_contrastive', 'gather_across_processes', 'cosine_matrix', 'rowwise_cosine',

@@ -118,8 +118,14 @@ class Loss(nn.Module):
         if self.gather:
             anchors, positives, negatives, labels = gather_across_processes(
                 checked.anchors, checked.positives, checked.negatives, checked.labels)
+            guide = checked.guide
+            if guide is not None:  # a guide's embeddings (no gradient) of every process, in the same order
+                g_anchors, g_positives, g_negatives = gather_across_processes(guide.anchors, guide.positives,
+                                                                              guide.negatives)
+                guide = dataclasses.replace(guide, anchors=g_anchors, positives=g_positives, negatives=g_negatives)
             checked = dataclasses.replace(checked, anchors=anchors, positives=positives, negatives=negatives,
-                                          labels=labels)
+                                          labels=labels, guide=guide)
+        checked = self.prepare(checked)
         if self.matryoshka_dims is None:
             return self.reduce(self.compute(checked))
         return sum(weight * self.reduce(self.compute(truncated(checked, dim)))
@@ -136,6 +142,11 @@ class Loss(nn.Module):
             raise OptionError(f'{type(self).__name__}.reads: expected one of {", ".join(map(repr, _READERS))} or '
                               f'None, got {self.reads!r}.') from None
         return reader(self, inputs)
+
+    def prepare(self, inputs: LossInputs) -> LossInputs:
+        """Checked and gathered `inputs` made ready once per batch, before :meth:`compute` (once per Matryoshka
+        dimension): what does not depend on the embeddings' size (a guide's masks). Default: as they are."""
+        return inputs
 
     def compute(self, inputs: LossInputs) -> Tensor:
         """The loss of checked inputs: a scalar, or one value per row that :meth:`reduce` averages."""

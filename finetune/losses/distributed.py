@@ -52,3 +52,37 @@ def gather_across_processes(*tensors: Tensor | None) -> tuple[Tensor | None, ...
         parts[rank] = _ScaleGradient.apply(x, float(world)) if x.requires_grad else x
         out.append(torch.cat(parts))
     return tuple(out)
+
+
+def gather_with_gradients(*tensors: Tensor | None) -> tuple[tuple[Tensor | None, ...], int]:
+    """Each tensor concatenated over the processes of the default process group, in rank order, and where this
+    process's rows start. Unlike :func:`gather_across_processes`, the gradient of every gathered copy travels back
+    to the process that owns the rows (summed there: ``torch.distributed.nn``'s all-gather), so that a loss each
+    process computes on its own rows against everyone's (SigLIP's) gets, after DistributedDataParallel's average,
+    the gradient of the mean of those losses. Outside a group of several processes: the tensors unchanged, 0."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return tensors, 0
+    present = [x for x in tensors if x is not None]
+    if not present:
+        return tensors, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([present[0].shape[0]], device=present[0].device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    most = max(counts)
+    out = []
+    for x in tensors:
+        if x is None:
+            out.append(None)
+            continue
+        padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+        if x.requires_grad:
+            from torch.distributed.nn.functional import all_gather
+            parts = list(all_gather(padded.contiguous()))
+        else:
+            parts = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(parts, padded.contiguous())
+        out.append(torch.cat([part[:n] for part, n in zip(parts, counts)]))
+    return tuple(out), sum(counts[:rank])

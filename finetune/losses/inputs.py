@@ -36,3 +36,8 @@ class LossInputs:
     logit_scale: Tensor | None = None
     #: (N, D) a hard negative for each anchor (margin triplets; ``scores`` then holds the teacher's margins)
     negatives: Tensor | None = None
+    #: a guide model's embeddings of the same batch, as LossInputs (no gradient), for a loss with a ``guide``
+    guide: 'LossInputs | None' = None
+    #: (anchor->candidate, positive->anchor) boolean masks of the negatives a guide excluded (see
+    #: :mod:`finetune.losses.guided`), set by the loss itself before it computes
+    excluded: tuple[Tensor, Tensor] | None = None

@@ -1,11 +1,52 @@
-"""Samplers over another batch sampler, for the training loop: :class:`SkipBatches` (a resumed epoch continues
-where it stopped) and :class:`ShardedBatches` (one process's share of the batches)."""
+"""Samplers over another batch sampler, for the training loop: :class:`SeededBatches` (each batch carries the seed of
+its random draws), :class:`SkipBatches` (a resumed epoch continues where it stopped) and :class:`ShardedBatches`
+(one process's share of the batches)."""
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import numpy as np
 from torch.utils.data import Sampler
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of the random draws (augmentation, sampled points) of batch `index` of `epoch` in a run of `seed`:
+    a 63-bit number of these three alone, so a batch draws the same views whichever worker makes it, however many
+    batches that worker made before, and in a resumed run as in the run it continues."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1
+
+
+class SeededBatch(list):
+    """The row indices of one batch, and ``seed``: the seed its collator draws the batch's random views from (see
+    :func:`~finetune.data.batches.seeded_draws`)."""
+
+    def __init__(self, indices: Iterable[int], seed: int):
+        super().__init__(indices)
+        self.seed = int(seed)
+
+
+class SeededBatches(Sampler[list[int]]):
+    """The batches of `batch_sampler`, each a :class:`SeededBatch` whose seed is :func:`batch_seed` of the run's
+    `seed`, the epoch (``set_epoch``, passed on) and the batch's place in the epoch. Put it under the sharding and
+    the skipping, so that the place counts every batch of the epoch."""
+
+    def __init__(self, batch_sampler: Sampler, seed: int):
+        super().__init__()
+        self.batch_sampler, self.seed, self.epoch = batch_sampler, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.batch_sampler, 'set_epoch'):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[SeededBatch]:
+        for index, indices in enumerate(self.batch_sampler):
+            yield SeededBatch(indices, batch_seed(self.seed, self.epoch, index))
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
 
 
 class SkipBatches(Sampler[list[int]]):

@@ -19,7 +19,7 @@ def synthesize(query_data: Any, corpus_data: Any, models: SynthesisModels = DATA
                num_candidates: int | None = None, duplicate_threshold: float = 0.95, negatives: str = 'hardest',
                seed: int = 42, miner_batch_size: int = 64, scorer_batch_size: int = 32,
                query_chunk_size: int = 1024, device: str = 'auto', progress: bool | None = None,
-               log: Callable[[str], None] | None = None):
+               log: Callable[[str], None] | None = None, positive_aware: float | dict | None = None):
     """Training rows for the queries of `query_data` from the documents of `corpus_data`.
 
     `query_data`, `corpus_data`: a list of texts, a text file (one per line), a CSV file (its text column) or a
@@ -30,6 +30,9 @@ def synthesize(query_data: Any, corpus_data: Any, models: SynthesisModels = DATA
     query by `seed`), after dropping near-duplicates of the positive: the same text up to case and spacing, or
     a relation-miner cosine with it of at least `duplicate_threshold` (0.95). A document that is the query itself
     is never used. Each row holds the teacher margin (score of the positive minus score of the negative).
+    `positive_aware` (NV-Retriever's positive-aware mining) keeps as negatives only the candidates the
+    cross-encoder scores below a ceiling set by the positive's score: ``0.95`` (or ``{'share': 0.95}``) below 95%
+    of it, ``{'margin': 0.1}`` below it minus 0.1; the others are likely positives nobody labeled.
     Where a source has several columns (a CSV with a header, a dataset), the queries come from the column named
     query, question, anchor, text, ... and the corpus from document, doc, passage, positive, text, ...
 
@@ -49,4 +52,4 @@ def synthesize(query_data: Any, corpus_data: Any, models: SynthesisModels = DATA
     from .pipeline import Pipeline
     return Pipeline(query_data, corpus_data, models, num_relations, output, resume, overwrite, num_candidates,
                     duplicate_threshold, negatives, seed, (miner_batch_size, scorer_batch_size, query_chunk_size),
-                    device, progress, log).run()
+                    device, progress, log, positive_aware).run()

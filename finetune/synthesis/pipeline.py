@@ -11,14 +11,15 @@ from ..logs import log_function
 from .inputs import read_texts
 from .output import RowWriter, check_output, fingerprint, meta_path, read_meta, read_rows, write_meta
 from .relations import relation_rows
-from .run import Bars, SynthesizedData, build_models, check_models, check_settings, encode_corpus, timed
+from .run import (Bars, SynthesizedData, build_models, check_models, check_positive_aware, check_settings,
+                  encode_corpus, timed)
 
 
 class Pipeline:
     """One synthesis run; :meth:`run` returns its :class:`~finetune.synthesis.run.SynthesizedData`."""
 
     def __init__(self, query_data, corpus_data, models, num_relations, output, resume, overwrite, num_candidates,
-                 duplicate_threshold, negatives, seed, batch_sizes, device, progress, log):
+                 duplicate_threshold, negatives, seed, batch_sizes, device, progress, log, positive_aware=None):
         from ..training.hardware import resolve_device
         self.say = log_function(log)
         self.output, self.resume = check_output(output, resume, overwrite), resume
@@ -27,6 +28,7 @@ class Pipeline:
         self.inputs = {'query_data': fingerprint(self.queries), 'corpus_data': fingerprint(self.corpus)}
         self.settings = check_settings(len(self.corpus), num_relations, num_candidates, duplicate_threshold,
                                        negatives, seed, batch_sizes)
+        self.settings.positive_aware = check_positive_aware(positive_aware)
         self.models, self.device, self.bars = check_models(models), resolve_device(device), Bars(progress)
         self.stats: dict[str, Any] = {'queries': len(self.queries), 'corpus': len(self.corpus)}
 
@@ -73,19 +75,25 @@ class Pipeline:
                 bars.add('mining', len(todo))
                 bars.add('scoring', len(todo) * s.num_candidates)
                 with timed(stats, 'encode_seconds'):
-                    self.corpus_embeddings = encode_corpus(self.miner, self.corpus, s.miner_batch_size, bars)
+                    self.corpus_embeddings = encode_corpus(self.mining()[1], self.corpus, s.miner_batch_size, bars)
                 for start in range(0, len(todo), s.query_chunk_size):
                     rows += self.chunk(todo[start:start + s.query_chunk_size], writer)
         finally:
             writer.close()
         return rows
 
+    def mining(self):
+        """The relation miner for the queries and for the corpus: with its own query and document prompts where it
+        has them (:func:`finetune.prompts.prompted_sides`)."""
+        from ..prompts import prompted_sides
+        return prompted_sides(self.miner, self.miner)
+
     def chunk(self, queries: list[str], writer: RowWriter) -> list[dict]:
         """Mine, score and write the rows of `queries`."""
         from ..evaluation.metrics import top_k
         s, stats = self.settings, self.stats
         with timed(stats, 'mine_seconds'):
-            embeddings = self.miner.encode(queries, batch_size=s.miner_batch_size)
+            embeddings = self.mining()[0].encode(queries, batch_size=s.miner_batch_size)
             _, candidates = top_k(embeddings, self.corpus_embeddings, s.num_candidates, docs_normalized=True)
         self.bars.advance('mining', len(queries))
         pairs = [(q, self.corpus[int(d)]) for q, row in zip(queries, candidates) for d in row]
@@ -96,7 +104,7 @@ class Pipeline:
         rows = []
         for query, row, row_scores in zip(queries, candidates, scores):
             made = relation_rows(query, row, row_scores, self.corpus, self.corpus_embeddings, s.num_relations,
-                                 s.duplicate_threshold, s.negatives, s.seed)
+                                 s.duplicate_threshold, s.negatives, s.seed, s.positive_aware)
             writer.write(made)
             rows += made
             if not made:
@@ -112,9 +120,12 @@ class Pipeline:
         name it was built from) and the settings that choose the rows."""
         s = self.settings
         miner, cross = self.models.names()
-        return {'relation_miner': _model_name(miner), 'cross_encoder': _model_name(cross),
-                'num_relations': s.num_relations, 'num_candidates': s.num_candidates,
-                'duplicate_threshold': s.duplicate_threshold, 'negatives': s.negatives, 'seed': s.seed}
+        recorded = {'relation_miner': _model_name(miner), 'cross_encoder': _model_name(cross),
+                    'num_relations': s.num_relations, 'num_candidates': s.num_candidates,
+                    'duplicate_threshold': s.duplicate_threshold, 'negatives': s.negatives, 'seed': s.seed}
+        if s.positive_aware is not None:  # recorded when used, so that earlier runs' files still resume
+            recorded['positive_aware'] = list(s.positive_aware)
+        return recorded
 
     def data(self, rows: list[dict]) -> SynthesizedData:
         """The rows as margin-triplets training data, with the run's figures."""

@@ -41,6 +41,8 @@ class Settings:
     miner_batch_size: int
     scorer_batch_size: int
     query_chunk_size: int
+    #: ('share', s) or ('margin', m): negatives scored below s x the positive, or below the positive - m; None: all
+    positive_aware: tuple[str, float] | None = None
 
 
 def check_settings(corpus_size: int, num_relations: Any, num_candidates: Any, duplicate_threshold: Any,
@@ -65,6 +67,24 @@ def check_settings(corpus_size: int, num_relations: Any, num_candidates: Any, du
     names = ('miner_batch_size', 'scorer_batch_size', 'query_chunk_size')
     sizes = [integer(name, value) for name, value in zip(names, batch_sizes)]
     return Settings(num_relations, num_candidates, duplicate_threshold, negatives, seed, *sizes)
+
+
+def check_positive_aware(value: Any) -> tuple[str, float] | None:
+    """``positive_aware`` as ``('share', s)`` / ``('margin', m)`` or None; OptionError naming it otherwise. A number
+    is a share of the positive's score in (0, 1] (0.95: NV-Retriever's choice); ``{'share': s}`` the same;
+    ``{'margin': m}`` an absolute margin >= 0 below it."""
+    if value is None:
+        return None
+    expected = ("a share of the positive's score in (0, 1] such as 0.95, {'share': 0.95} or {'margin': 0.1} (an "
+                'absolute margin below it)')
+    if isinstance(value, dict) and len(value) == 1:
+        (how, amount), = value.items()
+    else:
+        how, amount = 'share', value
+    within = (lambda v: 0 < v <= 1) if how == 'share' else (lambda v: v >= 0)
+    if how not in ('share', 'margin'):
+        raise OptionError(f'positive_aware: unknown key {how!r}; expected {expected}.')
+    return how, number('positive_aware', amount, expected, within)
 
 
 def check_models(models: Any) -> SynthesisModels:

@@ -17,9 +17,10 @@ from .state import Run, SaveError, TrainingError, TrainState
 from .trainer import Trainer
 
 
-def fit(model, train_data, eval_data=None, *, model_options: dict | None = None, loss: str | None = Default(None),
-        loss_options: dict | None = Default(None), epochs: int = Default(1), batch_size: int = Default(32),
-        learning_rate: float | None = Default(None), loss_learning_rate: float = Default(1e-3),
+def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
+        loss: str | dict | None = Default(None), loss_options: dict | None = Default(None), epochs: int = Default(1),
+        batch_size: int = Default(32), learning_rate: float | None = Default(None),
+        loss_learning_rate: float = Default(1e-3),
         optimizer: str = Default('AdamW'), optimizer_options: dict | None = Default(None),
         scheduler: str = Default('linear'), warmup_ratio: float = Default(0.1),
         max_grad_norm: float | None = Default(1.0), gradient_accumulation_steps: int = Default(1),
@@ -30,15 +31,16 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         save_steps: int | None = Default(None), save_total_limit: int = Default(2),
         resume_from: str | None = Default(None), progress: bool | None = Default(None),
         ks: Sequence[int] = Default((1, 5, 10)), log: Callable[[str], None] | None = None, guard_data=None,
-        select_best: bool = Default(True),
-        metric_for_best: str | None = Default(None), wise_ft: float | str | None = Default(None),
+        select_best: bool = Default(True), metric_for_best: str | None = Default(None),
+        wise_ft: float | str | None = Default(None),
         guard_tolerance: float = Default(0.01), group_by_length: bool | str = Default('auto'),
-        feature_cache: bool | str | dict = Default('auto')) -> Run:
+        feature_cache: bool | str | dict = Default('auto'), test_data=None,
+        validation_split: float = Default(0.1), cpu_kernels: bool | str = Default('auto'),
+        report_to: str | Sequence[str] | None = None, dataset_sampling: str | dict = Default('proportional')) -> Run:
     """Fine-tune `model` (a registry name, or a model from :func:`build_model`) on `train_data`.
 
-    Batches are tokenized / decoded in `num_workers` DataLoader processes (default: none for text data, whose
-    fast tokenizers cost less than starting a worker; otherwise half the CPU cores, 1 to 4). Retrieval metrics
-    on `eval_data` are computed before and after training (``run.metrics``).
+    Batches are made in `num_workers` DataLoader processes (default: none for text data, else half the cores, 1 to
+    4). Retrieval metrics on `eval_data` are computed before and after training (``run.metrics``).
     With `output_dir`, a checkpoint is written every `save_steps` optimizer steps and at each epoch end
     (``output_dir/checkpoint-<step>``, the last `save_total_limit` kept) and the final model to
     ``output_dir/model``; ``fit(None, train_data, resume_from='out')`` continues from the latest checkpoint
@@ -68,10 +70,15 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
     each item's backbone features are computed once and every epoch trains the pooler and heads on them (see
     :mod:`finetune.training.features`).
 
-    Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError for data
-    that cannot be read or does not fit the model, OptionError for bad settings, TrainingError when a step
-    turns NaN (the last good model is kept), SaveError when the final model cannot be written to
-    ``output_dir/model`` (``error.run`` holds the trained model).
+    Several datasets: `train_data` (and `eval_data`, `test_data`) a dict of named datasets, `loss` and `loss_options`
+    one for all or a dict per name; each batch from one dataset, drawn by `dataset_sampling` (see
+    :mod:`finetune.data.several`); metrics ``'<name>/<metric>'``, chosen on ``'mean'`` of their best metrics.
+
+    With eval data and `output_dir`, ``output_dir/report.html`` shows the run (:mod:`finetune.reporting`);
+    `report_to` ('tensorboard', 'mlflow', 'trackio', 'wandb', or a list) logs it to experiment trackers.
+
+    Messages go to the ``finetune`` logger, or to `log`. Returns a :class:`Run`. Raises InputError (data), OptionError
+    (settings), TrainingError (a NaN step; the last good model is kept), SaveError (``error.run`` holds the model).
     """
     config = TrainingConfig.from_arguments(
         loss=loss, loss_options=loss_options, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -82,9 +89,13 @@ def fit(model, train_data, eval_data=None, *, model_options: dict | None = None,
         data_kind=data_kind, output_dir=output_dir, overwrite_output_dir=overwrite_output_dir, save_steps=save_steps,
         save_total_limit=save_total_limit, resume_from=resume_from, progress=progress, ks=ks, select_best=select_best,
         metric_for_best=metric_for_best, wise_ft=wise_ft, guard_tolerance=guard_tolerance,
-        group_by_length=group_by_length, feature_cache=feature_cache)
+        group_by_length=group_by_length, feature_cache=feature_cache, validation_split=validation_split,
+        cpu_kernels=cpu_kernels, dataset_sampling=dataset_sampling)
+    if report_to not in (None, 'none', []):
+        from ..reporting.trackers import with_trackers
+        callbacks = with_trackers(callbacks, report_to, config.output_dir)
     trainer = Trainer(model, train_data, eval_data, config, model_options=model_options, callbacks=callbacks, log=log,
-                      guard_data=guard_data)
+                      guard_data=guard_data, test_data=test_data)
     return trainer.train()
 
 

@@ -175,6 +175,8 @@ def row_fingerprints(data) -> torch.Tensor:
     resumed run compares to know it trains on the same rows, not only as many. Images given as arrays or PIL
     images are hashed by their pixels, paths and texts by their value."""
     import hashlib
+    if hasattr(data, 'parts'):  # several datasets: theirs, one after another
+        return torch.cat([row_fingerprints(part) for part in data.parts.values()])
 
     def key(item) -> bytes:
         if isinstance(item, str):

@@ -38,7 +38,7 @@ def value_of(value: Any) -> Any:
 KEPT_ON_RESUME = ('loss', 'loss_options', 'epochs', 'batch_size', 'learning_rate', 'loss_learning_rate',
                   'optimizer', 'optimizer_options', 'scheduler', 'warmup_ratio', 'max_grad_norm',
                   'gradient_accumulation_steps', 'precision', 'seed', 'num_items_per_class', 'data_kind',
-                  'group_by_length')
+                  'group_by_length', 'validation_split', 'cpu_kernels', 'dataset_sampling')
 #: settings a resumed run takes from its checkpoint when left out, and may change freely. Never where files go or
 #: which are deleted (output_dir, save_total_limit): a resumed run writes where its caller says, else beside the
 #: checkpoint it resumes, and keeps save_total_limit's default unless told otherwise
@@ -52,7 +52,7 @@ class TrainingConfig:
 
     ``explicit`` holds the names the caller passed on purpose; the others kept their default."""
 
-    loss: str | None = None
+    loss: str | dict | None = None
     loss_options: dict | None = None
     epochs: int = 1
     batch_size: int = 32
@@ -84,6 +84,9 @@ class TrainingConfig:
     guard_tolerance: float = 0.01
     group_by_length: bool | str = 'auto'
     feature_cache: bool | str | dict = 'auto'
+    validation_split: float = 0.1
+    cpu_kernels: bool | str = 'auto'
+    dataset_sampling: str | dict = 'proportional'
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
@@ -121,7 +124,11 @@ class TrainingConfig:
             if value is not None and not isinstance(value, dict):
                 raise OptionError(f'{name}: expected a dict such as {{"weight_decay": 0.01}}, got '
                                   f'{type(value).__name__}.')
-        rules.text('loss', self.loss, 'a loss name such as "InfoNCE"')
+        for loss in self.loss.values() if isinstance(self.loss, dict) else (self.loss,):  # one per dataset, or one
+            rules.text('loss', loss, 'a loss name such as "InfoNCE" (or, for several datasets, a dict of them such as '
+                       '{"logs": "InfoNCE", "scored": "CoSENTLoss"})')
+        from ..data.several import check_sampling
+        check_sampling(self.dataset_sampling)
         rules.text('metric_for_best', self.metric_for_best, 'a metric name such as "ndcg@10"')
         for name in ('select_best', 'overwrite_output_dir'):
             rules.boolean(name, getattr(self, name))
@@ -137,6 +144,11 @@ class TrainingConfig:
         if not (isinstance(self.group_by_length, bool) or self.group_by_length == 'auto'):
             raise OptionError(f"group_by_length: expected 'auto' (texts of similar length batched together where "
                               f"the data is text pairs), True or False, got {self.group_by_length!r}.")
+        rules.number('validation_split', self.validation_split, 'a share of the training rows in [0, 0.5] (0: none '
+                     'held out)', lambda v: 0 <= v <= 0.5)
+        if not (isinstance(self.cpu_kernels, bool) or self.cpu_kernels == 'auto'):
+            raise OptionError(f"cpu_kernels: expected 'auto' (the CPU paths that measure faster at this thread "
+                              f"count), True or False (torch's own modules), got {self.cpu_kernels!r}.")
         from .features import check_feature_cache
         check_feature_cache(self.feature_cache)
         rules.text('data_kind', self.data_kind, 'a data kind name such as "pairs"')
@@ -149,8 +161,12 @@ class TrainingConfig:
             raise OptionError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain data (for a checkpoint or an artifact's config), without ``explicit``."""
-        out = asdict(self)
+        """The settings as plain data (for a checkpoint or an artifact's config), without ``explicit``; a model
+        object in ``loss_options`` (a guide) is written as a description of it, not copied."""
+        from torch import nn
+        models = {k: f'<model {getattr(v, "name", type(v).__name__)}>' for k, v in (self.loss_options or {}).items()
+                  if isinstance(v, nn.Module)}
+        out = asdict(replace(self, loss_options={**self.loss_options, **models}) if models else self)
         out.pop('explicit')
         out['ks'] = list(self.ks)
         return out
@@ -176,6 +192,8 @@ class TrainingConfig:
 
 def _canonical(name: str, value: Any) -> Any:
     """A loss under any of its aliases is the same loss."""
+    if name == 'loss' and isinstance(value, dict):
+        return {key: _canonical(name, loss) for key, loss in value.items()}
     if name == 'loss' and isinstance(value, str):
         from ..losses import loss_class
         try:

@@ -195,13 +195,36 @@ class QuickDropout:
         self.swapped.restore()
 
 
-class CpuKernels:
-    """``with CpuKernels(model, device):`` trains `model` with :class:`RowGradients` and :class:`QuickDropout`
-    attached when `device` is a CPU; nothing elsewhere."""
+#: the CPU paths by name, in the order they attach
+PATHS = {'row gradients': RowGradients, 'quick dropout': QuickDropout}
 
-    def __init__(self, model: nn.Module, device: torch.device | str):
-        on = torch.device(device).type == 'cpu'
-        self.parts = [RowGradients(model), QuickDropout(model)] if on else []
+#: 'auto' draws dropout masks from 16 random bits up to this many threads: torch's ``random_`` is a serial kernel
+#: and ``bernoulli_`` a parallel one, so torch's own dropout catches up as threads are added
+#: (benchmarks/bench_cpu_kernels.py on a 2-core AMD EPYC: 1.7x faster on 1 thread, 1.14x on 2)
+QUICK_DROPOUT_MAX_THREADS = 2
+
+
+def choose(setting: bool | str, device: torch.device | str, threads: int | None = None) -> tuple[str, ...]:
+    """The CPU paths (names of :data:`PATHS`) that ``fit(cpu_kernels=setting)`` attaches on `device` with
+    `threads` (default: torch's intra-op thread count): none off a CPU or with False; both with True; with
+    'auto', the embedding-row gradients (faster at every thread count measured) and, up to
+    :data:`QUICK_DROPOUT_MAX_THREADS` threads, the 16-bit dropout masks."""
+    if torch.device(device).type != 'cpu' or setting is False:
+        return ()
+    if setting is True:
+        return tuple(PATHS)
+    threads = torch.get_num_threads() if threads is None else threads
+    return ('row gradients',) + (('quick dropout',) if threads <= QUICK_DROPOUT_MAX_THREADS else ())
+
+
+class CpuKernels:
+    """``with CpuKernels(model, device, setting):`` trains `model` with the paths :func:`choose` picks for
+    `device` and `setting` ('auto', True, False) attached: on a CPU, :class:`RowGradients` and
+    :class:`QuickDropout`; nothing elsewhere. ``names`` lists what is attached."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str, setting: bool | str = 'auto'):
+        self.names = choose(setting, device)
+        self.parts = [PATHS[name](model) for name in self.names]
 
     def __enter__(self) -> CpuKernels:
         try:

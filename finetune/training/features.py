@@ -114,6 +114,13 @@ def why_not(trainer) -> str | None:
     from .engine import is_sharded
     if is_sharded(trainer.accelerator):
         return 'FSDP shards the backbone over the processes, and only its wrapper gathers it for a forward'
+    if hasattr(trainer.train_data, 'parts'):
+        return 'several datasets are batched one dataset at a time, each by its own kind'
+    if trainer.loss.__dict__.get('guide') is not None:
+        return "the loss's guide embeds each batch's raw rows, which the cache does not keep"
+    from ..prompts import training_prompts
+    if any(training_prompts(trainer.side_a, trainer.side_b)):
+        return 'prompts go before the items of a side, and the cache keeps the features of the items as they are'
     for model in _side_models(trainer):
         backbone = model.backbone
         trainable = [name for name, p in backbone.named_parameters() if p.requires_grad]
@@ -201,10 +208,11 @@ class FeatureCache(Callback):
     # -------------------------------------------------------------- training
     def loader(self, uncached: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
         """A loader of the same batches as `uncached` (its batch sampler, so skipping and sharding hold) whose
-        sides are cached features; no worker processes: there is nothing left to preprocess."""
+        sides are cached features; no worker processes: there is nothing left to preprocess. Its generator is
+        `uncached`'s, so the random state of the training process moves as in an uncached run."""
         return torch.utils.data.DataLoader(RowsDataset(self.trainer.train_data),
                                            batch_sampler=uncached.batch_sampler, num_workers=0,
-                                           collate_fn=self.collate)
+                                           collate_fn=self.collate, generator=uncached.generator)
 
     def collate(self, rows: Sequence[tuple]) -> dict:
         """The batch of `rows`, as the data kind makes it, with each side's items as their cached Features."""

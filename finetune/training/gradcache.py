@@ -108,7 +108,7 @@ class CachedStep:
         with self.autocast():
             inputs = self.module.kind.loss_inputs(embed, batch, self.module.loss,
                                                   getattr(self.module.model, 'logit_scale', None))
-            value = self.module.loss(inputs)
+            value = self.module.loss(self.module.with_guide(batch, inputs))
         for buffer, copy in kept:  # the second pass updates the running statistics, once
             buffer.copy_(copy)
         return value, sides

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..backbone import Features, batch_to, inverse_order, join_features, rows_of
 from ..data.kinds import DataKind
+from ..data.several import DATASET_KEY
 from ..losses import Loss
 
 
@@ -20,16 +21,19 @@ class TrainingModule(nn.Module):
     """``module(batch)`` -> the loss of `batch`, whose layout the data `kind` knows.
 
     `towers` names the tower that embeds each side (``{'a': 'text', 'b': 'image'}``) for a multi-tower model;
-    empty for a one-tower model.
+    empty for a one-tower model. Several datasets (:mod:`finetune.data.several`): `kind` answers for the dataset of
+    each batch, the loss holds one loss per dataset, and `towers` is a list, one mapping per dataset.
 
     :attr:`host_batch` is the batch of the next forward as it was before it moved to an accelerator (the trainer
     sets it each step; None on a CPU): the length groups of its sides are then found and cut there, and only the
     groups move, so that no step waits for the accelerator to read back row lengths or padding."""
 
-    def __init__(self, model: nn.Module, loss: Loss, kind: DataKind, towers: dict[str, str] | None = None):
+    def __init__(self, model: nn.Module, loss: Loss, kind: DataKind,
+                 towers: dict[str, str] | list[dict[str, str]] | None = None):
         super().__init__()
         self.model, self.loss, self.kind = model, loss, kind
-        self.towers = dict(towers or {})
+        self.tower_sets = list(towers) if isinstance(towers, list) else None  # per dataset
+        self.towers = {} if self.tower_sets is not None else dict(towers or {})
         self.host_batch: dict[str, Any] | None = None
         self._hosts: dict[int, Any] = {}  # id of a side's input in this forward -> that input on the host
 
@@ -77,7 +81,8 @@ class TrainingModule(nn.Module):
         model) and can join them (:meth:`~finetune.backbone.Backbone.join_batches`): an ``embed`` that gives
         each of them its rows of the joined batch's embeddings, embedded once (in length groups: fewer,
         larger passes). Else None."""
-        wanted = [(side, batch[key]) for side, key in self.kind.embedded if key in batch]
+        kind = self.kind.for_batch(batch) if hasattr(self.kind, 'for_batch') else self.kind
+        wanted = [(side, batch[key]) for side, key in kind.embedded if key in batch]
         if not self.training or len(wanted) < 2 or len({self.towers.get(side) for side, _ in wanted}) > 1:
             return None
         side, backbone, inputs = wanted[0][0], self._backbone(wanted[0][0]), [x for _, x in wanted]
@@ -100,6 +105,14 @@ class TrainingModule(nn.Module):
             return part if part is not None else self.embed(side, x, logits)
         return embed
 
+    def with_guide(self, batch: dict[str, Any], inputs):
+        """`inputs` with a guide's embeddings of `batch` for a loss that has a guide (see
+        :mod:`finetune.training.guide`); as they are otherwise."""
+        if self.loss.__dict__.get('guide') is None:
+            return inputs
+        from .guide import attach_guide
+        return attach_guide(self.loss, self.kind, batch, inputs)
+
     def hosts_of(self, batch: dict[str, Any]) -> dict[int, Any]:
         """``{id(batch[key]): host_batch[key]}``: each input of `batch` (as this forward received it) with its
         copy on the host, for the keys :attr:`host_batch` has."""
@@ -110,10 +123,12 @@ class TrainingModule(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         self._hosts = self.hosts_of(batch) if self.training else {}
+        if self.tower_sets is not None:  # several datasets: the towers of this batch's dataset
+            self.towers = self.tower_sets[int(batch[DATASET_KEY])]
         try:
             embed = self.joined(batch) or self.embed
             inputs = self.kind.loss_inputs(embed, batch, self.loss, getattr(self.model, 'logit_scale', None))
-            return self.loss(inputs)
+            return self.loss(self.with_guide(batch, inputs))
         finally:
             self._hosts = {}
 

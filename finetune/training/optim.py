@@ -18,8 +18,9 @@ SCHEDULERS = ('linear', 'cosine', 'constant')
 def parameter_groups(model: nn.Module, loss: nn.Module, learning_rate: float,
                      loss_learning_rate: float) -> list[dict]:
     """Two optimizer groups: the model at `learning_rate`; class weights, classifier heads and learned
-    temperatures (the model's ``logit_scale``, the loss's own) at `loss_learning_rate`. OptionError when
-    every model parameter is frozen."""
+    temperatures (the model's ``logit_scale``, the loss's own) at `loss_learning_rate`. With the model option
+    ``layer_decay``, the model's parameters form one group per block's rate (:mod:`finetune.layers`), the full
+    rate first. OptionError when every model parameter is frozen."""
     classifier = getattr(model, 'classifier', None)
     special = list(classifier.parameters()) if classifier is not None else []
     if getattr(model, 'logit_scale', None) is not None:
@@ -28,7 +29,12 @@ def parameter_groups(model: nn.Module, loss: nn.Module, learning_rate: float,
     main = [p for p in model.parameters() if p.requires_grad and id(p) not in special_ids]
     if not main:
         raise OptionError('every model parameter is frozen: nothing to train (check freeze).')
-    groups = [{'params': main, 'lr': learning_rate}]
+    decay = (getattr(model, 'options', None) or {}).get('layer_decay')
+    if decay is not None and decay < 1:  # model_options={'layer_decay': d}: one group per block's rate
+        from ..layers import layer_decay_groups
+        groups = layer_decay_groups(model, main, learning_rate, decay)
+    else:
+        groups = [{'params': main, 'lr': learning_rate}]
     extra = [p for p in [*special, *loss.parameters()] if p.requires_grad]
     if extra:
         groups.append({'params': extra, 'lr': loss_learning_rate})

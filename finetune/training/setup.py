@@ -18,19 +18,24 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..adapters import has_lora, lora_summary
-from ..callbacks import Callback, EvaluationCallback, ProgressBar
+from ..callbacks import Callback, EvaluationCallback, ProgressBar, check_callbacks
+from ..compact import forget_ranges
 from ..backbone import batch_to
 from ..data import load_data
-from ..data.batches import Collator, RowsDataset, raise_worker_error
+from ..data.several import SeveralData, load_several
+from ..data.split import hold_out
+from ..data.batches import Collator, RowsDataset, raise_worker_error, text_lengths
 from ..errors import InputError, OptionError
-from ..evaluation import Evaluation, check_data_files, side_models
+from ..evaluation import check_data_files, side_models
+from ..evaluation.evaluate import make_evaluation
 from ..files import FolderBusyError, FolderLock
-from ..heads import COSINE_CLASSIFIER, CosineClassifier
+from ..heads import ensure_cosine_classifier
 from ..logs import log_function
 from ..losses import Loss, build_loss
 from ..model import EmbeddingModel, MultiTowerModel, build_model
-from ..samplers import ShardedBatches, SkipBatches
+from ..samplers import SeededBatches, ShardedBatches, SkipBatches
 from . import checkpoint as ckpt
+from . import several
 from .choose import Chooser
 from .config import TrainingConfig
 from .features import attach as attach_feature_cache
@@ -39,8 +44,10 @@ from .gradcache import CachedStep
 from .guard import DEVICE_CHECK_EVERY, FiniteWatch, LastGood
 from .hardware import loader_settings, resolve_device, resolve_precision, seed_everything
 from .sharding import FULL_OPTIMIZER_STATE, FullCopy, check_shardable, load_optimizer_state
+from .guide import guide_preprocessors
 from .module import TrainingModule
 from .optim import make_optimizer, make_scheduler, parameter_groups
+from ..prompts import training_preprocessors
 from .state import TrainState
 
 #: the learning rate of a family that declares none
@@ -54,11 +61,12 @@ class SetupSteps:
 
     def __init__(self, model, train_data, eval_data=None, config: TrainingConfig | None = None, *,
                  model_options: dict | None = None, callbacks: Sequence[Callback] | None = None,
-                 log: Callable[[str], None] | None = None, guard_data=None):
+                 log: Callable[[str], None] | None = None, guard_data=None, test_data=None):
         self.config = config or TrainingConfig()
         self.model_arg, self.train_arg, self.eval_arg, self.guard_arg = model, train_data, eval_data, guard_data
+        self.test_arg, self.test_data = test_data, None
         self.model_options = model_options
-        self.callbacks = _check_callbacks(callbacks)
+        self.callbacks = check_callbacks(callbacks)
         # under several processes (torchrun, accelerate launch) the main process alone tells what it does
         self.say = log_function(log) if int(os.environ.get('RANK', '0') or 0) == 0 else _silent
         self.resume_state: dict[str, Any] | None = None
@@ -84,7 +92,7 @@ class SetupSteps:
         if has_lora(self.model):
             self.say(lora_summary(self.model))
         self.train_data, self.eval_data, self.guard_data = self.load_data()
-        self.side_a, self.side_b = side_models(self.model, self.train_data)
+        self.side_a, self.side_b = side_models(self.model, several.first_part(self.train_data))
         self.check_data()
         self.apply_family_defaults()
         self.loss = self.build_loss()
@@ -203,19 +211,41 @@ class SetupSteps:
                           f'(or {saved!r}) to resume it, or leave resume_from out to start a new fit of {given!r}.')
 
     def load_data(self):
-        """The training and evaluation data, their kind detected (or ``data_kind``), described in one line."""
-        kind = self.config.data_kind
-        train = load_data(self.train_arg, 'train_data', kind=kind)
-        evaluation = load_data(self.eval_arg, 'eval_data', kind=kind) if self.eval_arg is not None else None
+        """The training, evaluation and guard data, their kind detected (or ``data_kind``), described in one line;
+        the test data in ``self.test_data``. Without eval data, a validation share of the training rows is held
+        out to choose the model (``validation_split``), where it is wanted and there are enough rows."""
+        c, kind = self.config, self.config.data_kind
+        train = load_several(self.train_arg, 'train_data', load_data, kind)  # a dict: several datasets
+        evaluation = load_several(self.eval_arg, 'eval_data', load_data, kind) if self.eval_arg is not None else None
         guard = load_data(self.guard_arg, 'guard_data') if self.guard_arg is not None else None
+        self.test_data = load_several(self.test_arg, 'test_data', load_data, kind) if self.test_arg is not None \
+            else None
+        self.validation_rows = 0
+        if evaluation is None and (c.select_best or c.wise_ft is not None):
+            train, evaluation = several.hold_out_each(self, train) if isinstance(train, SeveralData) else \
+                self.hold_out_validation(train)
         if guard is not None and evaluation is None:
-            raise OptionError('guard_data needs eval_data: the guard shows what a model chosen on eval_data costs '
-                              'elsewhere.')
+            raise OptionError('guard_data needs eval_data (or a validation_split): the guard shows what a model '
+                              'chosen on them costs elsewhere.')
         self.say(f'train data: {train.describe()}' + (f'; eval data: {evaluation.describe()}' if evaluation else '')
-                 + (f'; guard data: {guard.describe()}' if guard else ''))
+                 + (f'; guard data: {guard.describe()}' if guard else '')
+                 + (f'; test data: {self.test_data.describe()}' if self.test_data else ''))
         if self.resume_state is not None:
             self.check_resume_fits(train)
         return train, evaluation, guard
+
+    def hold_out_validation(self, train):
+        """(training rows, validation rows or None): ``validation_split`` of `train` held out to choose the model
+        (see :func:`~finetune.data.split.hold_out`); a resumed run holds out what its checkpoint's run did."""
+        c = self.config
+        share, explicit = c.validation_split, 'validation_split' in c.explicit
+        if self.resume_state is not None:  # the same rows as the run resumed (none, before runs held rows out)
+            share, explicit = (share if self.resume_state.get('validation_rows') else 0), True
+        rest, validation, said = hold_out(train, share, explicit, c.seed)
+        if said:
+            self.say(said)
+        self.validation_rows = 0 if validation is None else len(validation)
+        return rest, validation
 
     def check_resume_fits(self, train) -> None:
         """OptionError listing every setting (and the data size) that differs from the checkpoint's."""
@@ -245,9 +275,13 @@ class SetupSteps:
         """Before any work: every file the data names is checked, evaluation data must be measurable, and a
         batch must fit in the training data. The eval and guard data, so checked, are kept as
         ``self.evaluations`` (:class:`~finetune.evaluation.Evaluation`): every evaluation of the run reuses them."""
-        check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
-        self.evaluations = [Evaluation(self.model, data, name, progress=self.config.progress) for data, name in
-                            ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data')) if data is not None]
+        if isinstance(self.train_data, SeveralData):
+            several.check_parts(self)
+        else:
+            check_data_files(self.model, self.train_data, 'train_data', self.config.progress)
+        self.evaluations = [make_evaluation(self.model, data, name, progress=self.config.progress) for data, name
+                            in ((self.eval_data, 'eval_data'), (self.guard_data, 'guard_data'),
+                                (self.test_data, 'test_data')) if data is not None]
         if self.config.batch_size > len(self.train_data):
             raise InputError(f'batch_size={self.config.batch_size} is larger than the training data '
                              f'({len(self.train_data)} rows); use batch_size <= {len(self.train_data)}.')
@@ -268,7 +302,9 @@ class SetupSteps:
 
     def build_loss(self) -> Loss:
         """The loss for the data kind (the family's default for it, else the kind's), its options validated;
-        a classifier loss gets its cosine head added to the model."""
+        a classifier loss gets its cosine head added to the model. Several datasets: one loss each."""
+        if isinstance(self.train_data, SeveralData):
+            return several.build_losses(self)
         kind, family = self.train_data.data_kind, self.side_a.backbone
         name = self.config.loss
         if name is None:
@@ -279,12 +315,14 @@ class SetupSteps:
         loss = build_loss(name, self.config.loss_options, kind.name, num_classes=num_classes,
                           embedding_dim=self.model.output_dim)
         if getattr(loss, 'needs_classifier_head', False):
-            _ensure_classifier(self.model, num_classes, self.say)
+            ensure_cosine_classifier(self.model, num_classes, self.say)
         return loss
 
     def make_batch_sampler(self):
         """The data kind's batch sampler (class-balanced for labeled data, no duplicates for pairs, ...)."""
         c = self.config
+        if isinstance(self.train_data, SeveralData):
+            return several.batch_sampler(self)
         sampler = self.train_data.data_kind.batch_sampler(self.train_data, c.batch_size, c.seed,
                                                           c.num_items_per_class)
         lengths = text_lengths(self.train_data) if c.group_by_length is not False else None
@@ -299,7 +337,9 @@ class SetupSteps:
     def make_data_loader(self) -> torch.utils.data.DataLoader:
         """A DataLoader whose workers tokenize and decode the batches, their number and pinned memory chosen for
         the device (:func:`~finetune.training.hardware.loader_settings`: on a CPU none for text data, on CUDA
-        always some, and pinned batches); under several processes each takes every N-th batch."""
+        always some, and pinned batches); under several processes each takes every N-th batch. Each batch carries
+        the seed of its random views (:class:`~finetune.sampling.wrappers.SeededBatches`) and the loader draws from a
+        generator of its own, so no number of workers changes what a run, or a resumed one, trains on."""
         workers, pin = loader_settings(self.device, self.train_data.modalities, self.config.num_workers,
                                        processes_here())
         if workers > 0:  # what the family's preprocessing needs to run in forked workers
@@ -307,22 +347,26 @@ class SetupSteps:
                 for name, value in tower.backbone.worker_environment.items():
                     os.environ.setdefault(name, value)
         acc = self.accelerator
-        shard = ShardedBatches(self.batch_sampler, acc.num_processes, acc.process_index) \
-            if acc.num_processes > 1 else self.batch_sampler
+        seeded = SeededBatches(self.batch_sampler, self.config.seed)
+        shard = ShardedBatches(seeded, acc.num_processes, acc.process_index) if acc.num_processes > 1 else seeded
         self.skipper = batches = SkipBatches(shard)  # a resumed epoch skips each process's own done batches
         rows = RowsDataset(self.train_data)
         loader = torch.utils.data.DataLoader(
             rows, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
-            collate_fn=Collator(self.train_data.data_kind, self.side_a.preprocess_for_training,
-                                self.side_b.preprocess_for_training if self.side_b is not None else None, rows.where))
+            generator=torch.Generator().manual_seed(self.config.seed),
+            collate_fn=several.collator(self) if isinstance(self.train_data, SeveralData) else
+            Collator(self.train_data.data_kind, *training_preprocessors(self.side_a, self.side_b), rows.where,
+                     guide=guide_preprocessors(self.loss, self.train_data)))  # prompts; a loss's guide model
         if len(self.batch_sampler) == 0:
             raise InputError(f'train_data gives no full batch of {self.config.batch_size}; lower batch_size.')
         return loader
 
-    def tower_names(self) -> dict[str, str]:
-        """The tower that embeds each side of a batch, for a multi-tower model."""
+    def tower_names(self) -> dict[str, str] | list[dict[str, str]]:
+        """The tower that embeds each side of a batch, for a multi-tower model (per dataset, of several)."""
         if not isinstance(self.model, MultiTowerModel):
             return {}
+        if isinstance(self.train_data, SeveralData):
+            return several.tower_names(self)
         names = {id(m): t for t, m in self.model.towers.items()}
         out = {'a': names[id(self.side_a)]}
         if self.side_b is not None:
@@ -344,7 +388,7 @@ class SetupSteps:
             check_shardable(self.loss)
         self.full_copy = FullCopy(self.module, acc.device if acc.is_main_process else 'cpu') if sharded else None
         for evaluation in self.evaluations if sharded else ():  # evaluated on the copy, not on the shards
-            evaluation.side_a, evaluation.side_b = side_models(self.full_copy.model, evaluation.data)
+            evaluation.use(self.full_copy.model)
         if wraps_in_ddp(acc) and chunk is None:  # GradCache's passes run outside DistributedDataParallel
             acc.ddp_handler.find_unused_parameters = self.decide_unused_parameters()
         self.module, self.optimizer = acc.prepare(self.module, self.optimizer)
@@ -355,6 +399,7 @@ class SetupSteps:
         #: the TrainingModule that trains (sharded under FSDP); ``unwrapped``: the model evaluated and saved
         self.training_module = acc.unwrap_model(self.module)
         self.unwrapped = self.full_copy.model if sharded else self.training_module.model
+        forget_ranges(self.unwrapped)  # int8 ranges calibrated on the weights before training no longer fit them
         self.guard = LastGood(self.module if sharded else self.training_module)
         every = self.finite_check_every or (1 if acc.device.type == 'cpu' else DEVICE_CHECK_EVERY)
         self.watch = FiniteWatch(acc, every)
@@ -440,46 +485,5 @@ def _canonical_name(name: str) -> str:
         return name
 
 
-def text_lengths(data) -> list[tuple[int, ...]] | None:
-    """The length in characters of each text side of each row (a data kind's extra document columns, such as
-    the hard negatives of margin-triplets, included); None when no side is text."""
-    sides = [side for side, modality in zip((data.a, data.b), data.modalities) if modality == 'text']
-    if data.modalities[-1] == 'text':  # extra columns are documents, of the second side's modality
-        sides += [column for column in (data.extra or {}).values()
-                  if len(column) == len(data.a) and all(isinstance(item, str) for item in column)]
-    if not sides:
-        return None
-    return list(zip(*([len(item) for item in side] for side in sides)))
-
-
-def _check_callbacks(callbacks: Any) -> list[Callback]:
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
-        raise OptionError(f'callbacks: expected a list of finetune.callbacks.Callback, got '
-                          f'{type(callbacks).__name__}.')
-    bad = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
-    if bad:
-        raise OptionError(f'callbacks: {", ".join(bad)} is not a finetune.callbacks.Callback; subclass it and '
-                          f'override the hooks you need.')
-    return list(callbacks)
-
-
 def _towers(model) -> list[EmbeddingModel]:
     return list(model.towers.values()) if isinstance(model, MultiTowerModel) else [model]
-
-
-def _ensure_classifier(model, num_classes: int, log: Callable[[str], None]) -> None:
-    """Give `model` a cosine classifier of `num_classes` rows (recognite's recipe) if it lacks one."""
-    if isinstance(model, MultiTowerModel):
-        raise OptionError('this loss trains through a classifier head, which a multi-tower model has not; use an '
-                          'in-batch contrastive loss (CLIPLoss or InfoNCE).')
-    current = model.classifier
-    if current is not None and current.weight.shape[0] == num_classes:
-        return
-    model.classifier = CosineClassifier(model.output_dim, num_classes,
-                                        scale=model.options['head_options'].get('scale', 16.0))
-    model.options = dict(model.options, head=COSINE_CLASSIFIER,
-                         head_options=dict(model.options['head_options'], num_classes=num_classes,
-                                           scale=model.classifier.scale))
-    log(f'added a cosine classifier head with {num_classes} classes for the loss')

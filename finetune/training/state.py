@@ -76,11 +76,30 @@ class Run:
     def __init__(self, model, metrics: dict[str, dict], history: list[dict], data_description: str, config: dict):
         self.model, self.metrics, self.history = model, metrics, history
         self.data_description, self.config = data_description, config
+        #: what the run report shows (JSON-able; :mod:`finetune.reporting`), set when the fit finishes
+        self.report_data: dict | None = None
 
     def save(self, directory: str) -> str:
-        """Write the fine-tuned model (safetensors + JSON config with the metrics); returns the path."""
+        """Write the fine-tuned model (safetensors + JSON config with the metrics, and the run report's data as
+        ``report.json``); returns the path."""
         from ..artifacts import save_model
-        return save_model(self.model, directory, metrics=self.metrics, extra={'training': self.config})
+        write_more = None
+        if self.report_data is not None:
+            from ..reporting import save_report_data
+            write_more = lambda folder: save_report_data(self.report_data, folder)  # noqa: E731
+        return save_model(self.model, directory, metrics=self.metrics, extra={'training': self.config},
+                          write_more=write_more)
+
+    def report(self, path: str) -> str:
+        """Write the run report, one self-contained HTML page, to `path` (a file, or a folder that gets
+        ``report.html``); returns its path. A run without eval data shows its curves and settings."""
+        from ..reporting import write_report
+        if self.report_data is None:
+            from ..reporting.collect import jsonable
+            self.report_data = jsonable({'title': f'{getattr(self.model, "name", "model")} fine-tuned',
+                                         'metrics': self.metrics, 'config': self.config,
+                                         'data': {'train': self.data_description}})
+        return write_report(self.report_data, path)
 
     def __repr__(self) -> str:
         return f'Run(model={self.model.name!r}, metrics={list(self.metrics)})'

@@ -24,12 +24,14 @@ from typing import Any, Iterator
 
 import torch
 
+from .. import reporting
 from ..backbone import batch_to
 from ..data.batches import raise_worker_error
 from ..errors import OptionError
-from ..evaluation import Evaluation
+from ..evaluation.evaluate import make_evaluation
 from . import checkpoint as ckpt
 from .cpu_kernels import CpuKernels
+from .cpu_kernels import choose as choose_cpu_paths
 from .gradcache import all_reduce_gradients
 from .guard import gradients_finite
 from .hardware import rng_state, set_rng_state
@@ -69,6 +71,7 @@ class Trainer(SetupSteps):
 
     def train_set_up(self) -> Run:
         """Everything of :meth:`train` after :meth:`setup`."""
+        reporting.start(self)  # the run report: the eval embeddings before and after, each step's figures
         self.chooser.start()
         saved_dims = (self.resume_state or {}).get('metrics_dims')
         if saved_dims:  # a resumed run measured its base already
@@ -77,6 +80,7 @@ class Trainer(SetupSteps):
             self.measure_dims('before')
         if self.eval_data is not None and self.accelerator.is_main_process:
             self.say(_metric_line('before', self.metrics['before'], self.eval_data.data_kind))
+        self.measure_test('before')
         self._fire('on_train_begin')
         self.training_module.model.train()
         self.unread_losses: list[tuple[dict, torch.Tensor]] = []  # steps whose loss is not read back yet
@@ -104,7 +108,12 @@ class Trainer(SetupSteps):
         modules). Raises what entering a context raises, the ones entered before it left again."""
         with contextlib.ExitStack() as stack:
             if self.full_copy is None:  # sharded (FSDP) weights keep torch's own modules
-                stack.enter_context(CpuKernels(self.training_module.model, self.accelerator.device))
+                kernels = stack.enter_context(CpuKernels(self.training_module.model, self.accelerator.device,
+                                                         self.config.cpu_kernels))
+                if self.accelerator.device.type == 'cpu':
+                    used = ', '.join(kernels.names) or "none, torch's own modules"
+                    self.say(f'CPU paths (cpu_kernels={self.config.cpu_kernels!r}, {torch.get_num_threads()} '
+                             f'threads): {used}')
             return stack.pop_all()
 
     def run_epoch(self, epoch: int) -> None:
@@ -127,6 +136,9 @@ class Trainer(SetupSteps):
                 if self.state.should_stop:
                     break
         self.look()
+        note = getattr(self.loss, 'epoch_note', None)  # a loss's own count for the epoch (a guide's masked negatives)
+        if callable(note) and (line := note()):
+            self.say(f'epoch {epoch + 1}: {line}')
         self._fire('on_epoch_end')
         self._maybe_evaluate()
         self.state.epoch, self.state.batches_done = epoch + 1, 0
@@ -143,8 +155,9 @@ class Trainer(SetupSteps):
 
     def epoch_batches(self, epoch: int) -> Iterator[tuple[int, Any]]:
         """``(index in the epoch, batch)`` of `epoch`; a resumed epoch starts after its done batches, with the
-        random generators as the checkpoint left them, so the run goes on exactly as it would have."""
-        self.batch_sampler.set_epoch(epoch)
+        random generators as the checkpoint left them and each batch's views drawn from its own seed (whatever the
+        number of workers), so the run goes on exactly as it would have."""
+        self.skipper.set_epoch(epoch)  # passed on to the batch sampler and to the seeds of the batches
         resumed = self.resume_state is not None and epoch == int(self.resume_state['epoch'])
         skip = int(self.resume_state['batches_done']) if resumed else 0
         self.skipper.skip = skip
@@ -312,7 +325,7 @@ class Trainer(SetupSteps):
         try:
             data = self.eval_data if data is None else data
             prepared = next((e for e in self.evaluations if e.data is data), None)  # eval or guard data: read once
-            prepared = prepared or Evaluation(self.unwrapped, data, check_files=False)
+            prepared = prepared or make_evaluation(self.unwrapped, data, check_files=False)
             metrics = prepared.run(ks=self.config.ks, dim=dim) if self.accelerator.is_main_process else {}
         finally:
             self.unwrapped.train(was_training)
@@ -335,6 +348,8 @@ class Trainer(SetupSteps):
                 'config': self.run_config(), 'data_size': len(self.train_data),
                 'data_fingerprints': self.data_fingerprints(), 'history': list(s.history),
                 'metrics_before': dict(self.metrics.get('before', {})),
+                'metrics_test_before': dict(self.metrics.get('test', {}).get('before', {})),
+                'validation_rows': self.validation_rows,
                 'metrics_dims': {d: {k: v for k, v in m.items() if k == 'before'}
                                  for d, m in self.metrics.get('dims', {}).items()}}
 
@@ -344,9 +359,13 @@ class Trainer(SetupSteps):
         if getattr(self, '_run_config', None) is not None:
             return dict(self._run_config)
         out = self.config.to_dict()
-        out.update(run_id=self.run_id, loss=self.loss.name, learning_rate=self.learning_rate,
-                   precision=self.precision, data_kind=self.train_data.kind, steps_per_epoch=self.steps_per_epoch,
-                   data=self.train_data.describe())
+        out.update(run_id=self.run_id, loss=getattr(self.loss, 'by_dataset', None) or self.loss.name,
+                   learning_rate=self.learning_rate, precision=self.precision,
+                   steps_per_epoch=self.steps_per_epoch, data=self.train_data.describe(),
+                   cpu_paths=list(choose_cpu_paths(self.config.cpu_kernels, self.accelerator.device)
+                                  if self.full_copy is None else ()))
+        if not hasattr(self.train_data, 'parts'):  # several datasets: each of its own kind, as detected
+            out['data_kind'] = self.train_data.kind
         self._run_config = out
         return dict(out)
 
@@ -393,6 +412,17 @@ class Trainer(SetupSteps):
             if self.accelerator.is_main_process:
                 self.say(_metric_line(f'{when} at {dim} dimensions', table[dim][when], self.eval_data.data_kind))
 
+    def measure_test(self, when: str) -> None:
+        """With test data: its metrics on the base (`when` 'before') and on the model handed back ('after'), in
+        ``metrics['test'][when]``. Test data chooses nothing: its change is the gain to report."""
+        if self.test_data is None:
+            return
+        saved = (self.resume_state or {}).get('metrics_test_before') if when == 'before' else None
+        table = self.metrics.setdefault('test', {})
+        table[when] = dict(saved) if saved else self.evaluate(self.test_data)
+        if self.accelerator.is_main_process:
+            self.say(_metric_line(f'test data {when}', table[when], self.test_data.data_kind))
+
     def finish(self) -> Run:
         """The evaluation after training and the final model in ``output_dir/model``. A failed final save raises
         :class:`~finetune.training.SaveError`, which holds the Run (``error.run.model``: nothing trained is lost)."""
@@ -400,9 +430,15 @@ class Trainer(SetupSteps):
         self.unwrapped.eval()
         self.chooser.finish()
         self.measure_dims('after')
+        if self.chooser.active:  # the eval data chose the model: its "after" is not a held-out figure
+            self.metrics['selected_on'] = {'data': 'validation split' if self.validation_rows else 'eval_data',
+                                           'rows': len(self.eval_data)}
         if self.eval_data is not None and self.accelerator.is_main_process:
-            self.say(_metric_line('after', self.metrics['after'], self.eval_data.data_kind))
+            chosen = f' (chosen on this {self.metrics["selected_on"]["data"]})' if self.chooser.active else ''
+            self.say(_metric_line(f'after{chosen}', self.metrics['after'], self.eval_data.data_kind))
+        self.measure_test('after')
         run = Run(self.unwrapped, self.metrics, self.state.history, self.train_data.describe(), self.run_config())
+        reporting.finish(self, run)  # run.report_data; output_dir/report.html
         if self.config.output_dir is not None and self.accelerator.is_main_process:
             target = os.path.join(self.config.output_dir, 'model')
             try:
@@ -411,6 +447,7 @@ class Trainer(SetupSteps):
                 raise SaveError(f'could not save the final model to {target} ({type(exc).__name__}: {exc}); the '
                                 f'trained model is kept in the error: error.run.model, saved with '
                                 f'error.run.save(another_folder)', run) from exc
+        self._fire('on_fit_end', run)
         return run
 
     # ================================================================ helpers

@@ -9,6 +9,7 @@ from torch import nn
 
 from finetune.backbone import Backbone, Features, Towers
 from finetune.errors import InputError, OptionError, WeightsNotFoundError
+from finetune.layers import PatchDropout, block_layers
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
 from finetune_hfhub import enable_checkpointing, linear_names
 
@@ -42,6 +43,29 @@ def enable_grad_checkpointing(tower: nn.Module, name: str) -> None:
         return
     raise OptionError(f"option 'gradient_checkpointing': {name!r} ({type(tower).__name__}) cannot recompute its "
                       f'activations; leave it False (transformer towers can).')
+
+
+def tower_layers(prefix: str, tower: nn.Module, stem: tuple[str, ...]) -> list[tuple[str, ...]] | None:
+    """``[stem, block 1, ..., block L + final norm and projection]`` of an open_clip transformer tower (its
+    ``transformer.resblocks``), parameter names under `prefix`; None for another tower (a timm trunk, a ResNet, a
+    transformers text model), which keeps the default layers."""
+    blocks = getattr(getattr(tower, 'transformer', None), 'resblocks', None)
+    if not isinstance(blocks, nn.ModuleList) or not len(blocks):
+        return None
+    names = [f'{prefix}.{n}' for n, _ in tower.named_parameters()]
+    return block_layers(names, [f'{prefix}.transformer.resblocks.{i}' for i in range(len(blocks))],
+                        tuple(f'{prefix}.{s}' for s in stem))
+
+
+def set_patch_dropout(visual: nn.Module, p: float, name: str) -> None:
+    """Patch dropout in an open_clip ViT (its ``patch_dropout`` slot, after the class token and positions);
+    OptionError for an image tower without one (a ResNet, a timm trunk)."""
+    if not p:
+        return
+    if not hasattr(visual, 'patch_dropout') or not hasattr(visual, 'class_embedding'):
+        raise OptionError(f"option 'patch_dropout': the image tower of {name!r} ({type(visual).__name__}) is no "
+                          f'open_clip ViT with patch tokens; leave patch_dropout at 0.')
+    visual.patch_dropout = PatchDropout(p, keep_first=1)
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -80,6 +104,10 @@ class TextTower(Backbone):
 
     def lora_target_modules(self) -> tuple[str, ...]:
         return lora_targets(self.text)
+
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        return tower_layers('text', self.text, ('token_embedding', 'positional_embedding', 'cls_emb')) \
+            or super().depth_layers()
 
     def enable_gradient_checkpointing(self) -> None:
         enable_grad_checkpointing(self.text, self.model_name)
@@ -140,6 +168,10 @@ class ImageTower(Backbone):
 
     def lora_target_modules(self) -> tuple[str, ...]:
         return lora_targets(self.visual)
+
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        return tower_layers('visual', self.visual, ('conv1', 'class_embedding', 'positional_embedding', 'ln_pre')) \
+            or super().depth_layers()
 
     def enable_gradient_checkpointing(self) -> None:
         enable_grad_checkpointing(self.visual, self.model_name)
@@ -221,6 +253,7 @@ def build(model: str, tag: str | None, display: str, options: dict[str, Any]) ->
         towers['text'] = TextTower(clip.text, tokenizer, embed_dim, getattr(tokenizer, 'context_length', None),
                                    f'{display}[text]')
     if tower in (None, 'image'):
+        set_patch_dropout(clip.visual, options.get('patch_dropout', 0.0), display)
         towers['image'] = ImageTower(clip.visual, pre, embed_dim, f'{display}[image]')
     # a saved model holds its weights: its name need not (and, pointing outside the artifact, may not)
     # carry the weights file it was built from

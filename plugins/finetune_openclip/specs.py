@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from finetune.errors import OptionError, UnknownModelError, did_you_mean
+from finetune.layers import PATCH_DROPOUT_OPTION
 from finetune.options import Option, one_of
 from finetune.preprocessing import image_preprocess_options
 from finetune.registry import BackboneSpec
@@ -84,7 +85,7 @@ def _spec(name: str, model: str, tag: str | None, output_dim: int, description: 
         output_dim=output_dim,
         description=description,
         build=functools.partial(build, model, tag, name),
-        options=(TOWER_OPTION, QUICK_GELU_OPTION),
+        options=(TOWER_OPTION, QUICK_GELU_OPTION, PATCH_DROPOUT_OPTION),
         preprocess_options=image_preprocess_options(**preprocess),
         defaults=defaults,
         alias_of=alias_of,

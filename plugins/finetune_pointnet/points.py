@@ -111,7 +111,8 @@ def sample_shapes() -> list[np.ndarray]:
 #: the modality this plugin adds to the core's text and image
 MESH = Modality('mesh', MESH_FILE_EXTENSIONS + POINT_FILE_EXTENSIONS, _is_shape, _one_shape,
                 'mesh files (' + ' '.join(MESH_FILE_EXTENSIONS) + '), point files (.xyz .npy) or (N, 3) arrays',
-                samples=sample_shapes)
+                samples=sample_shapes,
+                points=lambda item: sample_points(read_shape(item), 1024, np.random.default_rng(0)))
 
 
 # ---------------------------------------------------------------- shapes

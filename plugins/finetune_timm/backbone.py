@@ -9,6 +9,7 @@ from torch import nn
 
 from finetune.backbone import MAP, TOKENS, Backbone, Features
 from finetune.errors import OptionError
+from finetune.layers import PatchDropout
 from finetune.meta import build_on_meta
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
 from finetune_hfhub import linear_names
@@ -86,6 +87,27 @@ class TimmBackbone(Backbone):
     def check_batch(self, batch) -> None:
         check_image_batch(batch, self.model_name, self.image_size if self.fixed_size else None)
 
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        """timm's own grouping by depth (``group_matcher``: stem, each block, the final norm with the last block),
+        as timm's layer-wise decay uses it; the default layers for a model without one."""
+        try:
+            from timm.models import group_parameters
+            groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
+        except (AttributeError, NotImplementedError, ImportError):
+            return super().depth_layers()
+        return [tuple(f'model.{n}' for n in groups[k]) for k in sorted(groups)]
+
+    def set_patch_dropout(self, p: float) -> None:
+        """Patch dropout in a timm ViT (its ``patch_drop`` slot, after the positions, prefix tokens kept);
+        OptionError for a model without one (a CNN)."""
+        if not p:
+            return
+        if not hasattr(self.model, 'patch_drop'):
+            raise OptionError(f"option 'patch_dropout': the timm model {self.model_name!r} "
+                              f'({type(self.model).__name__}) has no patch tokens to drop; leave it at 0 (ViTs '
+                              f'take it).')
+        self.model.patch_drop = PatchDropout(p, keep_first=int(getattr(self.model, 'num_prefix_tokens', 1)))
+
 
 def _create(name: str):
     return _timm().create_model(name, pretrained=False, num_classes=0)
@@ -124,9 +146,12 @@ def build(name: str, options: dict[str, Any]) -> TimmBackbone:
     """Build timm model `name` as a backbone with validated `options`."""
     pretrained = options['pretrained']
     own_dim, pooled_dim, layout = probe(name)
-    if pretrained is False:
-        return TimmBackbone(name, _create(name), options['preprocess_options'], own_dim, pooled_dim, layout)
-    path, by_position = (pretrained, False) if isinstance(pretrained, str) else pretrained_state_path(name)
+    found = None if pretrained is False else \
+        ((pretrained, False) if isinstance(pretrained, str) else pretrained_state_path(name))
     model = _create(name)
-    load_weights(model, path, name, by_position)
-    return TimmBackbone(name, model, options['preprocess_options'], own_dim, pooled_dim, layout)
+    if found is not None:
+        path, by_position = found
+        load_weights(model, path, name, by_position)
+    backbone = TimmBackbone(name, model, options['preprocess_options'], own_dim, pooled_dim, layout)
+    backbone.set_patch_dropout(options.get('patch_dropout', 0.0))
+    return backbone

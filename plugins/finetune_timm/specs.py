@@ -5,6 +5,7 @@ import fnmatch
 import functools
 
 from finetune.errors import UnknownModelError, did_you_mean
+from finetune.layers import PATCH_DROPOUT_OPTION
 from finetune.preprocessing import image_preprocess_options
 from finetune.registry import BackboneSpec
 
@@ -34,6 +35,7 @@ def _spec(name: str, public_name: str | None = None, description: str | None = N
         description=description or f'{name} from timm',
         build=functools.partial(build, name),
         dims=lambda options, _n=name: dims(_n),
+        options=(PATCH_DROPOUT_OPTION,),
         preprocess_options=image_preprocess_options(**preprocess_defaults(name)),
         alias_of=f'{PREFIX}:{name}' if public_name else None,
         pooler_note=(f"A pooler replaces timm's global pooling and any pre-logits layers: output_dim "

@@ -17,6 +17,16 @@ LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 
                 'query', 'key', 'value', 'dense', 'q_lin', 'k_lin', 'v_lin', 'out_lin', 'lin1', 'lin2')
 
 
+def pooling_mask(mask: torch.Tensor, prompt_length: torch.Tensor | None) -> torch.Tensor:
+    """The attention `mask` with each row's first `prompt_length` real tokens set to 0 (whichever side the row is
+    padded on): what the pooling averages over when a prompt is left out of it. The model itself still attends
+    to every token."""
+    if prompt_length is None:
+        return mask
+    position = mask.cumsum(1)  # 1 for the first real token of a row, 2 for the next, ...
+    return mask * (position > prompt_length.to(mask.device)[:, None]).to(mask.dtype)
+
+
 def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """The longest ModuleList in `model` (the transformer layers) and its name."""
     best = None
@@ -52,9 +62,28 @@ class HFTextBackbone(Backbone):
     #: what the encoder takes from a tokenized batch, in this order (also the inputs of an exported graph)
     INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
 
+    takes_prompts = True
+    #: the key of a batch that holds, per row, how many of its first real tokens are a prompt's (pooled without
+    #: them: ``include_prompt=False``)
+    PROMPT_LENGTH = 'prompt_length'
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Features:
         out = self.model(**self.model_inputs(batch))
-        return Features(out.last_hidden_state, batch['attention_mask'])
+        return Features(out.last_hidden_state, pooling_mask(batch['attention_mask'], batch.get(self.PROMPT_LENGTH)))
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens of a text that begins with `prompt` are the prompt's, as sentence-transformers counts them:
+        the prompt tokenized alone, less a closing special token (the leading one, [CLS], counts)."""
+        ids = self.tokenize([prompt])
+        real = ids['input_ids'][0][ids['attention_mask'][0].bool()]
+        special = set(getattr(self.tokenizer, 'all_special_ids', None) or ())
+        return int(len(real)) - (1 if len(real) and int(real[-1]) in special else 0)
+
+    def exclude_prompt(self, batch: dict[str, torch.Tensor], prompt: str) -> dict[str, torch.Tensor]:
+        """`batch` with each row's prompt length (:attr:`PROMPT_LENGTH`): its first real tokens that the pooling
+        leaves out."""
+        rows = batch['input_ids'].shape[0]
+        return {**batch, self.PROMPT_LENGTH: torch.full((rows,), self.prompt_tokens(prompt), dtype=torch.long)}
 
     def model_inputs(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the transformers model takes from a tokenized batch (:attr:`INPUTS`)."""

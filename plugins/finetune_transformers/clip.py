@@ -11,6 +11,7 @@ from torch import nn
 
 from finetune.backbone import Backbone, Features, Towers
 from finetune.errors import InputError, OptionError, WeightsNotFoundError
+from finetune.layers import PatchDropout, block_layers
 from finetune.preprocessing import ImagePreprocessor, check_image_batch
 from finetune_hfhub import enable_checkpointing
 
@@ -18,6 +19,15 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: the modules LoRA adapters wrap by default in either tower: attention and MLP projections
 CLIP_LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'out_proj', 'fc1', 'fc2')
+
+
+def _clip_layers(prefix: str, transformer: nn.Module, stem: tuple[str, ...], owner: nn.Module) -> list[tuple[str, ...]]:
+    """``[embeddings, layer 1, ..., layer L + final norm and projection]`` of a CLIP transformer under `prefix`
+    (``text_model`` or ``vision_model``) of `owner` (the tower)."""
+    count = len(transformer.encoder.layers)
+    names = [n for n, _ in owner.named_parameters()]
+    return block_layers(names, [f'{prefix}.encoder.layers.{i}' for i in range(count)],
+                        tuple(f'{prefix}.{s}' for s in stem))
 
 
 def _checkpoint(transformer: nn.Module, name: str, tower: str) -> None:
@@ -33,6 +43,8 @@ class HFCLIPTextTower(Backbone):
     packages = ('transformers',)
 
     modality = 'text'
+    #: prompts (model_options) go before its texts; it pools its own end token, so they cannot be left out of that
+    takes_prompts = True
     layout = None
     lora_targets = CLIP_LORA_TARGETS
 
@@ -52,6 +64,9 @@ class HFCLIPTextTower(Backbone):
 
     def enable_gradient_checkpointing(self) -> None:
         _checkpoint(self.text_model, self.model_name, 'text')
+
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        return _clip_layers('text_model', self.text_model, ('embeddings',), self)
 
     def preprocess(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
@@ -79,10 +94,15 @@ class HFCLIPImageTower(Backbone):
     layout = None
     lora_targets = CLIP_LORA_TARGETS
 
-    def __init__(self, name: str, vision_model: nn.Module, projection: nn.Module, preprocess: dict):
+    def __init__(self, name: str, vision_model: nn.Module, projection: nn.Module, preprocess: dict,
+                 patch_dropout: float = 0.0):
         super().__init__()
         self.model_name = name
         self.vision_model, self.visual_projection = vision_model, projection
+        # patch dropout after the embeddings (class token first, then the patches), training only; no weights
+        self.patch_dropout = PatchDropout(patch_dropout, keep_first=1)
+        if patch_dropout:
+            vision_model.embeddings.register_forward_hook(self._drop_patches)
         self.image_size = preprocess['image_size']
         self.preprocessor = ImagePreprocessor(**preprocess)
         self.own_dim = self.pooled_dim = projection.out_features
@@ -95,6 +115,12 @@ class HFCLIPImageTower(Backbone):
 
     def enable_gradient_checkpointing(self) -> None:
         _checkpoint(self.vision_model, self.model_name, 'image')
+
+    def _drop_patches(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return self.patch_dropout(output)
+
+    def depth_layers(self) -> list[tuple[str, ...]]:
+        return _clip_layers('vision_model', self.vision_model, ('embeddings', 'pre_layrnorm'), self)
 
     def preprocess(self, items):
         if any(isinstance(i, str) and not os.path.exists(i) for i in items):
@@ -156,7 +182,7 @@ def build_clip(name: str, directory: str, options: dict[str, Any]) -> Towers | B
     pre = options['preprocess_options']
     text = HFCLIPTextTower(name, model.text_model, model.text_projection, tokenizer,
                            int(model.config.text_config.max_position_embeddings))
-    image = HFCLIPImageTower(name, model.vision_model, model.visual_projection, pre)
+    image = HFCLIPImageTower(name, model.vision_model, model.visual_projection, pre, options.get('patch_dropout', 0.0))
     for one in (text, image):  # for export(): one config and tokenizer describe both towers
         one.clip_config, one.tokenizer = model.config, tokenizer
     tower = options.get('tower')

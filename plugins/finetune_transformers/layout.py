@@ -50,6 +50,24 @@ def _config_json(source: str) -> dict | None:
 
 
 # ---------------------------------------------------------------- sentence-transformers directories
+ST_CONFIG = 'config_sentence_transformers.json'
+
+
+def _st_prompts(directory: str) -> dict[str, Any]:
+    """The prompts and default prompt that a sentence-transformers folder ships in its ``ST_CONFIG`` (read as JSON
+    data); FinetuneError for prompts that are not a mapping of names to texts."""
+    config = _read_json(os.path.join(directory, ST_CONFIG)) or {}
+    prompts = config.get('prompts') or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                                for k, v in prompts.items()):
+        raise FinetuneError(f'{os.path.join(directory, ST_CONFIG)}: "prompts" must map prompt names to texts, got '
+                            f'{str(prompts)[:200]}.')
+    default = config.get('default_prompt_name') or None
+    if default is not None and default not in prompts:
+        raise FinetuneError(f'{os.path.join(directory, ST_CONFIG)}: "default_prompt_name" {default!r} is not among '
+                            f'its prompts ({", ".join(map(repr, prompts)) or "none"}).')
+    return {'prompts': prompts, 'default_prompt': default}
+
 def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
     """For a sentence-transformers directory: where its transformer lives, its pooling, normalization
     and max_seq_length; None for a plain transformers directory. Raises FinetuneError for modules
@@ -57,7 +75,8 @@ def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
     modules = _read_json(os.path.join(directory, 'modules.json'))
     if not modules:
         return None
-    layout: dict[str, Any] = {'transformer': directory, 'pooler': 'mean', 'normalize': False, 'max_length': None}
+    layout: dict[str, Any] = {'transformer': directory, 'pooler': 'mean', 'normalize': False, 'max_length': None,
+                              'include_prompt': True, **_st_prompts(directory)}
     for module in modules:
         kind = module.get('type', '').rsplit('.', 1)[-1]
         path = os.path.realpath(os.path.join(directory, str(module.get('path', ''))))
@@ -73,7 +92,9 @@ def sentence_transformers_layout(directory: str) -> dict[str, Any] | None:
                 raise FinetuneError(f'{directory}: do_lower_case=True in sentence_bert_config.json is not '
                                     f'supported yet; lower-case your texts and load the transformer alone.')
         elif kind == 'Pooling':
-            layout['pooler'] = _st_pooling_mode(directory, _read_json(os.path.join(path, 'config.json')) or {})
+            pooling = _read_json(os.path.join(path, 'config.json')) or {}
+            layout['pooler'] = _st_pooling_mode(directory, pooling)
+            layout['include_prompt'] = pooling.get('include_prompt', True) is not False
         elif kind == 'Normalize':
             layout['normalize'] = True
         else:

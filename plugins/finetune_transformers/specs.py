@@ -7,7 +7,9 @@ from typing import Any
 
 from finetune.backbone import TOKENS
 from finetune.errors import UnknownModelError
+from finetune.layers import PATCH_DROPOUT_OPTION
 from finetune.options import Option, boolean, one_of, positive_int
+from finetune.prompts import prompt_options
 from finetune.registry import CROSS_ENCODER_TASK, BackboneSpec
 
 from .build import build
@@ -44,12 +46,17 @@ def collate_schema(max_length: int) -> tuple[Option, ...]:
     )
 
 
-def family_options(max_length: int) -> tuple[Option, ...]:
+def family_options(max_length: int, st_layout: dict | None = None) -> tuple[Option, ...]:
+    """The options of a text model: how texts become token batches, remote code, and prompts (a
+    sentence-transformers folder's own prompts, default prompt and include_prompt as their defaults)."""
+    layout = st_layout or {}
+    prompts = prompt_options(layout.get('prompts'), layout.get('default_prompt'), layout.get('include_prompt', True))
     return (
         Option('collate_options', 'dict', {}, 'how texts become token batches (tokenizer settings)',
                lambda name, value: {} if value is None else value, schema=collate_schema(max_length)),
         Option('trust_remote_code', 'bool', False, "run a checkpoint's own Python code (off unless you "
                'trust its source)', boolean),
+        *prompts,
     )
 
 
@@ -76,7 +83,7 @@ def _spec(public: str, source: str, output_dim: int | None, description: str,
         output_dim=output_dim or (config or {}).get('hidden_size'),
         description=description,
         build=functools.partial(build, public, source),
-        options=family_options(_max_length(config, st_layout)),
+        options=family_options(_max_length(config, st_layout), st_layout),
         defaults=defaults,
         pooler_note=DECODER_POOLERS if decoder else ENCODER_POOLERS,
         layout=TOKENS,
@@ -97,7 +104,9 @@ def _clip_spec(public: str, source: str, config: dict) -> BackboneSpec:
         description=f'Hugging Face CLIP model (text and image towers) from {source}',
         build=functools.partial(build_clip, public, source),
         options=(Option('tower', 'str | None', None, "None: both towers; 'text' or 'image': that tower alone",
-                        one_of(('text', 'image'), allow_none=True)),),
+                        one_of(('text', 'image'), allow_none=True)),
+                 # prompts go before the texts of the text tower, which pools its own end token (no include_prompt)
+                 *(o for o in prompt_options() if o.name != 'include_prompt'), PATCH_DROPOUT_OPTION),
         preprocess_options=image_preprocess_options(**clip_preprocess_defaults(source, image_size)),
         pooler_note="CLIP towers keep their own pooling and projection: only pooler=None.",
         layout=None,

@@ -13,6 +13,7 @@ import os
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from finetune.registry import ExportFormat
@@ -34,6 +35,11 @@ def problem(model) -> str | None:
                 f'family (hf:..., all-minilm-l6-v2, bert-base-en, ...)')
     if model.pooler is not None and model.pooler.name not in _POOLING:
         return f'its {model.pooler.name} pooler has no sentence-transformers module (mean, cls, max and last have)'
+    options = getattr(model, 'options', {})
+    if options.get('include_prompt', True) is False and (model.pooler is None or model.pooler.name == 'cls') \
+            and options.get('prompts'):
+        return ("it leaves prompts out of its pooling (include_prompt=False) but pools the first token, which "
+                "sentence-transformers would take after the prompt")
     if getattr(backbone, 'end_token_id', None) is not None:
         return ('finetune appends the end-of-sequence token to each text, which its tokenizer does not add itself '
                 'and sentence-transformers would leave out')
@@ -52,7 +58,24 @@ def _dense_layers(model) -> list[tuple[nn.Linear, str]]:
                 out.append((layer, 'Identity'))
             elif type(layer) in _ACTIVATION:
                 out[-1] = (out[-1][0], _ACTIVATION[type(layer)])
+    if getattr(model, 'truncate_dim', None) is not None:  # a Matryoshka size: keep the leading dimensions, exactly
+        full = out[-1][0].out_features if out else model.backbone.pooled_dim
+        keep = nn.Linear(full, model.truncate_dim, bias=False)
+        with torch.no_grad():
+            keep.weight.copy_(torch.eye(full)[:model.truncate_dim])
+        out.append((keep, 'Identity'))
     return out
+
+
+def _st_config(model) -> dict:
+    """``config_sentence_transformers.json``: cosine similarity, the model's prompts and default prompt, and the
+    Matryoshka size it was cut to (``truncate_dim``, for the record: the folder's last Dense module already cuts)."""
+    options = getattr(model, 'options', {})
+    config: dict[str, Any] = {'similarity_fn_name': 'cosine', 'prompts': dict(options.get('prompts') or {}),
+                              'default_prompt_name': options.get('default_prompt')}
+    if getattr(model, 'truncate_dim', None) is not None:
+        config['truncate_dim'] = model.truncate_dim
+    return config
 
 
 def _activation_path(name: str) -> str:
@@ -76,7 +99,8 @@ def write(model, folder: str) -> dict:
     pooler = backbone.own_pooling if model.pooler is None else model.pooler.name
     os.makedirs(os.path.join(folder, '1_Pooling'))
     pooling = {'word_embedding_dimension': backbone.pooled_dim, **{key: pooler == mode for mode, key in
-                                                                    _POOLING.items()}}
+                                                                    _POOLING.items()},
+               'include_prompt': model.options.get('include_prompt', True) is not False}
     _write_json(os.path.join(folder, '1_Pooling', 'config.json'), pooling)
     modules.append({'idx': 1, 'name': '1', 'path': '1_Pooling', 'type': _MODULES + 'Pooling'})
     for linear, activation in _dense_layers(model):
@@ -91,13 +115,16 @@ def write(model, folder: str) -> dict:
             state['linear.bias'] = linear.bias.detach().contiguous().cpu()
         save_file(state, os.path.join(folder, path, 'model.safetensors'))
         modules.append({'idx': idx, 'name': str(idx), 'path': path, 'type': _MODULES + 'Dense'})
-    if model.normalize:
+    if model.normalize or getattr(model, 'truncate_dim', None) is not None:  # a cut is normalized again
         idx = len(modules)
         os.makedirs(os.path.join(folder, f'{idx}_Normalize'))
         modules.append({'idx': idx, 'name': str(idx), 'path': f'{idx}_Normalize', 'type': _MODULES + 'Normalize'})
     _write_json(os.path.join(folder, 'modules.json'), modules)
-    _write_json(os.path.join(folder, 'config_sentence_transformers.json'), {'similarity_fn_name': 'cosine'})
-    return {'modules': [m['type'].rsplit('.', 1)[-1] for m in modules]}
+    _write_json(os.path.join(folder, 'config_sentence_transformers.json'), _st_config(model))
+    facts = {'modules': [m['type'].rsplit('.', 1)[-1] for m in modules]}
+    if getattr(model, 'truncate_dim', None) is not None:
+        facts['dim'] = model.truncate_dim
+    return facts
 
 
 def check(model, folder: str, trust_remote_code: bool = False) -> Callable[[list, int], np.ndarray]:
@@ -120,4 +147,5 @@ def usage(folder: str) -> str:
 
 
 FORMAT = ExportFormat(name=NAME, suffix='-st', problem=problem, write=write, check=check, usage=usage,
-                      description='a sentence-transformers folder (text models of the transformers family)')
+                      description='a sentence-transformers folder (text models of the transformers family)',
+                      takes_dim=True)

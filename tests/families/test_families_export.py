@@ -55,6 +55,10 @@ def test_text_encoder_int8(tiny_bert_dir, tmp_path):
     folder = finetune.export(model, output=str(tmp_path / 'int8'), quantize='int8', log=_quiet)
     record = json.loads(open(os.path.join(folder, 'finetune_config.json')).read())['export']
     assert record['parity']['int8']['min_cosine'] >= 0.99
+    from finetune.exporting.quantization import SMOOTHING_ALPHA
+    int8 = record['int8']['']  # smoothed: the 6 weight MatMuls of each of the 2 layers, pooler and head
+    assert int8['smoothing']['strength'] == SMOOTHING_ALPHA and int8['smoothing']['layers'] >= 12
+    assert int8['quantized_layers'] + len(int8['fp32_layers']) >= int8['smoothing']['layers']
     got, ours = finetune.load(folder).encode(TEXTS), model.encode(TEXTS)
     assert (got * ours).sum(1).min() >= 0.99 and not np.allclose(got, ours, atol=1e-6)  # quantized, yet close
 

@@ -558,3 +558,21 @@ def test_gradcache_on_pointnet_equals_the_chunked_graph():
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
     for name, value in module.state_dict().items():
         torch.testing.assert_close(value, expected_state[name], msg=name)
+
+
+def test_a_run_with_its_default_loader_worker_resumes_exactly(tmp_path):
+    """PointNet++ samples fresh points and augments them in a DataLoader worker (its default on a CPU: one or
+    more); a run resumed mid-epoch, with its default workers or two, ends with the uninterrupted run's weights."""
+    rows = [(mesh, f'c{i % 3}') for i, mesh in enumerate(shapes() * 3)]  # 12 rows: 3 batches of 4 an epoch
+    settings = dict(epochs=2, batch_size=4, device='cpu', precision='fp32', seed=2, progress=False,
+                    log=lambda m: None)
+    full = finetune.fit(tiny(), rows, output_dir=str(tmp_path / 'full'), save_steps=1, save_total_limit=10,
+                        **settings)
+    assert full.config['num_workers'] is None  # the family's default, at least one worker here
+    final = full.model.state_dict()
+    for step, workers in ((1, None), (4, 2)):  # mid first epoch; mid second epoch with two workers
+        resumed = finetune.fit(None, rows, resume_from=str(tmp_path / 'full' / f'checkpoint-{step}'),
+                               output_dir=str(tmp_path / f'resumed-{step}'), num_workers=workers, log=lambda m: None)
+        state = resumed.model.state_dict()
+        assert state.keys() == final.keys()
+        assert all(torch.equal(state[k], final[k]) for k in final), step
