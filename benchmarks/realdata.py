@@ -24,6 +24,12 @@ FASHION_CLASSES = ('T-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 
 SHAPES = ('sphere', 'box', 'cylinder', 'torus', 'cone', 'capsule', 'icosahedron', 'annulus')
 
 
+def cpu_name() -> str:
+    """The CPU's model name, from /proc/cpuinfo (what every benchmark prints beside its figures)."""
+    with open('/proc/cpuinfo') as f:
+        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
+
+
 def fetch(name: str) -> str:
     """The unpacked folder of package `name` ('wordnet' or 'fashion-mnist') in the cache, downloading it
     with apt-get (a package registry) when it is not there yet."""
