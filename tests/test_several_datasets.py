@@ -36,10 +36,11 @@ def data():
     return {'pairs': text_pairs(), 'scored': scored_pairs()}
 
 
-def _batches(sizes, sampling, epoch=0, batch_size=4):
+def _batches(sizes, sampling, epoch=0, batch_size=4, processes=1):
     samplers = [ShuffledBatchSampler(n, batch_size, seed=1) for n in sizes]
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    sampler = SeveralBatches(samplers, starts, [f'd{i}' for i in range(len(sizes))], sampling, seed=3)
+    sampler = SeveralBatches(samplers, starts, [f'd{i}' for i in range(len(sizes))], sampling, seed=3,
+                             num_processes=processes)
     sampler.set_epoch(epoch)
     batches = list(sampler)
     assert len(batches) == len(sampler)
@@ -63,6 +64,24 @@ def test_each_batch_comes_from_one_dataset_in_the_order_the_sampling_draws():
     assert len(owner) == 13 and counts[1] > counts[0]  # the small dataset drawn more often: passes again
     _, owner = _batches([40, 12], {'d0': 1, 'd1': 0})
     assert set(owner) == {0}
+
+
+@pytest.mark.parametrize('sampling', ['proportional', 'round_robin', {'d0': 1, 'd1': 2}])
+def test_under_two_processes_every_step_trains_one_dataset_on_both(sampling):
+    """Each process takes every other batch (ShardedBatches): the two batches of a step must be of one dataset, or
+    a loss that gathers across processes waits for a process that runs another loss."""
+    from finetune.samplers import ShardedBatches
+    sizes, starts = [40, 12], [0, 40]
+    batches, owner = _batches(sizes, sampling, processes=2)
+    assert owner[0::2] == owner[1::2]
+    samplers = [ShuffledBatchSampler(n, 4, seed=1) for n in sizes]
+    several = SeveralBatches(samplers, starts, ['d0', 'd1'], sampling, seed=3, num_processes=2)
+    ranks = [list(ShardedBatches(several, 2, rank)) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])
+    for a, b in zip(*ranks):
+        assert (a[0] >= 40) == (b[0] >= 40)
+    if sampling == 'proportional':  # every batch of each dataset (one more pass where a count is odd)
+        assert collections.Counter(owner) == {0: 10, 1: 4}
 
 
 def test_fit_trains_each_dataset_with_its_loss_and_measures_each_eval_dataset():
@@ -116,6 +135,23 @@ def test_labeled_images_and_text_image_pairs_train_the_towers_each_dataset_needs
     assert {'text', 'image'} <= changed
 
 
+def test_resume_keeps_each_datasets_validation_rows_the_losses_given_and_learned_temperatures(tmp_path):
+    """The default validation split held out of the large dataset only; a learned temperature (a loss parameter)
+    comes back with the checkpoint; the same loss argument again is no change."""
+    from test_honest_metrics import many_pairs
+    rows = {'big': many_pairs(1200), 'small': text_pairs()}
+    settings = dict(QUIET, save_steps=5, save_total_limit=50, loss={'big': 'InfoNCE'},
+                    loss_options={'big': {'learnable_temperature': True}}, loss_learning_rate=0.5)
+    full = finetune.fit('fake-text', rows, output_dir=str(tmp_path / 'full'), **settings)
+    assert full.metrics['selected_on']['data'] == 'validation split'
+    resumed = finetune.fit(None, rows, resume_from=str(tmp_path / 'full' / 'checkpoint-10'), loss={'big': 'InfoNCE'},
+                           output_dir=str(tmp_path / 'resumed'), log=lambda m: None)
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    losses = [(h['step'], h['loss']) for h in full.history if 'loss' in h]
+    assert [(h['step'], h['loss']) for h in resumed.history if 'loss' in h] == losses  # the steps after it too
+
+
 def test_resume_continues_every_dataset_where_it_stopped(tmp_path):
     settings = dict(QUIET, epochs=2, save_steps=1, save_total_limit=20, validation_split=0,
                     dataset_sampling={'pairs': 1, 'scored': 2})
@@ -157,6 +193,17 @@ def test_several_dataset_mistakes_are_named(kwargs, error, message):
         finetune.fit('fake-text', data(), **{**QUIET, 'validation_split': 0, **kwargs})
 
 
+def test_a_dict_of_losses_needs_several_datasets():
+    with pytest.raises(OptionError, match='a dict of losses'):
+        finetune.fit('fake-text', text_pairs(), loss={'pairs': 'InfoNCE'}, **QUIET)
+
+
+def test_the_report_of_a_run_on_several_datasets_is_written(tmp_path):
+    finetune.fit('fake-text', data(), data(), output_dir=str(tmp_path), **QUIET)
+    page = (tmp_path / 'report.html').read_text()
+    assert 'pairs/ndcg@10' in page and 'scored/spearman' in page
+
+
 def test_a_bad_dataset_name_and_an_empty_dict_are_refused():
     with pytest.raises(InputError, match='not a plain name'):
         finetune.fit('fake-text', {'a/b': text_pairs()}, **QUIET)
@@ -165,6 +212,8 @@ def test_a_bad_dataset_name_and_an_empty_dict_are_refused():
     data_ = SeveralData({'x': load_data(text_pairs()), 'y': load_data(scored_pairs())})
     assert len(data_) == 72 and data_.locate(30) == (1, 6) and data_.where(30).endswith('row 6')
     assert data_.modalities == ('text',)
+    from finetune.data.several import load_several
+    assert load_several(data_, 'train_data', load_data) is data_  # read once (the CLI reads it for the task)
 
 
 def _csv(path, rows):
@@ -179,6 +228,7 @@ def test_the_cli_takes_name_equals_path_and_prints_a_table_per_dataset(tmp_path)
     result = CliRunner().invoke(main, ['fit', '--model', 'fake-text', '--train-data', f'pairs={pairs}',
                                        '--train-data', f'scored={scored}', '--eval-data', f'pairs={pairs}',
                                        '--eval-data', f'scored={scored}', '--loss', 'scored=CoSENTLoss',
+                                       '--loss-option', 'pairs.temperature=0.1',
                                        '--dataset-sampling', 'pairs=1,scored=1', '--batch-size', '8',
                                        '--precision', 'fp32', '--num-workers', '0'])
     assert result.exit_code == 0, result.output

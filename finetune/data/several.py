@@ -122,11 +122,15 @@ class SeveralBatches(Sampler[list[int]]):
     own batch samplers, whose row numbers are shifted by `starts`."""
 
     def __init__(self, samplers: Sequence[Sampler], starts: Sequence[int], names: Sequence[str],
-                 sampling: str | dict = 'proportional', seed: int = 0):
+                 sampling: str | dict = 'proportional', seed: int = 0, num_processes: int = 1):
         super().__init__()
         self.samplers, self.starts, self.names = list(samplers), list(starts), list(names)
         self.sampling, self.seed, self.epoch = sampling, int(seed), 0
+        #: under N processes the dataset is drawn per step, for N batches in a row: each process takes every N-th
+        #: batch (ShardedBatches), so in one step all train on one dataset (its loss's collectives match)
+        self.num_processes = max(1, int(num_processes))
         self.sizes = [len(s) for s in self.samplers]
+        self.steps = [-(-size // self.num_processes) for size in self.sizes]
         empty = [n for n, size in zip(self.names, self.sizes) if size == 0]
         if empty:
             raise InputError(f'train_data[{empty[0]!r}] gives no full batch; lower batch_size or leave it out.')
@@ -136,19 +140,20 @@ class SeveralBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         if self.sampling == 'round_robin':
-            return len(self.sizes) * min(self.sizes)
-        return sum(self.sizes)
+            return self.num_processes * len(self.steps) * min(self.steps)
+        return self.num_processes * sum(self.steps)
 
     def order(self) -> list[int]:
-        """The dataset of each batch of this epoch, in order."""
+        """The dataset of each batch of this epoch, in order (each step's dataset once per process)."""
         rng = np.random.default_rng([self.seed, self.epoch, 0x5EE])
         if self.sampling == 'round_robin':
-            return list(range(len(self.sizes))) * min(self.sizes)
-        if self.sampling == 'proportional':
-            labels = np.repeat(np.arange(len(self.sizes)), self.sizes)
-            return rng.permutation(labels).tolist()
-        weights = np.array([float(self.sampling.get(n, 0)) for n in self.names])
-        return rng.choice(len(self.sizes), size=len(self), p=weights / weights.sum()).tolist()
+            steps = list(range(len(self.steps))) * min(self.steps)
+        elif self.sampling == 'proportional':
+            steps = rng.permutation(np.repeat(np.arange(len(self.steps)), self.steps)).tolist()
+        else:
+            weights = np.array([float(self.sampling.get(n, 0)) for n in self.names])
+            steps = rng.choice(len(self.steps), size=sum(self.steps), p=weights / weights.sum()).tolist()
+        return [d for d in steps for _ in range(self.num_processes)]
 
     def _passes(self, d: int) -> Iterator[list[int]]:
         """Dataset `d`'s batches of this epoch, then of further passes (each its own shuffle) for as long as asked."""
@@ -203,6 +208,8 @@ def check_sampling(value: Any, names: Sequence[str] | None = None) -> None:
 def load_several(data: Any, name: str, load: Callable[..., TrainingData], kind: str | None = None):
     """`data` read by `load`: a dict of several datasets as :class:`SeveralData` (each read as ``name[key]``), any
     other source as it is. InputError for an empty dict or a key that is not a name."""
+    if isinstance(data, SeveralData):
+        return data
     if not isinstance(data, dict) or type(data).__name__.endswith('DatasetDict'):  # a split dict: its reader says
         return load(data, name, kind=kind)
     if not data:

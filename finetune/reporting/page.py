@@ -60,8 +60,9 @@ def metrics_section(metrics: dict) -> str:
     for size, part in sorted((metrics.get('dims') or {}).items(), key=lambda kv: int(kv[0])):
         rows += [f'<tr><th colspan="4">at {escape(str(size))} dimensions</th></tr>']
         rows += metrics_rows(f'@{size} ', part.get('before'), part.get('after'))
-    count = (metrics.get('after') or {}).get('num_queries')
-    caption = f'<p class="sub">{int(count)} queries. {escape(_choice(metrics))}</p>'
+    count = (metrics.get('after') or {}).get('num_queries')  # none for scored data and several datasets
+    queries = f'{int(count)} queries. ' if isinstance(count, (int, float)) else ''
+    caption = f'<p class="sub">{queries}{escape(_choice(metrics))}</p>'
     return ('<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>' + ''.join(rows) +
             '</table>' + caption)
 

@@ -183,6 +183,8 @@ class TrainingConfig:
                 name == 'learning_rate' and mine is None)
             if left_out:
                 updates[name] = theirs
+            elif name == 'loss' and isinstance(theirs, dict) and _loss_fits(mine, theirs):
+                continue  # the losses given are those the checkpoint resolved (several datasets)
             elif name in KEPT_ON_RESUME and not _same(_canonical(name, mine), _canonical(name, theirs)):
                 differences.append(f'{name}: given {mine!r}, checkpoint {theirs!r}')
         config = replace(self, **updates)
@@ -201,6 +203,16 @@ def _canonical(name: str, value: Any) -> Any:
         except OptionError:
             return value
     return value
+
+
+def _loss_fits(given: Any, saved: dict) -> bool:
+    """Whether `given` (one loss name for every dataset, or some datasets' losses) names the losses `saved` holds
+    for them (a checkpoint of several datasets keeps every dataset's loss, the defaults resolved)."""
+    saved = _canonical('loss', saved)
+    if isinstance(given, str):
+        return all(_same(_canonical('loss', given), loss) for loss in saved.values())
+    return isinstance(given, dict) and all(k in saved and _same(_canonical('loss', v), saved[k])
+                                           for k, v in given.items())
 
 
 def _same(a: Any, b: Any) -> bool:

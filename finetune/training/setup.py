@@ -307,6 +307,9 @@ class SetupSteps:
             return several.build_losses(self)
         kind, family = self.train_data.data_kind, self.side_a.backbone
         name = self.config.loss
+        if isinstance(name, dict):
+            raise OptionError(f'loss: a dict of losses ({", ".join(map(repr, name))}) names datasets, but train_data '
+                              f'is one dataset; give one loss name, or train_data as a dict of named datasets.')
         if name is None:
             name = family.default_losses.get(kind.name) or kind.default_loss
             if kind.name in family.default_losses:
@@ -423,6 +426,8 @@ class SetupSteps:
         else a trial forward and backward of the first batch; the same answer on every process)."""
         if self.find_unused_parameters is not None:
             return bool(self.find_unused_parameters)
+        if isinstance(self.train_data, SeveralData):  # a batch of one dataset leaves the others' losses unused
+            return True
         device = self.accelerator.device
         unused = search_unused(self.module.to(device), batch_to(self.first_batch(), device), self.accelerator)
         if unused:
@@ -459,6 +464,8 @@ class SetupSteps:
                               f'its optimizer state cannot be sharded; resume it the way it was launched.')
         else:
             self.optimizer.load_state_dict(saved['optimizer'])
+        if saved.get('loss_state') and self.full_copy is None:  # learned temperatures, class weights of the loss
+            self.training_module.loss.load_state_dict(saved['loss_state'])
         self.scheduler.load_state_dict(saved['scheduler'])
         self.state.epoch = int(saved['epoch'])
         self.state.batches_done = int(saved['batches_done'])

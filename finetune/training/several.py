@@ -26,16 +26,19 @@ def hold_out_each(setup, train: SeveralData):
     applies (see :func:`~finetune.data.split.hold_out`); the validation data is measured dataset by dataset."""
     c = setup.config
     share, explicit = c.validation_split, 'validation_split' in c.explicit
-    if setup.resume_state is not None:
-        share, explicit = (share if setup.resume_state.get('validation_rows') else 0), True
+    held_before = None if setup.resume_state is None else (setup.resume_state.get('validation_parts') or {})
     rest, validation = {}, {}
     for name, part in train.parts.items():
-        rest[name], held, said = hold_out(part, share, explicit, c.seed)
+        if held_before is None:
+            rest[name], held, said = hold_out(part, share, explicit, c.seed)
+        else:  # a resumed run holds out of each dataset what its checkpoint's run did
+            rest[name], held, said = hold_out(part, share if held_before.get(name) else 0, True, c.seed)
         if held is not None:
             validation[name] = held
         if said:
             setup.say(f'train_data[{name!r}]: {said}')
-    setup.validation_rows = sum(len(v) for v in validation.values())
+    setup.validation_parts = {name: len(v) for name, v in validation.items()}
+    setup.validation_rows = sum(setup.validation_parts.values())
     return SeveralData(rest, train.source), (SeveralData(validation, 'validation split') if validation else None)
 
 
@@ -70,7 +73,7 @@ def build_losses(setup) -> PerDataset:
     """Each dataset's loss (named in ``loss``, a name for all or one per dataset; else the family's default for
     its kind, else the kind's), its ``loss_options`` (for all, or per dataset), one cosine classifier head at
     most. OptionError, naming the dataset, for what does not fit."""
-    c, data, family = setup.config, setup.train_data, setup.side_a.backbone
+    c, data = setup.config, setup.train_data
     names = data.names
     if isinstance(c.loss, dict):
         unknown = [k for k in c.loss if k not in names]
@@ -81,7 +84,7 @@ def build_losses(setup) -> PerDataset:
     options = per_dataset(c.loss_options, names, 'loss_options', "{'logs': {'temperature': 0.05}}")
     losses = {}
     for name, part in data.parts.items():
-        kind = part.data_kind
+        kind, family = part.data_kind, side_models(setup.model, part)[0].backbone  # the tower of its first side
         loss_name = chosen[name] or family.default_losses.get(kind.name) or kind.default_loss
         num_classes = len(part.label_names) if kind.name == 'labeled' else None
         try:
@@ -92,7 +95,10 @@ def build_losses(setup) -> PerDataset:
     _check_losses(losses)
     with_head = [name for name, loss in losses.items() if getattr(loss, 'needs_classifier_head', False)]
     if with_head:
-        ensure_cosine_classifier(setup.model, len(data.parts[with_head[0]].label_names), setup.say)
+        try:
+            ensure_cosine_classifier(setup.model, len(data.parts[with_head[0]].label_names), setup.say)
+        except OptionError as exc:
+            raise OptionError(f'train_data[{with_head[0]!r}]: {exc}') from None
     setup.say('losses: ' + ', '.join(f'{name} {loss.name}' for name, loss in losses.items()))
     return PerDataset(losses)
 
@@ -122,8 +128,11 @@ def batch_sampler(setup) -> SeveralBatches:
     by ``dataset_sampling``."""
     c, data = setup.config, setup.train_data
     samplers = []
-    for part in data.parts.values():
-        sampler = part.data_kind.batch_sampler(part, c.batch_size, c.seed, c.num_items_per_class)
+    for name, part in data.parts.items():
+        try:
+            sampler = part.data_kind.batch_sampler(part, c.batch_size, c.seed, c.num_items_per_class)
+        except (InputError, OptionError) as exc:
+            raise type(exc)(f'train_data[{name!r}]: {exc}') from None
         lengths = text_lengths(part) if c.group_by_length is not False else None
         if lengths is not None and hasattr(sampler, 'group_by_length'):
             sampler.group_by_length(lengths)
@@ -131,7 +140,7 @@ def batch_sampler(setup) -> SeveralBatches:
     mode = c.dataset_sampling
     setup.say(f'batches: one dataset each, {mode if isinstance(mode, str) else f"weighted {mode}"} '
               f'({", ".join(f"{n} {len(s)}" for n, s in zip(data.names, samplers))} batches per pass)')
-    return SeveralBatches(samplers, data.starts, data.names, mode, c.seed)
+    return SeveralBatches(samplers, data.starts, data.names, mode, c.seed, setup.accelerator.num_processes)
 
 
 def collator(setup) -> SeveralCollator:

@@ -350,6 +350,9 @@ class Trainer(SetupSteps):
                 'metrics_before': dict(self.metrics.get('before', {})),
                 'metrics_test_before': dict(self.metrics.get('test', {}).get('before', {})),
                 'validation_rows': self.validation_rows,
+                'validation_parts': getattr(self, 'validation_parts', None),  # several datasets: held out of each
+                'loss_state': {k: v.detach().cpu() for k, v in self.training_module.loss.state_dict().items()}
+                if self.full_copy is None else None,
                 'metrics_dims': {d: {k: v for k, v in m.items() if k == 'before'}
                                  for d, m in self.metrics.get('dims', {}).items()}}
 
