@@ -237,3 +237,28 @@ def test_the_cli_takes_name_equals_path_and_prints_a_table_per_dataset(tmp_path)
     bad = CliRunner().invoke(main, ['fit', '--model', 'fake-text', '--train-data', f'pairs={pairs}',
                                     '--train-data', scored])
     assert bad.exit_code != 0 and 'NAME=VALUE' in bad.output and 'Traceback' not in bad.output
+
+
+def test_two_processes_train_several_datasets_in_lockstep(tmp_path):
+    """torchrun with 2 CPU processes (gloo), round robin: InfoNCE gathers negatives across processes and CoSENT does
+    not, so a step in which the processes drew different datasets would wait forever; both ranks end equal."""
+    import textwrap
+
+    from launch import two_processes
+    script = tmp_path / 'ddp_several.py'
+    script.write_text(textwrap.dedent(f'''
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import conftest  # noqa: F401  (the fake family)
+        import finetune
+        from test_several_datasets import data
+        run = finetune.fit('fake-text', data(), epochs=1, batch_size=8, device='cpu', precision='fp32',
+                           num_workers=0, validation_split=0, dataset_sampling='round_robin',
+                           loss_options={{'pairs': {{'learnable_temperature': True}}}}, log=lambda m: None)
+        total = sum(float(p.double().sum()) for p in run.model.parameters())
+        with open('{tmp_path}/rank' + os.environ['RANK'], 'w') as f:
+            f.write(repr(total))
+    '''))
+    result = two_processes(str(script), 29583)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / 'rank0').read_text() == (tmp_path / 'rank1').read_text()
