@@ -33,6 +33,10 @@ class Callback:
         """The fit is done: `run` is the :class:`~finetune.training.Run` it returns (metrics final, the model
         saved when there is an output_dir)."""
 
+    def on_fit_failed(self, state, error: BaseException) -> None:
+        """The fit raised `error` (a non-finite step, a failed save, an interrupt, ...): release what
+        :meth:`on_train_begin` opened. `state` may be None when the fit failed before training began."""
+
 
 class EvaluationCallback(Callback):
     """Evaluate on the eval data every `every_n_steps` optimizer steps and/or at each epoch's end."""
@@ -99,7 +103,8 @@ class EarlyStopping(Callback):
 
 
 class MetricsLogger(Callback):
-    """Append one record per logged step and per evaluation to a ``.csv`` or ``.jsonl`` file."""
+    """Append one record per logged step and per evaluation to a ``.csv`` or ``.jsonl`` file. A CSV's header
+    holds every column seen (the step columns, then each metric as evaluations bring it)."""
 
     def __init__(self, path: str):
         if not path.endswith(('.csv', '.jsonl', '.json')):
@@ -116,17 +121,30 @@ class MetricsLogger(Callback):
     def _write(self, record: dict[str, Any]) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         if self.path.endswith('.csv'):
-            fields = self._fields or list(record)
-            self._fields = fields
-            new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-            with open(self.path, 'a', newline='') as f:
-                writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
-                if new:
-                    writer.writeheader()
-                writer.writerow({k: record.get(k, '') for k in fields})
+            self._write_csv(record)
         else:
             with open(self.path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
+
+    def _write_csv(self, record: dict[str, Any]) -> None:
+        """One row; a record with columns the header lacks (an evaluation's metrics after the step rows) rewrites
+        the file once with those columns added, earlier rows left empty in them."""
+        if self._fields is None:  # a file written before (another run appending): its header goes on
+            with open(self.path, newline='') as f:
+                self._fields = next(csv.reader(f), [])
+        added = [k for k in record if k not in self._fields]
+        if added:
+            with open(self.path, newline='') as f:
+                rows = list(csv.DictReader(f)) if self._fields else []
+            self._fields = [*self._fields, *added]
+            temporary = f'{self.path}.tmp'
+            with open(temporary, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=self._fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(temporary, self.path)
+        with open(self.path, 'a', newline='') as f:
+            csv.DictWriter(f, fieldnames=self._fields).writerow({k: record.get(k, '') for k in self._fields})
 
     def on_step_end(self, state) -> None:
         self._write({'event': 'step', 'epoch': state.epoch, 'step': state.step, 'loss': state.last_loss,

@@ -56,6 +56,10 @@ def test_deferred_checks_train_the_same_model_and_history():
     assert [h['step'] for h in deferred.history] == [h['step'] for h in every_step.history] == [1, 2, 3, 4, 5, 6]
     assert all(isinstance(h['loss'], float) for h in deferred.history)
     assert [h['loss'] for h in deferred.history] == [h['loss'] for h in every_step.history]
+    # the gradient norm before clipping, read back with the loss
+    norms = [h['grad_norm'] for h in every_step.history]
+    assert all(isinstance(n, float) and n > 0 for n in norms)
+    assert [h['grad_norm'] for h in deferred.history] == norms
     for a, b in zip(every_step.model.parameters(), deferred.model.parameters()):
         assert torch.equal(a, b)
 
@@ -150,3 +154,18 @@ def test_two_processes_stop_together_when_one_turns_nan(tmp_path):
         lines = (tmp_path / f'rank{rank}').read_text().splitlines()
         assert lines == ['False', 'True', "('the loss (or a normalization statistic)', 2, 0)",
                          'the loss (or a normalization statistic) became NaN or infinite at epoch 1, step 2']
+
+
+@pytest.mark.parametrize('max_grad_norm', [0.01, None])
+def test_gradients_finite_gives_the_total_norm_before_clipping(max_grad_norm):
+    from finetune.training.guard import gradients_finite
+    layer = torch.nn.Linear(3, 2)
+    layer.weight.grad = torch.tensor([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    layer.bias.grad = torch.tensor([0.0, 12.0])
+    finite, norm = gradients_finite(layer, Accelerator(cpu=True), max_grad_norm, 'fp32')
+    assert bool(finite) and float(norm) == pytest.approx(13.0)  # sqrt(9 + 16 + 144)
+    clipped = torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm()
+    assert float(clipped) == pytest.approx(0.01 if max_grad_norm else 13.0, rel=1e-4)
+    layer.bias.grad = torch.tensor([0.0, float('inf')])
+    finite, _ = gradients_finite(layer, Accelerator(cpu=True), max_grad_norm, 'fp32')
+    assert not bool(finite)

@@ -52,7 +52,8 @@ def test_a_fit_with_eval_data_writes_a_page_with_every_section(text_run):
         assert f'<section id="{section}">' in html
     assert 'src="http' not in html and '<script' not in html  # self-contained, no network
     figures = images_of(html)
-    assert len(figures) >= 6  # loss, learning rate, metric, WiSE-FT, throughput, map
+    assert len(figures) >= 7  # loss, learning rate, metric, WiSE-FT, gradient norm, throughput, map
+    assert 'alt="gradient norm"' in html
     assert 'WiSE-FT' in html and 'chosen' in html
     found = run.report_data['retrieval']['examples']
     assert found['improved'], 'training on the pairs improves some queries'
@@ -186,6 +187,8 @@ def test_tensorboard_and_mlflow_runs_read_back(tmp_path, monkeypatch):
     losses = [h['loss'] for h in run.history if 'loss' in h]
     assert [e.value for e in events.Scalars('train/loss')] == pytest.approx(losses, rel=1e-5)
     assert 'train/learning_rate' in scalars and 'eval/ndcg_at_10' in scalars
+    norms = [h['grad_norm'] for h in run.history if 'loss' in h]
+    assert [e.value for e in events.Scalars('train/grad_norm')] == pytest.approx(norms, rel=1e-5)
     assert events.Scalars('after/ndcg_at_10')[0].value == pytest.approx(run.metrics['after']['ndcg@10'], rel=1e-5)
     import mlflow
     client = mlflow.tracking.MlflowClient()
@@ -194,6 +197,36 @@ def test_tensorboard_and_mlflow_runs_read_back(tmp_path, monkeypatch):
     history = client.get_metric_history(found.info.run_id, 'train/loss')
     assert sorted(m.step for m in history) == list(range(1, steps + 1))
     assert found.data.metrics['before/ndcg_at_10'] == pytest.approx(run.metrics['before']['ndcg@10'])
+
+
+def test_a_failed_fit_closes_its_tracker_runs(tmp_path, monkeypatch):
+    """A fit that stops on a NaN ends its MLflow run: the next fit in the process starts a run of its own (an open
+    run would have been its parent, or refused it)."""
+    pytest.importorskip('mlflow')
+    import mlflow
+    from finetune import losses
+    from finetune.training import TrainingError
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', (tmp_path / 'mlruns').as_uri())
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
+    real = losses.InfoNCELoss.forward
+    calls = []
+
+    def nan_at_third(self, inputs):
+        calls.append(1)
+        value = real(self, inputs)
+        return value * float('nan') if len(calls) == 3 else value
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', nan_at_third)
+    with pytest.raises(TrainingError, match='NaN'):
+        finetune.fit('fake-text', text_pairs(), epochs=1, report_to='mlflow', **QUIET)
+    assert mlflow.active_run() is None
+    finetune.fit('fake-text', text_pairs(), epochs=1, report_to='mlflow', **QUIET)
+    assert mlflow.active_run() is None
+    client = mlflow.tracking.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name('finetune').experiment_id])
+    assert len(runs) == 2 and all(r.info.status == 'FINISHED' for r in runs)
+    assert not any('mlflow.parentRunId' in r.data.tags for r in runs)
+    failed = min(runs, key=lambda r: r.info.start_time)
+    assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, 'train/loss')) == [1, 2]
 
 
 # ---------------------------------------------------------------- in a browser

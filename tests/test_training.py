@@ -1,6 +1,8 @@
 """fit(): end to end per task on tiny models, artifacts, resume, callbacks, bad input, 2 processes."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -120,6 +122,11 @@ def test_callbacks_log_checkpoint_and_stop_early(tmp_path):
     assert len(steps) == 2  # first evaluation sets the best, the second misses by min_delta: stop
     lines = log_csv.read_text().splitlines()
     assert lines[0].startswith('event,epoch,step,loss') and len(lines) == 1 + 2 + 2
+    rows = list(csv.DictReader(io.StringIO(log_csv.read_text())))  # the evaluations' metrics are kept
+    evaluations = [r for r in rows if r['event'] == 'evaluate']
+    assert len(evaluations) == 2 and all(float(r['ndcg@10']) >= 0 for r in evaluations)
+    assert [r['ndcg@10'] for r in rows if r['event'] == 'step'] == ['', '']
+    assert float(evaluations[-1]['ndcg@10']) == pytest.approx([h for h in run.history if 'eval' in h][-1]['eval']['ndcg@10'])
     records = [json.loads(line) for line in log_jsonl.read_text().splitlines()]
     assert {r['event'] for r in records} == {'step', 'evaluate'} and 'ndcg@10' in records[-1]
     assert finetune.load(str(tmp_path / 'best')).encode(['a dog']).shape == (1, 32)

@@ -125,7 +125,10 @@ def _curves(trainer, run) -> dict[str, Any]:
     losses = [(e['step'], e['loss']) for e in run.history if 'loss' in e and e.get('loss') is not None]
     evaluations = [{'step': e['step'], 'epoch': e['epoch'], 'metrics': e['eval']} for e in run.history
                    if 'eval' in e]
-    out = {'loss_steps': [s for s, _ in losses], 'loss': [v for _, v in losses], 'evaluations': evaluations}
+    norms = [(e['step'], e['grad_norm']) for e in run.history  # fp16 overflow steps (skipped) are left out
+             if e.get('grad_norm') is not None and math.isfinite(e['grad_norm'])]
+    out = {'loss_steps': [s for s, _ in losses], 'loss': [v for _, v in losses], 'evaluations': evaluations,
+           'grad_norm_steps': [s for s, _ in norms], 'grad_norm': [v for _, v in norms]}
     if recorder is not None:
         out.update(steps=recorder.steps, learning_rate=recorder.learning_rate,
                    samples_per_second=recorder.samples_per_second)

@@ -132,6 +132,9 @@ def curve_figures(report: dict) -> list[str]:
         out.append(_figure(plots.line_png([g['alpha'] for g in grid], [g[metric] for g in grid],
                                           'WiSE-FT: (1 - alpha) base + alpha tuned', metric, xlabel='alpha',
                                           marks=marks), 'WiSE-FT curve'))
+    if curves.get('grad_norm') and len(curves['grad_norm']) > 1:
+        out.append(_figure(plots.line_png(curves['grad_norm_steps'], curves['grad_norm'], 'gradient norm (before '
+                                          'clipping)', 'norm', smooth=True), 'gradient norm'))
     if curves.get('samples_per_second') and len(curves['samples_per_second']) > 1:
         out.append(_figure(plots.line_png(curves['steps'], curves['samples_per_second'], 'throughput',
                                           'samples / s (running mean)'), 'throughput'))

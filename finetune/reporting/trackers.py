@@ -1,7 +1,7 @@
 """Experiment trackers for :func:`finetune.fit` (``report_to=['tensorboard', 'mlflow', 'trackio', 'wandb']``),
 through Hugging Face accelerate's tracker classes, as a callback: the run's settings as hyper-parameters; each
-optimizer step's learning rate and throughput, and its loss (taken from the run's history once read back, so that
-logging never makes the host wait for the device); each evaluation's metrics; at the end the before / after /
+optimizer step's learning rate and throughput, and its loss and gradient norm before clipping (taken from the run's
+history once read back, so that logging never makes the host wait for the device); each evaluation's metrics; at the end the before / after /
 guard / test metrics, the chosen candidate and WiSE-FT's alpha. Only the main process logs. Each tracker is an
 optional extra (``pip install "finetune[tensorboard]"``, ...)."""
 from __future__ import annotations
@@ -121,11 +121,15 @@ class Trackers(Callback):
                 tracker.log(values, step=step)
 
     def _flush_losses(self, state) -> None:
-        """The losses of the steps read back since the last flush (the history holds them in order)."""
+        """The losses and gradient norms of the steps read back since the last flush (the history holds them in
+        order)."""
         for entry in state.history:
             loss, step = entry.get('loss'), entry.get('step', 0)
             if 'eval' not in entry and loss is not None and step > self.loss_logged:
-                self._log({'train/loss': float(loss)}, step)
+                values = {'train/loss': float(loss)}
+                if entry.get('grad_norm') is not None:
+                    values['train/grad_norm'] = float(entry['grad_norm'])
+                self._log(values, step)
                 self.loss_logged = step
 
     def on_step_end(self, state) -> None:
@@ -146,6 +150,20 @@ class Trackers(Callback):
         if self.trackers:
             self._flush_losses(state)
 
+    def on_fit_failed(self, state, error) -> None:
+        """Close the trackers' runs (an MLflow run left open would be the parent of the next one in this process);
+        what was logged stays."""
+        if not self.trackers:
+            return
+        if state is not None:
+            self._flush_losses(state)
+        self._close()
+
+    def _close(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
+
     def on_fit_end(self, state, run) -> None:
         if not self.trackers:
             return
@@ -160,6 +178,4 @@ class Trackers(Callback):
         if isinstance((m.get('wise_ft') or {}).get('alpha'), (int, float)):
             values['wise_ft/alpha'] = float(m['wise_ft']['alpha'])
         self._log(values, state.step)
-        for tracker in self.trackers:
-            tracker.finish()
-        self.trackers = []
+        self._close()

@@ -24,31 +24,38 @@ def on_every_process(ok: torch.Tensor, accelerator) -> bool:
 
 
 def gradients_finite(module: nn.Module, accelerator, max_grad_norm: float | None,
-                     precision: str) -> torch.Tensor | None:
-    """Clip the gradients to `max_grad_norm` (when set); a 0-d bool tensor on the device, True when their norm
-    on this process is finite (under FSDP: of this process's shards), without reading it back; None under fp16,
-    whose loss scaler skips an update with overflowing gradients by design (those are no failures there)."""
+                     precision: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Clip the gradients to `max_grad_norm` (when set). Returns ``(finite, norm)``, both on the device and not read
+    back: `finite` a 0-d bool tensor, True when the gradients' norm on this process is finite (under FSDP: of this
+    process's shards), None under fp16, whose loss scaler skips an update with overflowing gradients by design
+    (those are no failures there); `norm` the total gradient norm before clipping (what trackers log as
+    ``train/grad_norm``), None where it is not known whole (fp16 without clipping; shards without clipping)."""
+    sharded = False
     if max_grad_norm and accelerator.scaler is None and accelerator.device.type == 'cpu':
         # torch clips CPU gradients one tensor at a time unless told to use its foreach kernels (2% of a step)
         norm = torch.nn.utils.clip_grad_norm_(list(module.parameters()), max_grad_norm, foreach=True)
     elif max_grad_norm:
         norm = accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
     elif precision != 'fp16':
-        grads = [_local(p.grad) for p in module.parameters() if p.grad is not None]
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        sharded = any(hasattr(g, 'to_local') for g in grads)
+        grads = [_local(g) for g in grads]
         norm = torch.stack([n.float() for n in torch._foreach_norm(grads)]).norm() if grads else None
     else:
-        return None
-    if precision == 'fp16' or norm is None:
-        return None
+        return None, None
+    if norm is None:
+        return None, None
     if hasattr(norm, 'full_tensor'):  # a sharded model's total norm (every process asks for it alike)
         norm = norm.full_tensor()
-    return torch.isfinite(torch.as_tensor(norm)).all()
+    norm = torch.as_tensor(norm)
+    finite = None if precision == 'fp16' else torch.isfinite(norm).all()
+    return finite, None if sharded else norm.detach().float()
 
 
 def gradients_ok(module: nn.Module, accelerator, max_grad_norm: float | None, precision: str) -> bool:
     """:func:`gradients_finite`, read back and agreed by every process: False when the norm is not finite on
     some process."""
-    finite = gradients_finite(module, accelerator, max_grad_norm, precision)
+    finite, _ = gradients_finite(module, accelerator, max_grad_norm, precision)
     return finite is None or on_every_process(finite, accelerator)
 
 

@@ -65,6 +65,9 @@ class Trainer(SetupSteps):
         try:
             self.setup()
             return self.train_set_up()
+        except BaseException as error:
+            self.fire_failed(error)
+            raise
         finally:
             self.release_output_dir()
             _ONE_FIT.release()
@@ -83,7 +86,9 @@ class Trainer(SetupSteps):
         self.measure_test('before')
         self._fire('on_train_begin')
         self.training_module.model.train()
-        self.unread_losses: list[tuple[dict, torch.Tensor]] = []  # steps whose loss is not read back yet
+        # steps whose loss (and gradient norm, or None) is not read back yet
+        self.unread_losses: list[tuple[dict, torch.Tensor, torch.Tensor | None]] = []
+        self.grad_norm: torch.Tensor | None = None  # the last update's gradient norm before clipping (on the device)
         self.samples, self.started = 0, time.perf_counter()
         self.last_step_end, self.step_seconds = self.started, None
         self.skipped_in_a_row = 0
@@ -228,7 +233,8 @@ class Trainer(SetupSteps):
     def check_gradients(self) -> None:
         """Clip the gradients (``max_grad_norm``) and note whether they are finite; where every step is looked
         at, stop now when not (see :meth:`check_finite`)."""
-        finite = gradients_finite(self.module, self.accelerator, self.config.max_grad_norm, self.precision)
+        finite, self.grad_norm = gradients_finite(self.module, self.accelerator, self.config.max_grad_norm,
+                                                  self.precision)
         if finite is not None:
             self.watch.note(1, finite, self.state.step + 1, self.state.epoch)
         if self.watch.every == 1:
@@ -246,9 +252,13 @@ class Trainer(SetupSteps):
             self.stop(f'{what} became NaN or infinite', at=(epoch, step))
         unread, self.unread_losses = getattr(self, 'unread_losses', []), []
         if unread:
-            values = torch.stack([value.float() for _, value in unread]).tolist()
-            for (entry, _), value in zip(unread, values):
+            values = torch.stack([value.float() for _, value, _ in unread]).tolist()
+            norms = [norm for _, _, norm in unread if norm is not None]
+            norms = iter(torch.stack([n.float() for n in norms]).tolist() if norms else [])
+            for (entry, _, norm), value in zip(unread, values):
                 entry['loss'] = value
+                if norm is not None:
+                    entry['grad_norm'] = next(norms)
                 self.state.history.append(entry)
             if self.state._last_loss is unread[-1][1]:
                 self.state.last_loss = values[-1]
@@ -281,12 +291,15 @@ class Trainer(SetupSteps):
         s.samples_per_second = self.samples / max(1e-9, now - self.started)
         self.step_seconds, self.last_step_end = now - self.last_step_end, now
         entry = {'epoch': s.epoch, 'step': s.step, 'loss': None}
+        norm, self.grad_norm = self.grad_norm, None
         if self.watch.every == 1:  # read at once where reading costs nothing
             entry['loss'] = s.last_loss = float(value)
+            if norm is not None:
+                entry['grad_norm'] = float(norm)
             s.history.append(entry)
         else:  # read back, with the flags, at the next look; s.last_loss reads it when asked
             s.last_loss = value
-            self.unread_losses.append((entry, value))
+            self.unread_losses.append((entry, value, norm))
         self._fire('on_step_end')
         self._maybe_evaluate()
         save_steps = self.config.save_steps
@@ -454,6 +467,15 @@ class Trainer(SetupSteps):
         return run
 
     # ================================================================ helpers
+    def fire_failed(self, error: BaseException) -> None:
+        """Tell the callbacks that the fit ended with `error` (``on_fit_failed``: trackers close their runs);
+        a callback that fails there is logged and does not hide `error`."""
+        for callback in getattr(self, 'callbacks', None) or []:
+            try:
+                callback.on_fit_failed(getattr(self, 'state', None), error)
+            except Exception as exc:  # noqa: BLE001 - the fit's own error is the one to raise
+                self.say(f'{type(callback).__name__}.on_fit_failed failed too: {type(exc).__name__}: {exc}')
+
     def _fire(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self.state, *args)
