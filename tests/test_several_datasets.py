@@ -198,10 +198,17 @@ def test_a_dict_of_losses_needs_several_datasets():
         finetune.fit('fake-text', text_pairs(), loss={'pairs': 'InfoNCE'}, **QUIET)
 
 
-def test_the_report_of_a_run_on_several_datasets_is_written(tmp_path):
-    finetune.fit('fake-text', data(), data(), output_dir=str(tmp_path), **QUIET)
+def test_the_report_of_a_run_on_several_datasets_shows_each_datasets_examples(tmp_path):
+    run = finetune.fit('fake-text', data(), data(), output_dir=str(tmp_path), **QUIET)
     page = (tmp_path / 'report.html').read_text()
     assert 'pairs/ndcg@10' in page and 'scored/spearman' in page
+    parts = run.report_data['retrieval']['datasets']
+    assert parts['scored'] is None  # scored pairs are not ranked
+    pairs = parts['pairs']['examples']
+    assert pairs['compared'] == len(text_pairs())  # each distinct query of the pairs' eval data
+    assert pairs['improved'] and all(len(e['after']) == 5 for e in pairs['improved'])
+    assert page.count('<h3>eval dataset pairs</h3>') == 2  # its examples and its map
+    assert '<h3>eval dataset scored</h3>' in page and 'alt="embedding map of pairs"' in page
 
 
 def test_a_bad_dataset_name_and_an_empty_dict_are_refused():

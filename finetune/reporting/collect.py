@@ -44,15 +44,29 @@ def start(trainer) -> None:
     for callback in trainer.callbacks:  # the trackers' hyper-parameters: the settings as resolved (loss, ...)
         if isinstance(callback, Trackers) and callback.config is None:
             callback.config = trainer.run_config
-    evaluation = _eval_evaluation(trainer)
-    if evaluation is not None and trainer.accelerator.is_main_process:
-        evaluation.recordings = []
+    if trainer.accelerator.is_main_process:
+        for evaluation in _eval_parts(trainer).values():
+            evaluation.recordings = []
 
 
-def _eval_evaluation(trainer):
+def _eval_parts(trainer) -> dict[str | None, Any]:
+    """The Evaluation of the eval data as ``{None: evaluation}``, or of each eval dataset by name (several datasets:
+    each has its own examples); empty without eval data."""
     if trainer.eval_data is None:
-        return None
-    return next((e for e in trainer.evaluations if e.data is trainer.eval_data), None)
+        return {}
+    evaluation = next((e for e in trainer.evaluations if e.data is trainer.eval_data), None)
+    if evaluation is None:
+        return {}
+    parts = getattr(evaluation, 'parts', None)
+    return dict(parts) if parts is not None else {None: evaluation}
+
+
+def _part_metrics(metrics: dict | None, name: str | None) -> dict | None:
+    """The metrics of eval dataset `name` out of a run's (``'<name>/<metric>'``), or `metrics` for None."""
+    if metrics is None or name is None:
+        return metrics
+    prefix = f'{name}/'
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def jsonable(value: Any) -> Any:
@@ -85,14 +99,25 @@ def _recording(evaluation, metrics: dict | None):
 def retrieval(trainer) -> dict[str, Any] | None:
     """Retrieval examples and the embedding map, from the embeddings of the evaluations before and after (the
     model handed back is encoded once more only when its evaluation is no longer kept). None without a base
-    evaluation (a resumed run) or for data that is not ranked."""
+    evaluation (a resumed run) or for data that is not ranked. Several eval datasets: ``{'datasets': {name: that
+    dataset's examples and map, or None}}``."""
+    parts = _eval_parts(trainer)
+    found = {name: _retrieval_of(trainer, evaluation, _part_metrics(trainer.metrics.get('before'), name),
+                                 _part_metrics(trainer.metrics.get('after'), name))
+             for name, evaluation in parts.items()}
+    if list(found) == [None]:
+        return found[None]
+    return {'datasets': found} if any(found.values()) else None
+
+
+def _retrieval_of(trainer, evaluation, before_metrics: dict | None, after_metrics: dict | None):
     from .items import ItemShower
     from .neighbours import embedding_map, examples, retrieval_view
-    evaluation = _eval_evaluation(trainer)
-    before = _recording(evaluation, trainer.metrics.get('before'))
+    before = _recording(evaluation, before_metrics)
     if before is None:
+        evaluation.recordings = None
         return None
-    after = _recording(evaluation, trainer.metrics.get('after'))
+    after = _recording(evaluation, after_metrics)
     if after is None:
         was_training = trainer.unwrapped.training
         trainer.unwrapped.eval()

@@ -11,7 +11,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1180px;margin:0 auto;padding:18px 24px 48px}
 h1{font-size:22px;margin:8px 0 2px}h2{font-size:17px;margin:28px 0 10px;border-bottom:1px solid #dde1e8;
-padding-bottom:4px}h3{font-size:14px;margin:16px 0 6px}
+padding-bottom:4px}h3{font-size:14px;margin:16px 0 6px}h4{font-size:13px;margin:12px 0 4px}
 .sub{color:#5b6472;font-size:13px}.card{background:#fff;border:1px solid #e3e6ec;border-radius:8px;padding:12px 14px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #eef0f3}
@@ -165,24 +165,41 @@ def example_block(entry: dict) -> str:
             f'{entry["change"]:+.3f}</div>{"".join(rows)}</div>')
 
 
+NO_EXAMPLES = ('No retrieval examples: the run has no evaluation of the base model (a resumed run) or its data is '
+               'not ranked (scored pairs).')
+MAP_NOTE = ('PCA of the eval embeddings, fitted before and after separately. Same colour: items of one label '
+            '(labeled data) or a query (circle) and its relevant documents (triangles); grey: the rest.')
+
+
 def retrieval_section(retrieval: dict | None) -> tuple[str, str]:
-    """The examples' and the map's HTML."""
+    """The examples' and the map's HTML; for several eval datasets, one part per dataset under its name."""
     if not retrieval:
-        return ('<p class="sub">No retrieval examples: the run has no evaluation of the base model (a resumed '
-                'run) or its data is not ranked (scored pairs).</p>', '')
+        return f'<p class="sub">{NO_EXAMPLES}</p>', ''
+    if 'datasets' not in retrieval:
+        return _examples_html(retrieval), f'<p class="sub">{MAP_NOTE}</p>' + _map_html(retrieval)
+    examples, maps = [], [f'<p class="sub">{MAP_NOTE}</p>']
+    for name, part in retrieval['datasets'].items():
+        examples.append(f'<h3>eval dataset {escape(name)}</h3>')
+        examples.append(_examples_html(part) if part else f'<p class="sub">{NO_EXAMPLES}</p>')
+        if part:
+            maps.append(f'<h3>eval dataset {escape(name)}</h3>' + _map_html(part, f'embedding map of {name}'))
+    return ''.join(examples), ''.join(maps) if len(maps) > 1 else ''
+
+
+def _examples_html(retrieval: dict) -> str:
     found = retrieval['examples']
     head = (f'<p class="sub">{found.get("compared", 0)} queries compared: '
             f'{100 * found.get("better_share", 0):.1f}% found their first relevant document higher after '
             f'training, {100 * found.get("worse_share", 0):.1f}% lower. Green: relevant. Top 5 each way.</p>')
     parts = [head]
     for group, title in (('improved', 'Improved most'), ('worse', 'Got worse')):
-        parts.append(f'<h3>{title}</h3>')
+        parts.append(f'<h4>{title}</h4>')
         parts += [example_block(e) for e in found[group]] or ['<p class="sub">none</p>']
-    figure = _figure(plots.embedding_map_png(retrieval['map']), 'embedding map')
-    note = ('<p class="sub">PCA of the eval embeddings, fitted before and after separately. Same colour: items '
-            'of one label (labeled data) or a query (circle) and its relevant documents (triangles); grey: the '
-            'rest.</p>')
-    return ''.join(parts), note + figure
+    return ''.join(parts)
+
+
+def _map_html(retrieval: dict, alt: str = 'embedding map') -> str:
+    return _figure(plots.embedding_map_png(retrieval['map']), alt)
 
 
 def _kv(rows: dict) -> str:
