@@ -1,10 +1,11 @@
 """Encode throughput and retrieval quality of all-MiniLM-L6-v2 as torch fp32, ONNX fp32, ONNX int8 and, where it
 is installed, sentence-transformers' own ONNX backend: the same texts, in the same process, on this CPU. int8 is
-also exported without its smoothing step (the fallback alone, as before smoothing) for comparison.
+also exported without its smoothing step (the fallback alone, as before smoothing) for comparison, and with each
+fallback target of `--int8-min-cosine` (a user's choice: `finetune.export(..., int8_min_cosine=...)`).
 
     python benchmarks/bench_export.py [--texts-data examples/data/wordnet_train.csv] [--texts 3000]
                                       [--eval-data examples/data/wordnet_eval.csv] [--batch-size 64]
-                                      [--threads N] [--rounds 5]
+                                      [--threads N] [--rounds 5] [--int8-min-cosine 0.995 ...]
 
 The exports go through `finetune.export` with the held-out pairs as eval data, so each passed the parity gate
 (cosine and metrics) on them. Speed is then measured the same way for every runtime: the same texts (the first
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5, help='timed passes per runtime (median reported)')
     parser.add_argument('--no-unsmoothed', dest='unsmoothed', action='store_false',
                         help='skip the int8 export without smoothing (the fallback alone)')
+    parser.add_argument('--int8-min-cosine', type=float, nargs='*', default=[0.995],
+                        help='also export int8 with these fallback targets (default 0.995; none: only 0.997)')
     args = parser.parse_args()
 
     import onnxruntime
@@ -144,15 +147,17 @@ def main() -> None:
         lengths = torch.cat([models['torch fp32'].preprocess(texts[i:i + 256])['attention_mask'].sum(1)
                              for i in range(0, len(texts), 256)]).float()
         print(f'tokens per text: mean {lengths.mean():.1f}, max {int(lengths.max())}')
-        runs = [('ONNX fp32', None, True), ('ONNX int8', 'int8', True)]
+        runs = [('ONNX fp32', None, True, None), ('ONNX int8', 'int8', True, None)]
+        runs += [(f'ONNX int8, int8_min_cosine={target}', 'int8', True, target) for target in args.int8_min_cosine]
         if args.unsmoothed:
-            runs.append(('ONNX int8 without smoothing', 'int8', False))
-        for name, quantize, smoothing in runs:
+            runs.append(('ONNX int8 without smoothing', 'int8', False, None))
+        for name, quantize, smoothing, target in runs:
             start = time.perf_counter()
             try:
                 with _smoothing(smoothing):
                     folder = finetune.export(artifact, quantize=quantize, eval_data=args.eval_data, log=print,
-                                             output=os.path.join(tmp, name.replace(' ', '-')))
+                                             output=os.path.join(tmp, f'export-{len(models)}'),
+                                             int8_min_cosine=target)
             except finetune.ExportError as exc:  # the gate refused it: its figures are the result
                 print(f'{name}: refused by the parity gate, not measured: {exc}')
                 continue

@@ -61,14 +61,16 @@ def merge_lora(model):
 
 
 def export(model_or_path, format: str = 'onnx', output: str | None = None, quantize: str | None = None,
-           eval_data=None, trust_remote_code: bool = False, log=None, dim: int | None = None) -> str:
+           eval_data=None, trust_remote_code: bool = False, log=None, dim: int | None = None,
+           int8_min_cosine: float | None = None) -> str:
     """Export a model (or a saved model's folder) for deployment: ``'onnx'`` (fp32, or ``quantize='int8'``) or a
     format a plugin declares; written beside the artifact unless `output` says where, and only if it passes the
-    parity gate. `dim`: an ONNX graph of the leading `dim` dimensions (Matryoshka). Returns the folder. See
+    parity gate. `dim`: an ONNX graph of the leading `dim` dimensions (Matryoshka). `int8_min_cosine`: the cosine
+    the int8 fp32 fallback aims at (default 0.997; lower keeps fewer layers fp32). Returns the folder. See
     :func:`finetune.exporting.export`."""
     from .exporting import export as _export
     return _export(model_or_path, format=format, output=output, quantize=quantize, eval_data=eval_data,
-                   trust_remote_code=trust_remote_code, log=log, dim=dim)
+                   trust_remote_code=trust_remote_code, log=log, dim=dim, int8_min_cosine=int8_min_cosine)
 
 
 def save_model(model, directory: str) -> str:

@@ -419,14 +419,18 @@ def _number_or_text(text: str):
 @click.option('--dim', default=None, type=int,
               help='ONNX (and the folder formats that can cut embeddings): output the leading DIM dimensions of '
                    'each embedding, re-normalized (Matryoshka sizes).')
+@click.option('--int8-min-cosine', default=None, type=float,
+              help='With --quantize int8: the cosine to the torch model the fp32 fallback aims at (default 0.997; '
+                   'down to 0.99, fewer layers stay fp32: faster, less exact, more often refused by the gate).')
 @click.option('--trust-remote-code', is_flag=True, help=TRUST_HELP)
-def export_command(model_dir, format_, quantize, output, eval_data, dim, trust_remote_code) -> None:
+def export_command(model_dir, format_, quantize, output, eval_data, dim, int8_min_cosine, trust_remote_code) -> None:
     """Export a saved model (MODEL_DIR, written by fit) for deployment, after a parity check against it."""
     from .exporting import export
 
     def job():
         folder = export(model_dir, format=format_, output=output, quantize=quantize, eval_data=eval_data,
-                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line), dim=dim)
+                        trust_remote_code=trust_remote_code, log=lambda line: click.echo(line), dim=dim,
+                        int8_min_cosine=int8_min_cosine)
         click.echo(f'written to {folder}')
     _run(job)
 

@@ -292,6 +292,40 @@ def test_smoothing_keeps_the_fp32_function_and_spares_the_outlier_layer_the_fall
         quantize_int8(str(tmp_path / 'net.onnx'), calibration=calibration, smoothing=1.5)
 
 
+def test_the_fallback_target_decides_how_many_layers_stay_fp32(tmp_path):
+    """`min_cosine` is what the fallback aims at: each layer quantized is a little less exact, so a target of 1.0
+    keeps every layer fp32, and the outlier layer alone is kept for the default; the record says the target."""
+    from finetune.exporting.quantization import TARGET_MIN_COSINE, Calibration, quantize_int8
+    done = {}
+    for target in (TARGET_MIN_COSINE, 1.0):
+        path = str(tmp_path / f'net-{target}.onnx')
+        _, items, reference = _outlier_net(path)
+        calibration = Calibration(items, lambda xs: {'x': np.stack(xs)}, reference)
+        done[target] = quantize_int8(path, calibration=calibration, log=lambda line: None, smoothing=None,
+                                     min_cosine=target)
+        assert done[target]['target_min_cosine'] == target
+    assert len(done[TARGET_MIN_COSINE]['fp32_layers']) == 1 and done[TARGET_MIN_COSINE]['quantized_layers'] == 2
+    assert len(done[1.0]['fp32_layers']) == 3 and done[1.0]['quantized_layers'] == 0
+
+
+def test_export_takes_the_int8_target_and_refuses_one_out_of_range(tmp_path, quiet):
+    model = finetune.build_model('fake-text', {'pooler': 'mean', 'output_dim': 16})
+    finetune.save_model(model, str(tmp_path / 'model'))
+    folder = finetune.export(str(tmp_path / 'model'), quantize='int8', int8_min_cosine=0.995, log=quiet)
+    record = json.loads(open(os.path.join(folder, 'finetune_config.json')).read())['export']
+    assert record['int8']['']['target_min_cosine'] == 0.995 and record['parity']['int8']['min_cosine'] >= 0.99
+    for value, message in ((0.9, r'int8_min_cosine: expected a number from 0.99 .* to 1.0, got 0.9'),
+                           ('high', r"int8_min_cosine: expected a number .* got 'high'"),
+                           (0.995, r"int8_min_cosine=0.995 applies to quantize='int8' only")):
+        with pytest.raises(ExportError, match=message):
+            finetune.export(str(tmp_path / 'model'), quantize='int8' if value != 0.995 else None,
+                            int8_min_cosine=value, output=str(tmp_path / 'x'), log=quiet)
+    result = CliRunner().invoke(main, ['export', str(tmp_path / 'model'), '--quantize', 'int8', '--int8-min-cosine',
+                                       '1.5', '--output', str(tmp_path / 'y')])
+    assert result.exit_code == 2 and 'Traceback' not in result.output
+    assert 'int8_min_cosine: expected a number from 0.99' in result.output and not (tmp_path / 'y').exists()
+
+
 def test_an_export_never_replaces_what_is_not_an_earlier_export(tmp_path, quiet):
     model = finetune.build_model('fake-text')
     runs = tmp_path / 'runs'
@@ -344,7 +378,7 @@ def test_each_int8_fallback_trial_keeps_more_layers_fp32(tmp_path, monkeypatch):
     torch.onnx.export(net, (torch.randn(2, 16),), path, input_names=['x'], output_names=['embeddings'],
                       dynamic_axes={'x': {0: 'batch'}}, dynamo=False)
     starts, kept = [], []
-    monkeypatch.setattr(quantization, '_fewest', lambda model, order, calibration, start: starts.append(start)
+    monkeypatch.setattr(quantization, '_fewest', lambda model, order, calibration, start, target: starts.append(start)
                         or start)
     monkeypatch.setattr(quantization, '_ranked', lambda model, layers, calibration, worst: list(layers))
 

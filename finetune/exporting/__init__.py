@@ -40,6 +40,17 @@ def _check_arguments(format: Any, quantize: Any) -> Any:
     return known[format]
 
 
+def _check_min_cosine(value: Any, quantize: Any) -> None:
+    if value is None:
+        return
+    low = parity.MIN_COSINE['int8']
+    if quantize != 'int8':
+        raise ExportError(f"int8_min_cosine={value!r} applies to quantize='int8' only (got quantize={quantize!r}).")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
+        raise ExportError(f'int8_min_cosine: expected a number from {low} (the int8 parity gate) to 1.0, got '
+                          f'{value!r}; the default is 0.997.')
+
+
 def _source(model_or_path: Any, trust_remote_code: bool) -> tuple[Any, str | None]:
     """(the model, the artifact folder it came from or None)."""
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -103,13 +114,15 @@ def _is_export(folder: str) -> bool:
 
 def export(model_or_path: Any, format: str = ONNX, output: str | None = None, quantize: str | None = None,
            eval_data: Any = None, trust_remote_code: bool = False, log: Callable[[str], None] | None = None,
-           dim: int | None = None) -> str:
+           dim: int | None = None, int8_min_cosine: float | None = None) -> str:
     """Write `model_or_path` (a model, or the folder of a saved one) in `format`; returns the export's folder.
 
     ``'onnx'``: the whole embedding pipeline as one ONNX graph per tower (``model.onnx``; ``text.onnx`` and
     ``image.onnx`` for two towers) with the preprocessing beside it; ``finetune.load(folder)`` runs it on
     onnxruntime with the same ``encode``. `quantize` ``'int8'``: dynamic int8 quantization of the graphs, the
-    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`). LoRA adapters are merged into
+    layers that cost most kept in fp32 (:mod:`finetune.exporting.quantization`) until the parity items embed with
+    a cosine of at least `int8_min_cosine` to the torch model's (default 0.997; lower, down to the int8 gate's
+    0.99, keeps fewer layers fp32: faster, less exact, and more often refused by the gate). LoRA adapters are merged into
     the weights they adapt first (:func:`finetune.adapters.merge_lora`). `dim` (ONNX, and formats whose
     ``takes_dim`` says so): the export outputs the leading `dim` dimensions of each embedding, re-normalized (a
     Matryoshka model's smaller size), and the parity gate compares at that size; the folder is
@@ -124,6 +137,7 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     from ..logs import log_function
     say = log_function(log)
     fmt = _check_arguments(format, quantize)
+    _check_min_cosine(int8_min_cosine, quantize)
     if fmt is None:
         require_onnx()
     model, source = _source(model_or_path, trust_remote_code)
@@ -149,7 +163,7 @@ def export(model_or_path: Any, format: str = ONNX, output: str | None = None, qu
     _check_target(folder, source)
     items = parity.samples(model, eval_data)
     from .writing import display_name, write_export
-    write_export(model, fmt, folder, quantize, items, eval_data, say, trust_remote_code)
+    write_export(model, fmt, folder, quantize, items, eval_data, say, trust_remote_code, int8_min_cosine)
     say(f'exported {display_name(model)!r} as {format}{" " + quantize if quantize else ""} to {folder}')
     return folder
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import ExportError
 
-#: the smallest cosine similarity the fallback aims at on the calibration items (the int8 gate asks 0.99)
+#: the smallest cosine similarity the fallback aims at on the calibration items by default (the int8 gate asks
+#: 0.99 of held-out items; export's `int8_min_cosine` sets another, between the gate and 1)
 TARGET_MIN_COSINE = 0.997
 #: how many of the worst-embedded calibration items rank the layers
 WORST_ITEMS = 8
@@ -200,10 +201,11 @@ def _ranked(model, layers: list[str], calibration: Calibration, worst: list[int]
     return sorted(layers, key=lambda n: alone[n])
 
 
-def _fewest(model, order: list[str], calibration: Calibration, start: int = 0) -> int:
-    """The fewest of `order`'s first layers (at least `start`) kept fp32 whose simulation reaches the target."""
+def _fewest(model, order: list[str], calibration: Calibration, start: int = 0,
+            min_cosine: float = TARGET_MIN_COSINE) -> int:
+    """The fewest of `order`'s first layers (at least `start`) kept fp32 whose simulation reaches `min_cosine`."""
     def reaches(k: int) -> bool:
-        return k >= len(order) or calibration.cosines(_simulated(model, set(order[k:]))).min() >= TARGET_MIN_COSINE
+        return k >= len(order) or calibration.cosines(_simulated(model, set(order[k:]))).min() >= min_cosine
     low, high = start, max(start, 1)
     while not reaches(high):
         low, high = high + 1, min(2 * high, len(order))
@@ -233,13 +235,14 @@ def _quantize(path: str, output: str, exclude: list[str]) -> None:
 
 
 def quantize_int8(path: str, keep_fp32: tuple[str, ...] = (), calibration: Calibration | None = None,
-                  log: Callable[[str], None] = print, smoothing: float | None = SMOOTHING_ALPHA) -> dict:
+                  log: Callable[[str], None] = print, smoothing: float | None = SMOOTHING_ALPHA,
+                  min_cosine: float = TARGET_MIN_COSINE) -> dict:
     """Replace the graph at `path` with its dynamic int8 quantization: int8 weights per channel, activations
     quantized at run time, for every weight MatMul / Conv but those matching `keep_fp32` (regular expressions
     over node names, the family's). With `calibration`, the inputs of the weight MatMuls are first smoothed
     with strength `smoothing` (:func:`smooth`; None: not), then the layers that cost most are kept fp32 until
-    its items reach :data:`TARGET_MIN_COSINE` (or every layer is fp32). Returns what was done: the smoothing,
-    the layers kept fp32 by the fallback and the calibration's smallest cosine."""
+    its items reach `min_cosine` (default :data:`TARGET_MIN_COSINE`; or every layer is fp32). Returns what was
+    done: the smoothing, the layers kept fp32 by the fallback, the target and the calibration's smallest cosine."""
     import onnx
     if smoothing is not None and (isinstance(smoothing, bool) or not isinstance(smoothing, (int, float))
                                   or not 0.0 <= smoothing <= 1.0):
@@ -255,19 +258,20 @@ def quantize_int8(path: str, keep_fp32: tuple[str, ...] = (), calibration: Calib
     _quantize(path, quantized, keep)
     if calibration is not None and layers:
         found = calibration.cosines(quantized)
-        if found.min() < TARGET_MIN_COSINE:
+        if found.min() < min_cosine:
             worst = [int(i) for i in np.argsort(found)[:WORST_ITEMS]]
             order, k = _ranked(model, layers, calibration, worst), 0
             for trial in range(MAX_TRIALS):  # each real trial keeps more layers fp32 than the one before
-                k = _fewest(model, order, calibration, k + 1 if trial else 0)
+                k = _fewest(model, order, calibration, k + 1 if trial else 0, min_cosine)
                 fallback = order[:k]
                 _quantize(path, quantized, keep + fallback)
                 found = calibration.cosines(quantized)
                 log(f'int8 fallback: {k} of {len(layers)} layers kept fp32, calibration min cosine '
                     f'{found.min():.6f}')
-                if found.min() >= TARGET_MIN_COSINE or k >= len(order):
+                if found.min() >= min_cosine or k >= len(order):
                     break
     os.replace(quantized, path)
     return {'quantized_layers': len(layers) - len(fallback), 'fp32_layers': fallback,
             'smoothing': {'strength': smoothing, 'layers': smoothed} if smoothed else None,
+            'target_min_cosine': float(min_cosine),
             'calibration_min_cosine': None if found is None else float(found.min())}

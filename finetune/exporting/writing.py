@@ -51,7 +51,7 @@ def _check(model, exported, items: dict, eval_data, torch_metrics: dict | None, 
 
 
 def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data, torch_metrics, say,
-                trust_remote_code: bool = False) -> dict:
+                trust_remote_code: bool = False, int8_min_cosine: float | None = None) -> dict:
     from ..artifacts import load, write_backbone_files
     towers = parity.towers_of(model)
     graphs = {t: 'model.onnx' if t == '' else f'{t}.onnx' for t in towers}
@@ -69,8 +69,9 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
             reference = towers[tower].encode(items[tower], batch_size=parity.CHECK_BATCH_SIZE)
             calibration = Calibration(items[tower], exported[tower].graph_inputs, reference,
                                       parity.CHECK_BATCH_SIZE)
+            target = {} if int8_min_cosine is None else {'min_cosine': int8_min_cosine}
             record['int8'][tower] = quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes,
-                                                  calibration, say)
+                                                  calibration, say, **target)
         record['quantize'] = quantize
         record['parity'][quantize] = _check(model, load(folder, trust_remote_code=trust_remote_code), items,
                                             eval_data, torch_metrics, quantize, say)
@@ -153,8 +154,10 @@ def _parity_lines(record: dict) -> list[str]:
 
 
 def write_export(model, fmt, folder: str, quantize: str | None, items: dict, eval_data: Any,
-                 say: Callable[[str], None], trust_remote_code: bool = False) -> None:
-    """Write `model` as format `fmt` (None: ONNX) into `folder`, atomically, once it passes the parity gate."""
+                 say: Callable[[str], None], trust_remote_code: bool = False,
+                 int8_min_cosine: float | None = None) -> None:
+    """Write `model` as format `fmt` (None: ONNX) into `folder`, atomically, once it passes the parity gate;
+    `int8_min_cosine`: the int8 fallback's target (:func:`~finetune.exporting.quantization.quantize_int8`)."""
     from ..artifacts import folder_written_atomically
     from ..card import CARD_FILE, model_card
     was_training = model.training
@@ -167,7 +170,8 @@ def write_export(model, fmt, folder: str, quantize: str | None, items: dict, eva
             torch_metrics = evaluate(cpu, eval_data)
         with folder_written_atomically(folder) as tmp:
             if fmt is None:
-                config = _write_onnx(cpu, tmp, quantize, items, eval_data, torch_metrics, say, trust_remote_code)
+                config = _write_onnx(cpu, tmp, quantize, items, eval_data, torch_metrics, say, trust_remote_code,
+                                     int8_min_cosine)
                 usages = [_onnx_usage(config)]
             else:
                 config = _write_format(cpu, fmt, tmp, items, eval_data, torch_metrics, say, trust_remote_code)
