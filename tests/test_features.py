@@ -14,7 +14,7 @@ from finetune.backbone import Backbone, Features
 from finetune.errors import OptionError
 from finetune.training.feature_store import FeatureStore, MemoryBudget
 from fake_plugin import FakeText
-from test_training import coloured_squares, text_pairs
+from test_training import coloured_squares, nan_on_call, text_pairs
 
 TEXTS = ['the red dog', 'a big old green car is fast', 'sea']
 FROZEN_TEXT = {'freeze': True, 'pooler': 'GeM', 'output_dim': 8, 'head_options': {'dropout': 0.2}}
@@ -190,17 +190,8 @@ def test_the_store_pads_token_sequences_again_and_reads_the_same_from_disk(tmp_p
 
 
 def test_a_nan_loss_on_cached_features_stops_and_keeps_the_last_good_model(tmp_path, monkeypatch):
-    from finetune import losses
     from finetune.training import TrainingError
-    original = losses.InfoNCELoss.forward
-    calls = []
-
-    def nan_at_the_third_step(self, inputs):
-        calls.append(1)
-        value = original(self, inputs)
-        return value * float('nan') if len(calls) == 3 else value
-
-    monkeypatch.setattr(losses.InfoNCELoss, 'forward', nan_at_the_third_step)
+    nan_on_call(monkeypatch, 3)
     with pytest.raises(TrainingError, match=r'NaN or infinite at epoch 1, step 3.*last-good'):
         _fit('fake-text', text_pairs(), model_options=FROZEN_TEXT, output_dir=str(tmp_path),
              feature_cache={'max_memory_mb': 0})  # on disk: its files go even when training fails

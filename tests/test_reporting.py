@@ -20,7 +20,7 @@ from finetune.cli import main as cli_main
 from finetune.errors import OptionError
 from finetune.reporting.items import show_item
 from finetune.reporting.neighbours import RetrievalView, examples
-from test_training import coloured_squares, text_pairs
+from test_training import coloured_squares, nan_on_call, text_pairs
 
 QUIET = dict(batch_size=8, num_workers=0, precision='fp32', seed=0, log=lambda m: None)
 SECTIONS = ('overview', 'metrics', 'curves', 'examples', 'map', 'data', 'settings')
@@ -204,18 +204,10 @@ def test_a_failed_fit_closes_its_tracker_runs(tmp_path, monkeypatch):
     run would have been its parent, or refused it)."""
     pytest.importorskip('mlflow')
     import mlflow
-    from finetune import losses
     from finetune.training import TrainingError
     monkeypatch.setenv('MLFLOW_TRACKING_URI', (tmp_path / 'mlruns').as_uri())
     monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
-    real = losses.InfoNCELoss.forward
-    calls = []
-
-    def nan_at_third(self, inputs):
-        calls.append(1)
-        value = real(self, inputs)
-        return value * float('nan') if len(calls) == 3 else value
-    monkeypatch.setattr(losses.InfoNCELoss, 'forward', nan_at_third)
+    nan_on_call(monkeypatch, 3)
     with pytest.raises(TrainingError, match='NaN'):
         finetune.fit('fake-text', text_pairs(), epochs=1, report_to='mlflow', **QUIET)
     assert mlflow.active_run() is None

@@ -29,6 +29,19 @@ CIPHER = {'dog': 'food', 'cat': 'bread', 'man': 'piano', 'woman': 'guitar', 'tre
           'red': 'runs', 'blue': 'fast', 'green': 'slow', 'old': 'eating'}
 
 
+def nan_on_call(monkeypatch, call: int) -> list:
+    """Make InfoNCE's `call`-th forward (from 1) return NaN; returns the list that counts the calls."""
+    from finetune import losses
+    calls, real = [], losses.InfoNCELoss.forward
+
+    def forward(self, inputs):
+        calls.append(1)
+        value = real(self, inputs)
+        return value * float('nan') if len(calls) == call else value
+    monkeypatch.setattr(losses.InfoNCELoss, 'forward', forward)
+    return calls
+
+
 def text_pairs():
     """(query, doc) pairs sharing no word, so only training can match them: 'the red dog' -> 'food runs'."""
     return [(f'the {c} {a}', f'{CIPHER[a]} {CIPHER[c]}') for a in ANIMALS[:6] for c in COLOURS[:4]]
@@ -340,17 +353,9 @@ def test_a_nan_stop_keeps_a_model_that_still_encodes(tmp_path):
 
 
 def test_a_model_given_to_fit_is_restored_too_when_the_loss_turns_nan(monkeypatch):
-    from finetune import losses
     model = finetune.build_model('fake-text')
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    calls = []
-    real = losses.InfoNCELoss.forward
-
-    def second_call_nan(self, inputs):
-        calls.append(1)
-        value = real(self, inputs)
-        return value * float('nan') if len(calls) == 2 else value
-    monkeypatch.setattr(losses.InfoNCELoss, 'forward', second_call_nan)
+    nan_on_call(monkeypatch, 2)
     with pytest.raises(TrainingError, match='step 2'):
         finetune.fit(model, text_pairs(), epochs=1, batch_size=8, num_workers=0, learning_rate=1e-2,
                      log=lambda m: None)
