@@ -199,3 +199,38 @@ def test_two_processes_search_only_where_a_step_leaves_parameters_unused(tmp_pat
     # only the main process logs (the other would repeat its lines)
     assert 'a trial step leaves 1 without a gradient (e.g. loss.log_scale)' in (tmp_path / 'rank0').read_text()
     assert 'a trial step leaves' not in (tmp_path / 'rank1').read_text()
+
+
+def test_cuda_training_leaves_cudnn_attention_out_and_other_devices_alone():
+    """On CUDA the epochs run without cuDNN's attention kernel (its plan per sequence length made a first bf16
+    epoch 5x slower on an H200); flash, memory-efficient and math stay; a CPU, or cudnn=True, changes nothing."""
+    from finetune.training.hardware import attention_kernels
+    flags = lambda: (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),  # noqa: E731
+                     torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    before = flags()
+    assert before[0]
+    with attention_kernels(torch.device('cuda')):
+        assert flags() == (False, True, True, True)
+    assert flags() == before
+    for device, cudnn in (('cpu', False), ('cuda:1', True), ('mps', False)):
+        with attention_kernels(device, cudnn):
+            assert flags() == before
+
+
+def test_the_training_context_holds_the_attention_kernels_of_the_run(monkeypatch):
+    import contextlib
+
+    from finetune.training import trainer as trainer_module
+    asked = []
+
+    def recorded(device, cudnn=False):
+        asked.append((str(device), cudnn))
+        return contextlib.nullcontext()
+    monkeypatch.setattr(trainer_module, 'attention_kernels', recorded)
+
+    class WithCudnn(Trainer):
+        cudnn_attention = True
+    config = TrainingConfig.from_arguments(epochs=1, batch_size=8, num_workers=0, progress=False, device='cpu')
+    Trainer('fake-text', text_pairs(), config=config, log=lambda m: None).train()
+    WithCudnn('fake-text', text_pairs(), config=config, log=lambda m: None).train()
+    assert asked == [('cpu', False), ('cpu', True)]

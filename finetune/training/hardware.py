@@ -1,6 +1,7 @@
 """Devices, precision and random state: what the machine can do, and everything a run needs to repeat itself."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Any, Sequence
@@ -154,3 +155,16 @@ def _plain(value: Any) -> Any:
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def attention_kernels(device: torch.device | str, cudnn: bool = False) -> contextlib.AbstractContextManager:
+    """The context a CUDA run trains in: PyTorch's scaled-dot-product attention may use its flash, memory-efficient
+    and math kernels, not cuDNN's (unless `cudnn`). On an H200 (torch 2.11) cuDNN's attention, which torch picks
+    for bf16 and fp16, spent about 8 ms of CPU per call building a plan for each new sequence length: with
+    batches padded to their longest text, most steps of a first epoch met a new length, and a bf16 fit ran 5x
+    slower than fp32 until every length had been seen (benchmarks/gpu_check.py; docs/gpu.md). The other kernels
+    compute the same attention (other rounding). Elsewhere (a CPU, another accelerator): nothing changes."""
+    if torch.device(device).type != 'cuda' or cudnn:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

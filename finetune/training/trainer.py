@@ -34,7 +34,7 @@ from .cpu_kernels import CpuKernels
 from .cpu_kernels import choose as choose_cpu_paths
 from .gradcache import all_reduce_gradients
 from .guard import gradients_finite
-from .hardware import rng_state, set_rng_state
+from .hardware import attention_kernels, rng_state, set_rng_state
 from .setup import SetupSteps
 from .sharding import FULL_OPTIMIZER_STATE, optimizer_state
 from .state import Run, SaveError, TrainingError
@@ -51,6 +51,10 @@ class Trainer(SetupSteps):
     """One training run of `model` (a registry name, a built model, or None to resume) on `train_data`: the
     steps of :class:`~finetune.training.setup.SetupSteps`, then the training loop, its evaluations and
     checkpoints, and the finish."""
+
+    #: on CUDA, train with PyTorch's cuDNN attention kernel too (False: flash, memory-efficient and math only; see
+    #: :func:`~finetune.training.hardware.attention_kernels`)
+    cudnn_attention = False
 
     # ================================================================ training
     def train(self) -> Run:
@@ -108,10 +112,12 @@ class Trainer(SetupSteps):
         model for training only. Called once, right before the first epoch; what it returns is left after the
         last one, an error included. Returns an ExitStack of the contexts already entered: the
         :class:`~finetune.training.cpu_kernels.CpuKernels` (cheaper embedding gradients and dropout on a CPU;
-        nothing elsewhere). Override it to add to that stack (``stack = super().training_context()``, then
+        nothing elsewhere) and, on CUDA, the attention kernels (:func:`~finetune.training.hardware.
+        attention_kernels`: no cuDNN attention unless ``cudnn_attention``). Override it to add to that stack (``stack = super().training_context()``, then
         ``stack.enter_context(...)``), or to return another context (``contextlib.nullcontext()``: torch's own
         modules). Raises what entering a context raises, the ones entered before it left again."""
         with contextlib.ExitStack() as stack:
+            stack.enter_context(attention_kernels(self.accelerator.device, self.cudnn_attention))
             if self.full_copy is None:  # sharded (FSDP) weights keep torch's own modules
                 kernels = stack.enter_context(CpuKernels(self.training_module.model, self.accelerator.device,
                                                          self.config.cpu_kernels))
