@@ -8,9 +8,11 @@ import csv
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.utils.data import Sampler
 
 import finetune
 from finetune.cli import main
@@ -64,6 +66,32 @@ def test_each_batch_comes_from_one_dataset_in_the_order_the_sampling_draws():
     assert len(owner) == 13 and counts[1] > counts[0]  # the small dataset drawn more often: passes again
     _, owner = _batches([40, 12], {'d0': 1, 'd1': 0})
     assert set(owner) == {0}
+
+
+def test_each_dataset_gives_its_own_epochs_batch_count():
+    """A no-duplicates sampler's batch count changes from epoch to epoch: the epoch takes each dataset's batches of
+    that epoch, no more (none drawn from a next pass, no row twice) and no fewer."""
+    class Varying(Sampler):
+        def __init__(self, size: int):
+            self.size, self.epoch = size, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return 3 + self.epoch % 2  # 3 batches at epoch 0, 4 at epoch 1
+
+        def __iter__(self):
+            rows = np.random.default_rng(self.epoch).permutation(self.size)
+            return iter([rows[4 * b:4 * b + 4].tolist() for b in range(len(self))])
+    sampler = SeveralBatches([Varying(16), Varying(16)], [0, 16], ['a', 'b'], 'proportional', seed=3)
+    for epoch, count in ((0, 3), (1, 4), (2, 3)):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(sampler) == len(batches) == 2 * count
+        for start in (0, 16):
+            rows = [i for batch in batches if batch[0] >= start and (start or batch[0] < 16) for i in batch]
+            assert len(rows) == len(set(rows)) == 4 * count  # the epoch's batches, none repeated
 
 
 @pytest.mark.parametrize('sampling', ['proportional', 'round_robin', {'d0': 1, 'd1': 2}])

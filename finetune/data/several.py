@@ -129,14 +129,20 @@ class SeveralBatches(Sampler[list[int]]):
         #: under N processes the dataset is drawn per step, for N batches in a row: each process takes every N-th
         #: batch (ShardedBatches), so in one step all train on one dataset (its loss's collectives match)
         self.num_processes = max(1, int(num_processes))
-        self.sizes = [len(s) for s in self.samplers]
-        self.steps = [-(-size // self.num_processes) for size in self.sizes]
+        self.set_epoch(0)
         empty = [n for n, size in zip(self.names, self.sizes) if size == 0]
         if empty:
             raise InputError(f'train_data[{empty[0]!r}] gives no full batch; lower batch_size or leave it out.')
 
     def set_epoch(self, epoch: int) -> None:
+        """Use the order of `epoch`, with each dataset's batch count of that epoch (a no-duplicates sampler's count
+        changes from epoch to epoch: each dataset gives its epoch's batches, no more, no fewer)."""
         self.epoch = int(epoch)
+        for sampler in self.samplers:
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(self.epoch)
+        self.sizes = [len(s) for s in self.samplers]
+        self.steps = [-(-size // self.num_processes) for size in self.sizes]
 
     def __len__(self) -> int:
         if self.sampling == 'round_robin':
