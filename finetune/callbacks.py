@@ -38,6 +38,16 @@ class Callback:
         :meth:`on_train_begin` opened. `state` may be None when the fit failed before training began."""
 
 
+def tell_failure(callbacks, state, error: BaseException, log) -> None:
+    """Call ``on_fit_failed(state, error)`` of each of `callbacks`; one that fails there is logged (`log`) and does
+    not hide `error`, the fit's own, which the caller raises."""
+    for callback in callbacks:
+        try:
+            callback.on_fit_failed(state, error)
+        except Exception as exc:  # noqa: BLE001 - the fit's own error is the one to raise
+            log(f'{type(callback).__name__}.on_fit_failed failed too: {type(exc).__name__}: {exc}')
+
+
 class EvaluationCallback(Callback):
     """Evaluate on the eval data every `every_n_steps` optimizer steps and/or at each epoch's end."""
 

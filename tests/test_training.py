@@ -613,3 +613,19 @@ def test_a_step_embeds_the_sides_of_one_backbone_joined_with_the_same_loss_and_g
     with torch.no_grad():
         module(batch)
     assert calls == [6, 6]  # out of training, the sides are embedded as given
+
+
+def test_a_callback_failing_on_a_failed_fit_does_not_hide_the_fits_error(monkeypatch):
+    from finetune.callbacks import Callback
+    seen, said = [], []
+
+    class Breaks(Callback):
+        def on_fit_failed(self, state, error):
+            seen.append((state.step, type(error).__name__))
+            raise RuntimeError('the tracker is gone')
+    nan_on_call(monkeypatch, 2)
+    with pytest.raises(TrainingError, match='step 2'):
+        finetune.fit('fake-text', text_pairs(), epochs=1, batch_size=8, num_workers=0, callbacks=[Breaks()],
+                     log=said.append)
+    assert seen == [(1, 'TrainingError')]
+    assert any('Breaks.on_fit_failed failed too: RuntimeError: the tracker is gone' in line for line in said)

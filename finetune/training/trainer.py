@@ -26,6 +26,7 @@ import torch
 
 from .. import reporting
 from ..backbone import batch_to
+from ..callbacks import tell_failure
 from ..data.batches import raise_worker_error
 from ..errors import OptionError
 from ..evaluation.evaluate import make_evaluation
@@ -69,8 +70,8 @@ class Trainer(SetupSteps):
         try:
             self.setup()
             return self.train_set_up()
-        except BaseException as error:
-            self.fire_failed(error)
+        except BaseException as error:  # the callbacks release what they opened (trackers end their runs)
+            tell_failure(getattr(self, 'callbacks', None) or [], getattr(self, 'state', None), error, self.say)
             raise
         finally:
             self.release_output_dir()
@@ -473,15 +474,6 @@ class Trainer(SetupSteps):
         return run
 
     # ================================================================ helpers
-    def fire_failed(self, error: BaseException) -> None:
-        """Tell the callbacks that the fit ended with `error` (``on_fit_failed``: trackers close their runs);
-        a callback that fails there is logged and does not hide `error`."""
-        for callback in getattr(self, 'callbacks', None) or []:
-            try:
-                callback.on_fit_failed(getattr(self, 'state', None), error)
-            except Exception as exc:  # noqa: BLE001 - the fit's own error is the one to raise
-                self.say(f'{type(callback).__name__}.on_fit_failed failed too: {type(exc).__name__}: {exc}')
-
     def _fire(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self.state, *args)
