@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -113,8 +114,9 @@ class EarlyStopping(Callback):
 
 
 class MetricsLogger(Callback):
-    """Append one record per logged step and per evaluation to a ``.csv`` or ``.jsonl`` file. A CSV's header
-    holds every column seen (the step columns, then each metric as evaluations bring it)."""
+    """Append one record per logged step and per evaluation to a ``.csv`` or ``.jsonl`` file (the main process
+    writes, under several). A CSV's header holds every column seen (the step columns, then each metric as
+    evaluations bring it)."""
 
     def __init__(self, path: str):
         if not path.endswith(('.csv', '.jsonl', '.json')):
@@ -139,16 +141,21 @@ class MetricsLogger(Callback):
     def _write_csv(self, record: dict[str, Any]) -> None:
         """One row; a record with columns the header lacks (an evaluation's metrics after the step rows) rewrites
         the file once with those columns added, earlier rows left empty in them."""
-        if self._fields is None:  # a file written before (another run appending): its header goes on
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            self._fields = []  # no file, or an empty one (gone since, a second fit): the header is written again
+        elif self._fields is None:  # a file written before (another run appending): its header goes on
             with open(self.path, newline='') as f:
                 self._fields = next(csv.reader(f), [])
         added = [k for k in record if k not in self._fields]
         if added:
-            with open(self.path, newline='') as f:
-                rows = list(csv.DictReader(f)) if self._fields else []
+            rows = []
+            if self._fields:
+                with open(self.path, newline='') as f:
+                    rows = list(csv.DictReader(f))
             self._fields = [*self._fields, *added]
-            temporary = f'{self.path}.tmp'
-            with open(temporary, 'w', newline='') as f:
+            handle, temporary = tempfile.mkstemp(prefix='.metrics-', suffix='.csv',
+                                                 dir=os.path.dirname(os.path.abspath(self.path)))
+            with os.fdopen(handle, 'w', newline='') as f:
                 writer = csv.DictWriter(f, fieldnames=self._fields)
                 writer.writeheader()
                 writer.writerows(rows)
@@ -157,10 +164,14 @@ class MetricsLogger(Callback):
             csv.DictWriter(f, fieldnames=self._fields).writerow({k: record.get(k, '') for k in self._fields})
 
     def on_step_end(self, state) -> None:
+        if not state.is_main_process:  # under several processes the main one writes (one file, no twin rows)
+            return
         self._write({'event': 'step', 'epoch': state.epoch, 'step': state.step, 'loss': state.last_loss,
                      'learning_rate': state.learning_rate, 'samples_per_second': state.samples_per_second})
 
     def on_evaluate(self, state, metrics) -> None:
+        if not state.is_main_process:
+            return
         self._write({'event': 'evaluate', 'epoch': state.epoch, 'step': state.step, 'loss': state.last_loss,
                      **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
 

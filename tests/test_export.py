@@ -314,16 +314,20 @@ def test_export_takes_the_int8_target_and_refuses_one_out_of_range(tmp_path, qui
     folder = finetune.export(str(tmp_path / 'model'), quantize='int8', int8_min_cosine=0.995, log=quiet)
     record = json.loads(open(os.path.join(folder, 'finetune_config.json')).read())['export']
     assert record['int8']['']['target_min_cosine'] == 0.995 and record['parity']['int8']['min_cosine'] >= 0.99
-    for value, message in ((0.9, r'int8_min_cosine: expected a number from 0.99 .* to 1.0, got 0.9'),
-                           ('high', r"int8_min_cosine: expected a number .* got 'high'"),
-                           (0.995, r"int8_min_cosine=0.995 applies to quantize='int8' only")):
+    again = finetune.export(str(tmp_path / 'model'), quantize='int8', int8_min_cosine=np.float32(0.996), log=quiet)
+    assert json.loads(open(os.path.join(again, 'finetune_config.json')).read())['export']['int8']['']['target_min_cosine'] \
+        == pytest.approx(0.996)
+    for value, message in ((0.9, r'int8_min_cosine \(--int8-min-cosine\): expected a number from 0.99 .* to 1.0, got 0.9'),
+                           ('high', r"int8_min_cosine \(--int8-min-cosine\): expected a number .* got 'high'"),
+                           (0.995, r"int8_min_cosine=0.995 \(--int8-min-cosine\) applies to quantize='int8' \(--quantize int8\) only")):
         with pytest.raises(ExportError, match=message):
             finetune.export(str(tmp_path / 'model'), quantize='int8' if value != 0.995 else None,
                             int8_min_cosine=value, output=str(tmp_path / 'x'), log=quiet)
     result = CliRunner().invoke(main, ['export', str(tmp_path / 'model'), '--quantize', 'int8', '--int8-min-cosine',
                                        '1.5', '--output', str(tmp_path / 'y')])
     assert result.exit_code == 2 and 'Traceback' not in result.output
-    assert 'int8_min_cosine: expected a number from 0.99' in result.output and not (tmp_path / 'y').exists()
+    assert 'int8_min_cosine (--int8-min-cosine): expected a number from 0.99' in result.output
+    assert not (tmp_path / 'y').exists()
 
 
 def test_an_export_never_replaces_what_is_not_an_earlier_export(tmp_path, quiet):

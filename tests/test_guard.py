@@ -169,3 +169,20 @@ def test_gradients_finite_gives_the_total_norm_before_clipping(max_grad_norm):
     layer.bias.grad = torch.tensor([0.0, float('inf')])
     finite, _ = gradients_finite(layer, Accelerator(cpu=True), max_grad_norm, 'fp32')
     assert not bool(finite)
+
+
+def test_a_sharded_models_unclipped_norm_is_not_logged_as_the_whole():
+    """Without clipping the norm is of this process's shard (FSDP1's plain local gradients as well as FSDP2's
+    DTensors): finiteness is still checked, but no norm is handed on as the model's."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from finetune.training.guard import gradients_finite
+    layer = torch.nn.Linear(3, 2)
+    layer.weight.grad, layer.bias.grad = torch.ones(2, 3), torch.ones(2)
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP, scaler=None, device=torch.device('cpu'))
+    finite, norm = gradients_finite(layer, fsdp, None, 'bf16')
+    assert bool(finite) and norm is None
+    single = SimpleNamespace(distributed_type=DistributedType.NO, scaler=None, device=torch.device('cpu'))
+    assert float(gradients_finite(layer, single, None, 'bf16')[1]) == pytest.approx(8 ** 0.5)

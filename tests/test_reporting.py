@@ -221,6 +221,37 @@ def test_a_failed_fit_closes_its_tracker_runs(tmp_path, monkeypatch):
     assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, 'train/loss')) == [1, 2]
 
 
+def test_every_tracker_is_closed_even_when_logging_or_another_close_fails():
+    from types import SimpleNamespace
+
+    from finetune.reporting.trackers import Trackers
+    finished = []
+
+    class Fake:
+        def __init__(self, name, breaks_log=False, breaks_finish=False):
+            self.name, self.breaks_log, self.breaks_finish, self.logged = name, breaks_log, breaks_finish, []
+
+        def log(self, values, step):
+            if self.breaks_log:
+                raise OSError('disk full')
+            self.logged.append((step, values))
+
+        def finish(self):
+            finished.append(self.name)
+            if self.breaks_finish:
+                raise OSError('server gone')
+    trackers = Trackers(None)
+    trackers.trackers = [Fake('a', breaks_log=True), Fake('b', breaks_finish=True), Fake('c')]
+    state = SimpleNamespace(step=2, history=[{'step': 1, 'loss': 0.5, 'grad_norm': float('inf')}])
+    with pytest.raises(OSError, match='disk full'):
+        trackers.on_fit_failed(state, RuntimeError('the fit broke'))
+    assert finished == ['a', 'b', 'c'] and trackers.trackers == []
+    healthy = Fake('d')
+    trackers.trackers, trackers.loss_logged = [healthy], 0
+    trackers.on_fit_failed(state, RuntimeError('again'))
+    assert healthy.logged == [(1, {'train/loss': 0.5})]  # an infinite norm (fp16 overflow) is not logged
+
+
 # ---------------------------------------------------------------- in a browser
 def test_the_report_opens_in_headless_chromium_with_every_image_decoded(text_run, tmp_path):
     from browser_check import check_page, find_browser

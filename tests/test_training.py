@@ -629,3 +629,21 @@ def test_a_callback_failing_on_a_failed_fit_does_not_hide_the_fits_error(monkeyp
                      log=said.append)
     assert seen == [(1, 'TrainingError')]
     assert any('Breaks.on_fit_failed failed too: RuntimeError: the tracker is gone' in line for line in said)
+
+
+def test_a_csv_metrics_log_deleted_between_fits_gets_its_header_again(tmp_path):
+    from types import SimpleNamespace
+    path = tmp_path / 'log.csv'
+    logger = MetricsLogger(str(path))
+    state = SimpleNamespace(is_main_process=True, epoch=0, step=1, last_loss=0.5, learning_rate=1e-3,
+                            samples_per_second=10.0)
+    logger.on_step_end(state)
+    path.unlink()  # gone before the next fit that reuses the logger
+    logger.on_step_end(state)
+    logger.on_evaluate(state, {'ndcg@10': 0.25})
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [r['event'] for r in rows] == ['step', 'evaluate'] and rows[1]['ndcg@10'] == '0.25'
+    assert not [p for p in os.listdir(tmp_path) if p != 'log.csv']  # no temporary left
+    other = SimpleNamespace(**{**vars(state), 'is_main_process': False})
+    logger.on_step_end(other)  # another process of a launch writes nothing
+    assert len(path.read_text().splitlines()) == 3

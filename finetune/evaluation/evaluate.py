@@ -146,7 +146,7 @@ def evaluate(model, data: Any, batch_size: int = 64, ks: Sequence[int] = DEFAULT
 class SeveralEvaluation:
     """An :class:`~finetune.evaluation.Evaluation` per dataset of `data` (a :class:`SeveralData`), run together."""
 
-    #: kept None: a run report shows retrieval examples of one evaluation dataset only
+    #: None: a run report records each dataset's own Evaluation (``parts``), not this one
     recordings = None
 
     def __init__(self, model, data: SeveralData, name: str = 'eval_data', check_files: bool = True,

@@ -7,6 +7,7 @@ a ``finetune_config.json`` with its parity figures and a model card (``README.md
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any, Callable
 
@@ -45,10 +46,11 @@ def _check_min_cosine(value: Any, quantize: Any) -> None:
         return
     low = parity.MIN_COSINE['int8']
     if quantize != 'int8':
-        raise ExportError(f"int8_min_cosine={value!r} applies to quantize='int8' only (got quantize={quantize!r}).")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
-        raise ExportError(f'int8_min_cosine: expected a number from {low} (the int8 parity gate) to 1.0, got '
-                          f'{value!r}; the default is 0.997.')
+        raise ExportError(f"int8_min_cosine={value!r} (--int8-min-cosine) applies to quantize='int8' "
+                          f"(--quantize int8) only; got quantize={quantize!r}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= float(value) <= 1.0:
+        raise ExportError(f'int8_min_cosine (--int8-min-cosine): expected a number from {low} (the int8 parity '
+                          f'gate) to 1.0, got {value!r}; the default is 0.997.')
 
 
 def _source(model_or_path: Any, trust_remote_code: bool) -> tuple[Any, str | None]:

@@ -69,7 +69,7 @@ def _write_onnx(model, folder: str, quantize: str | None, items: dict, eval_data
             reference = towers[tower].encode(items[tower], batch_size=parity.CHECK_BATCH_SIZE)
             calibration = Calibration(items[tower], exported[tower].graph_inputs, reference,
                                       parity.CHECK_BATCH_SIZE)
-            target = {} if int8_min_cosine is None else {'min_cosine': int8_min_cosine}
+            target = {} if int8_min_cosine is None else {'min_cosine': float(int8_min_cosine)}
             record['int8'][tower] = quantize_int8(os.path.join(folder, file), towers[tower].backbone.int8_fp32_nodes,
                                                   calibration, say, **target)
         record['quantize'] = quantize

@@ -7,6 +7,7 @@ optional extra (``pip install "finetune[tensorboard]"``, ...)."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from typing import Any, Callable
 
@@ -127,8 +128,9 @@ class Trackers(Callback):
             loss, step = entry.get('loss'), entry.get('step', 0)
             if 'eval' not in entry and loss is not None and step > self.loss_logged:
                 values = {'train/loss': float(loss)}
-                if entry.get('grad_norm') is not None:
-                    values['train/grad_norm'] = float(entry['grad_norm'])
+                norm = entry.get('grad_norm')
+                if norm is not None and math.isfinite(norm):  # an fp16 overflow step (skipped) has none to show
+                    values['train/grad_norm'] = float(norm)
                 self._log(values, step)
                 self.loss_logged = step
 
@@ -152,17 +154,32 @@ class Trackers(Callback):
 
     def on_fit_failed(self, state, error) -> None:
         """Close the trackers' runs (an MLflow run left open would be the parent of the next one in this process);
-        what was logged stays."""
+        what was logged stays. Each tracker is closed even when logging or another tracker's close fails."""
         if not self.trackers:
             return
-        if state is not None:
-            self._flush_losses(state)
-        self._close()
+        failed = None
+        try:
+            if state is not None:
+                self._flush_losses(state)
+        except Exception as exc:  # noqa: BLE001 - closing comes first; the failure is raised after
+            failed = exc
+        try:
+            self._close()
+        except Exception as exc:  # noqa: BLE001
+            failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _close(self) -> None:
-        for tracker in self.trackers:
-            tracker.finish()
-        self.trackers = []
+        trackers, self.trackers = self.trackers, []
+        failed = None
+        for tracker in trackers:
+            try:
+                tracker.finish()
+            except Exception as exc:  # noqa: BLE001 - the others still finish; the first failure is raised after
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def on_fit_end(self, state, run) -> None:
         if not self.trackers:

@@ -37,8 +37,11 @@ def gradients_finite(module: nn.Module, accelerator, max_grad_norm: float | None
     elif max_grad_norm:
         norm = accelerator.clip_grad_norm_(module.parameters(), max_grad_norm)
     elif precision != 'fp16':
+        from accelerate.utils import DistributedType
         grads = [p.grad for p in module.parameters() if p.grad is not None]
-        sharded = any(hasattr(g, 'to_local') for g in grads)
+        # FSDP2's gradients are DTensors; FSDP1's are plain local shards: either way this norm is of a shard
+        sharded = getattr(accelerator, 'distributed_type', None) == DistributedType.FSDP \
+            or any(hasattr(g, 'to_local') for g in grads)
         grads = [_local(g) for g in grads]
         norm = torch.stack([n.float() for n in torch._foreach_norm(grads)]).norm() if grads else None
     else:
