@@ -18,6 +18,20 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+def _row_counts(first: Tensor, world: int) -> list[int]:
+    """Every process's row count (an epoch's short last batch makes them differ), in rank order."""
+    import torch.distributed as dist
+    count = torch.tensor([first.shape[0]], device=first.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    return [int(c) for c in counts]
+
+
+def _padded(x: Tensor, rows: int) -> Tensor:
+    """`x` with zero rows appended up to `rows` (all_gather needs one shape on every process)."""
+    return x if x.shape[0] == rows else torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
+
+
 def gather_across_processes(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
     """Each tensor concatenated over the processes of the default process group, in rank order; the local part
     keeps its graph. Outside a group of several processes: the tensors unchanged.
@@ -32,20 +46,14 @@ def gather_across_processes(*tensors: Tensor | None) -> tuple[Tensor | None, ...
     present = [x for x in tensors if x is not None]
     if not present:
         return tensors
-    # the processes' row counts may differ (an epoch's short last batch): gather them, pad to the largest
-    count = torch.tensor([present[0].shape[0]], device=present[0].device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
+    counts = _row_counts(present[0], world)  # padded to the largest, cut back after the gather
     most = max(counts)
     out = []
     for x in tensors:
         if x is None:
             out.append(None)
             continue
-        local = x.detach().contiguous()
-        if local.shape[0] < most:
-            local = torch.cat([local, local.new_zeros((most - local.shape[0], *local.shape[1:]))])
+        local = _padded(x.detach().contiguous(), most)
         parts = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(parts, local)
         parts = [part[:n] for part, n in zip(parts, counts)]
@@ -67,17 +75,14 @@ def gather_with_gradients(*tensors: Tensor | None) -> tuple[tuple[Tensor | None,
     if not present:
         return tensors, 0
     world, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([present[0].shape[0]], device=present[0].device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
+    counts = _row_counts(present[0], world)
     most = max(counts)
     out = []
     for x in tensors:
         if x is None:
             out.append(None)
             continue
-        padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+        padded = _padded(x, most)
         if x.requires_grad:
             from torch.distributed.nn.functional import all_gather
             parts = list(all_gather(padded.contiguous()))
