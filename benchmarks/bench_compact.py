@@ -26,13 +26,11 @@ import torch
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+from finetune.training.hardware import cpu_name  # noqa: E402 - after the offline switch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'examples', 'data')
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
 
 
 def _calibration_texts(count: int) -> list[str]:
@@ -112,7 +110,7 @@ def main() -> None:
     sets = {name: _measure(model, os.path.join(DATA, f'wordnet_{name}.csv'), calibration, args.rescore)
             for name in ('eval', 'test')}
     width = model.output_dim
-    print(f'CPU: {_cpu()}, {os.cpu_count()} cores; all-minilm-l6-v2 pretrained ({width} dims), no training; '
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} cores; all-minilm-l6-v2 pretrained ({width} dims), no training; '
           f'nDCG@10 on the WordNet held-out pairs (600 definitions search 600 words per set)')
     print(f'{"setting":<42}{"bytes/vector":>13}{"eval":>9}{"kept":>8}{"test":>9}{"kept":>8}')
     float_eval, float_test = sets['eval'][0][2], sets['test'][0][2]

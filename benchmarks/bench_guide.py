@@ -29,14 +29,12 @@ import time
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+from finetune.training.hardware import cpu_name  # noqa: E402 - after the offline switch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'examples', 'data')
 MODEL = 'all-minilm-l6-v2'
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
 
 
 def _pairs(count: int) -> list[tuple[str, str]]:
@@ -149,7 +147,7 @@ def main() -> None:
     triplets = _mined(pairs if not args.timing_only else pairs[:4 * args.batch_size])
     mined = time.perf_counter() - started
     plain_s, guided_s = _interleaved(triplets, args.batch_size)
-    print(f'{_cpu()}, {torch.get_num_threads()} threads: one step of {args.batch_size} hard-negative rows, '
+    print(f'{cpu_name()}, {torch.get_num_threads()} threads: one step of {args.batch_size} hard-negative rows, '
           f'interleaved, median of 5: {plain_s:.2f} s without the guide, {guided_s:.2f} s with it '
           f'({guided_s / plain_s:.2f}x)', flush=True)
     if args.timing_only:
@@ -165,7 +163,7 @@ def main() -> None:
         runs.append((label, _fit(train, args, options)))
         print(f'{label}: {runs[-1][1]}', flush=True)  # each run's figures as soon as it ends
     print(f'\n{MODEL} on {len(pairs):,} WordNet pairs, {args.epochs} epoch(s), batch {args.batch_size}, InfoNCE, '
-          f'precision {runs[0][1]["precision"]}, {_cpu()}, {torch.get_num_threads()} threads; hard negatives mined '
+          f'precision {runs[0][1]["precision"]}, {cpu_name()}, {torch.get_num_threads()} threads; hard negatives mined '
           f'by the pretrained model in {mined:.0f} s; nDCG@10 on the 600 held-out pairs, before training '
           f'{before:.4f}')
     print(f'{"":<36}{"nDCG@10":>10}{"s/step":>10}{"masked":>22}')

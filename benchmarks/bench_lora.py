@@ -30,14 +30,12 @@ import time
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+from finetune.training.hardware import cpu_name  # noqa: E402 - after the offline switch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'examples', 'data')
 MODEL = 'all-minilm-l6-v2'
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
 
 
 def _folder_bytes(folder: str) -> int:
@@ -151,7 +149,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(_fit_child(json.loads(args.child))))
         return
-    print(f'CPU: {_cpu()}, {os.cpu_count()} cores')
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} cores')
     if not args.skip_lora:
         _part_one(args)
     if not args.skip_checkpointing:

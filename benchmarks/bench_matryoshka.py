@@ -21,13 +21,11 @@ import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+from finetune.training.hardware import cpu_name  # noqa: E402 - after the offline switch
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, '..', 'examples', 'data')
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
 
 
 def main() -> None:
@@ -55,7 +53,7 @@ def main() -> None:
                            loss_options=options, progress=False, log=lambda m: None)
         precision = run.config['precision']
         table[label] = {d: finetune.evaluate(run.model, held_out, dim=d)['ndcg@10'] for d in dims}
-    print(f'CPU: {_cpu()}, {os.cpu_count()} cores; precision {precision}; {args.epochs} epoch(s) on 3,000 WordNet '
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} cores; precision {precision}; {args.epochs} epoch(s) on 3,000 WordNet '
           f'pairs; nDCG@10 on the 600 held-out pairs (no eval data given to fit)')
     print(f'{"dims":>6}{"base":>10}{"plain":>10}{"matryoshka":>12}{"m - p":>9}')
     for d in dims:
@@ -82,7 +80,7 @@ def images(args, dims) -> None:
                            log=lambda m: None)
         precision = run.config['precision']
         table[label] = {d: finetune.evaluate(run.model, held_out, dim=d)['map@10'] for d in dims}
-    print(f'CPU: {_cpu()}, {os.cpu_count()} cores; precision {precision}; {args.epochs} epoch(s) of {name} on '
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} cores; precision {precision}; {args.epochs} epoch(s) of {name} on '
           f'{len(train):,} Fashion-MNIST images (loss {run.config["loss"]}); map@10 on {len(held_out)} held-out '
           f'images (no eval data given to fit)')
     print(f'{"dims":>6}{"base":>10}{"plain":>10}{"matryoshka":>12}{"m - p":>9}')

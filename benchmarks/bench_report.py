@@ -21,10 +21,7 @@ import time
 
 import numpy as np
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
+from finetune.training.hardware import cpu_name
 
 
 def _images(folder: str, count: int, seed: int) -> list[tuple[str, str]]:
@@ -50,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     import finetune
     from finetune.reporting import load_report_data, write_report
-    print(f'CPU: {_cpu()}, {os.cpu_count()} cores')
+    print(f'CPU: {cpu_name()}, {os.cpu_count()} cores')
     with tempfile.TemporaryDirectory() as tmp:
         train, evaluation = _images(tmp, args.train, 1), _images(tmp, args.eval, 2)
         lines: list[str] = []

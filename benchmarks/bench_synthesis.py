@@ -21,6 +21,8 @@ import tempfile
 import time
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+from finetune.training.hardware import cpu_name  # noqa: E402 - after the offline switch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import realdata  # noqa: E402
@@ -83,7 +85,7 @@ def main() -> None:
         total = time.perf_counter() - start
     s = data.stats
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f'CPU: {_cpu()}, {torch.get_num_threads()} torch threads')
+    print(f'CPU: {cpu_name()}, {torch.get_num_threads()} torch threads')
     print(f'corpus {s["corpus"]:,} texts (mean {sum(map(len, corpus)) / len(corpus):.0f} chars), {s["queries"]:,} '
           f'queries, {s["scored_pairs"]:,} pairs, {s["rows"]:,} rows, {total:.1f} s in all')
     print(f'encode corpus: {s["encode_seconds"]:.1f} s, {s["encode_per_second"]:,.0f} texts/s')
@@ -93,10 +95,6 @@ def main() -> None:
     print(f'memory: {before:,.0f} MiB resident before synthesize (texts, libraries), peak {peak:,.0f} MiB; '
           f'corpus embeddings {s["corpus"] * 384 * 4 / 2**20:,.0f} MiB')
 
-
-def _cpu() -> str:
-    with open('/proc/cpuinfo') as f:
-        return next((x.split(':', 1)[1].strip() for x in f if x.startswith('model name')), 'unknown')
 
 
 if __name__ == '__main__':
