@@ -1,8 +1,8 @@
 """Experiment trackers for :func:`finetune.fit` (``report_to=['tensorboard', 'mlflow', 'trackio', 'wandb']``),
 through Hugging Face accelerate's tracker classes, as a callback: the run's settings as hyper-parameters; each
 optimizer step's learning rate and throughput, and its loss and gradient norm before clipping (taken from the run's
-history once read back, so that logging never makes the host wait for the device); each evaluation's metrics; at the end the before / after /
-guard / test metrics, the chosen candidate and WiSE-FT's alpha. Only the main process logs. Each tracker is an
+history once read back, so that logging never makes the host wait for the device); each evaluation's metrics; at
+the end the before / after / guard / test metrics, the chosen candidate and WiSE-FT's alpha. Only the main process logs. Each tracker is an
 optional extra (``pip install "finetune[tensorboard]"``, ...)."""
 from __future__ import annotations
 

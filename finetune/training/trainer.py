@@ -114,9 +114,9 @@ class Trainer(SetupSteps):
         last one, an error included. Returns an ExitStack of the contexts already entered: the
         :class:`~finetune.training.cpu_kernels.CpuKernels` (cheaper embedding gradients and dropout on a CPU;
         nothing elsewhere) and, on CUDA, the attention kernels (:func:`~finetune.training.hardware.
-        attention_kernels`: no cuDNN attention unless ``cudnn_attention``). Override it to add to that stack (``stack = super().training_context()``, then
-        ``stack.enter_context(...)``), or to return another context (``contextlib.nullcontext()``: torch's own
-        modules). Raises what entering a context raises, the ones entered before it left again."""
+        attention_kernels`: no cuDNN attention unless ``cudnn_attention``). Override it to add to that stack
+        (``stack = super().training_context()``, then ``stack.enter_context(...)``), or to return another context
+        (``contextlib.nullcontext()``: torch's own modules). Raises what entering a context raises, the ones entered before it left again."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(attention_kernels(self.accelerator.device, self.cudnn_attention))
             if self.full_copy is None:  # sharded (FSDP) weights keep torch's own modules
@@ -259,9 +259,9 @@ class Trainer(SetupSteps):
             self.stop(f'{what} became NaN or infinite', at=(epoch, step))
         unread, self.unread_losses = getattr(self, 'unread_losses', []), []
         if unread:
-            values = torch.stack([value.float() for _, value, _ in unread]).tolist()
-            norms = [norm for _, _, norm in unread if norm is not None]
-            norms = iter(torch.stack([n.float() for n in norms]).tolist() if norms else [])
+            losses = [value.float() for _, value, _ in unread]
+            read = torch.stack(losses + [n.float() for _, _, n in unread if n is not None]).tolist()  # one wait
+            values, norms = read[:len(losses)], iter(read[len(losses):])
             for (entry, _, norm), value in zip(unread, values):
                 entry['loss'] = value
                 if norm is not None:
